@@ -1,0 +1,106 @@
+"""The contract between the engine and every backend: generation parameters, tokenizer and loaded-model interfaces.
+
+A loader turns a model on disk into a `LoadedModel`. The engine (`webui/engine.py`) only ever talks to that
+interface: it encodes the prompt with `model.tokenizer`, pulls token ids from `model.generate_tokens`, and does
+detokenization, stop strings, cancellation and accounting itself, once, for every backend.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass
+class GenerationParams:
+    """Samplers and limits for one generation. Field names are the keys of presets and per-model settings."""
+
+    max_new_tokens: int = 512
+    do_sample: bool = True  # False = greedy (argmax), all samplers below ignored except the penalties
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 20  # 0 = off
+    typical_p: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off; divides positive logits of seen tokens, multiplies negative ones
+    repetition_penalty_range: int = 1024  # how many trailing tokens count as "seen"; 0 = the whole context
+    presence_penalty: float = 0.0  # subtracted once from the logit of every seen token
+    frequency_penalty: float = 0.0  # subtracted per occurrence
+    seed: int = -1  # -1 = random
+    ban_eos_token: bool = False
+    add_bos_token: bool = True
+    skip_special_tokens: bool = True
+    truncation_length: int = 2048  # prompt is cut from the left to truncation_length - max_new_tokens
+    stop: tuple[str, ...] = ()  # custom stop strings, never shown in the output
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> GenerationParams:
+        """Build from a preset / settings mapping; unknown keys raise `KeyError` naming them."""
+        unknown = set(values) - set(cls.field_names())
+        if unknown:
+            raise KeyError(f"unknown generation parameter(s): {', '.join(sorted(unknown))}")
+        kwargs = dict(values)
+        if "stop" in kwargs:
+            kwargs["stop"] = tuple(kwargs["stop"] or ())
+        return cls(**kwargs)
+
+
+@runtime_checkable
+class ModelTokenizer(Protocol):
+    """What the engine and the templates need from a tokenizer, whatever the backend."""
+
+    bos_token: str | None
+    eos_token: str | None
+    bos_token_id: int | None
+    eos_token_ids: tuple[int, ...]  # every id that ends a reply (e.g. </s> and <|im_end|>)
+    chat_template: str | None  # the model's own Jinja template, if it ships one
+
+    def encode(self, text: str, *, add_bos: bool) -> list[int]:
+        """Token ids of `text`; special-token strings inside `text` (e.g. `<|im_start|>`) are parsed as tokens."""
+        ...
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        ...
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    """Memory a loaded model holds, in bytes, as measured after load."""
+
+    ram_bytes: int
+    vram_bytes: dict[int, int] = field(default_factory=dict)  # CUDA device index -> bytes
+
+    @property
+    def total_vram(self) -> int:
+        return sum(self.vram_bytes.values())
+
+
+@runtime_checkable
+class LoadedModel(Protocol):
+    """A model ready to generate. One object per load; `unload()` frees everything it holds."""
+
+    name: str  # folder name under models/
+    loader: str  # registry name: transformers, gptq, gguf, llama.cpp
+    path: Path
+    tokenizer: ModelTokenizer
+    context_length: int  # the context the model was loaded for (n_ctx / max_position_embeddings)
+    device: str  # human-readable: "cpu", "cuda:0", "cuda:0 + cpu (20/30 layers on GPU)"
+    load_seconds: float
+    memory: MemoryReport
+
+    def generate_tokens(
+        self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event
+    ) -> Iterator[int]:
+        """Yield new token ids one at a time, stopping at EOS (unless banned), at `params.max_new_tokens`,
+        or as soon as `cancel` is set. EOS itself is not yielded."""
+        ...
+
+    def unload(self) -> None:
+        ...

@@ -1,0 +1,52 @@
+"""Loader registry: loader name -> the module that loads it. Modules are imported only when used, so a missing
+optional backend (llama-cpp-python) or a heavy one (torch) costs nothing until chosen.
+
+Every loader module exposes `load(path: Path, settings, *, name: str) -> LoadedModel`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+from loaders.base import LoadedModel
+from loaders.settings import LoaderSettings
+from webui.errors import LoaderUnavailableError
+
+LOADER_MODULES: dict[str, str] = {
+    "transformers": "loaders.transformers_loader",
+    "gptq": "loaders.gptq",
+    "llama.cpp": "loaders.llamacpp",
+    "gguf": "loaders.gguf",
+}
+
+
+def loader_names() -> list[str]:
+    return list(LOADER_MODULES)
+
+
+def loader_module(name: str) -> ModuleType:
+    try:
+        module_name = LOADER_MODULES[name]
+    except KeyError:
+        raise KeyError(f"unknown loader {name!r}; known: {', '.join(LOADER_MODULES)}") from None
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as error:
+        raise LoaderUnavailableError(
+            f"The {name} loader needs a package that is not installed ({error.name}). "
+            "Run the installer again, or pick another loader."
+        ) from error
+
+
+def is_available(name: str) -> bool:
+    """True when the loader's backing library imports (used by detection to prefer llama.cpp for GGUF)."""
+    probe = {"llama.cpp": "llama_cpp"}.get(name)
+    if probe is None:
+        return name in LOADER_MODULES
+    return importlib.util.find_spec(probe) is not None
+
+
+def load_model(loader: str, path: Path, settings: LoaderSettings, *, name: str) -> LoadedModel:
+    return loader_module(loader).load(path, settings, name=name)

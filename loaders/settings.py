@@ -1,0 +1,81 @@
+"""Per-loader settings: pure dataclasses, importable without torch, shared by detection, the UI, the YAML and the CLI.
+
+A field's name is its key in `models/config*.yaml` and its flag on the command line (`--n-gpu-layers`).
+Fields that detection reads from the files (GPTQ bits, group size...) are plain fields too: detection fills them,
+the UI shows them read-only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass
+class TransformersSettings:
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16 ; auto = bf16 on GPU or bf16-capable CPU, else fp32
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_memory_gib: dict[str, float] | None = None  # {"0": 20, "cpu": 60} -> accelerate-style max_memory
+    trust_remote_code: bool = False
+    rope_freq_base: float = 0.0  # 0 = the model's own (CodeLlama: 1e6)
+    compress_pos_emb: float = 1.0  # linear RoPE scaling factor; 1 = none
+    context_length: int = 0  # 0 = the model's max_position_embeddings
+
+
+@dataclass
+class GPTQSettings:
+    bits: int = 4
+    group_size: int = 128  # -1 = one group per column
+    desc_act: bool = False
+    sym: bool = True
+    checkpoint_format: str = "gptq"  # gptq (v1, zeros stored minus one) | gptq_v2
+    weights_file: str = ""  # "" = found automatically (model.safetensors, shards, model_file_base_name)
+    device: str = "auto"
+    dtype: str = "auto"
+    dequantize_cache: str = "auto"  # auto | on | off : keep dequantized weights (fast, more RAM) or not
+    context_length: int = 0
+
+
+@dataclass
+class LlamaCppSettings:
+    file: str = ""  # which .gguf in the folder; "" = the only one / the Q4_K_M one
+    n_ctx: int = 4096
+    n_gpu_layers: int = 0
+    threads: int = 0  # 0 = physical cores
+    n_batch: int = 512
+    rope_freq_base: float = 0.0  # 0 = from the file
+    rope_freq_scale: float = 0.0  # 0 = from the file
+    use_mmap: bool = True
+    use_mlock: bool = False
+
+
+@dataclass
+class NativeGGUFSettings:
+    file: str = ""
+    n_ctx: int = 4096
+    n_gpu_layers: int = 0
+    dtype: str = "auto"  # activations: auto | float32 | float16 | bfloat16
+
+
+SETTINGS_CLASSES: dict[str, type] = {
+    "transformers": TransformersSettings,
+    "gptq": GPTQSettings,
+    "llama.cpp": LlamaCppSettings,
+    "gguf": NativeGGUFSettings,
+}
+
+LoaderSettings = TransformersSettings | GPTQSettings | LlamaCppSettings | NativeGGUFSettings
+
+
+def settings_for(loader: str, values: dict[str, Any] | None = None) -> LoaderSettings:
+    """The settings object of `loader` with `values` applied; unknown keys are ignored (they belong to another loader)."""
+    try:
+        cls = SETTINGS_CLASSES[loader]
+    except KeyError:
+        raise KeyError(f"unknown loader {loader!r}; known: {', '.join(SETTINGS_CLASSES)}") from None
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in (values or {}).items() if k in names})
+
+
+def settings_to_dict(settings: LoaderSettings) -> dict[str, Any]:
+    return asdict(settings)

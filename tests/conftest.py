@@ -1,0 +1,52 @@
+"""Shared pytest fixtures: the real SmolLM2 model in its formats, and an isolated models folder.
+
+Fixtures specific to one area (the hub test server, GPTQ checkpoints...) live in that area's test helpers
+(`tests/hubserver.py`, `tests/gptq_fixtures.py`) and are imported by the tests that use them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests import realmodel
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "0")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct.Q4_1.gguf (read-only: copy it before changing it)."""
+    return realmodel.smollm2_gguf()
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf() -> Path:
+    """A Transformers folder of SmolLM2-135M-Instruct (read-only)."""
+    return realmodel.smollm2_hf()
+
+
+def link_tree(src: Path, dst: Path) -> Path:
+    """Make `dst` a folder of hard links (or copies) to the files of `src`: cheap, and `src` stays untouched."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        target = dst / item.name
+        try:
+            os.link(item, target)
+        except OSError:
+            shutil.copy2(item, target)
+    return dst
+
+
+@pytest.fixture()
+def models_dir(tmp_path: Path, smollm2_hf: Path, smollm2_gguf: Path) -> Path:
+    """A models/ folder holding `SmolLM2-135M-Instruct` (Transformers) and `SmolLM2-135M-Instruct-GGUF`."""
+    root = tmp_path / "models"
+    link_tree(smollm2_hf, root / "SmolLM2-135M-Instruct")
+    link_tree(smollm2_gguf.parent, root / "SmolLM2-135M-Instruct-GGUF")
+    return root
