@@ -1,0 +1,393 @@
+"""The llama.cpp loader: a GGUF file run by `llama-cpp-python`, behind the `LoadedModel` interface.
+
+This module owns the mapping from Corral's settings and `GenerationParams` onto llama.cpp: context and offload
+options at load, one llama.cpp sampler chain per generation (penalties, temperature, top-k/p, min-p, typical,
+EOS ban, seed), the decode loop with the prompt-prefix KV reuse, the tokenizer adapter, and the memory report.
+Detokenization, stop strings and accounting stay in the engine, as for every backend.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import llama_cpp
+import psutil
+
+from loaders.base import GenerationParams, MemoryReport
+from loaders.settings import LlamaCppSettings
+from webui.errors import GenerationError, ModelFormatError, ModelNotFoundError, ModelNotLoadedError
+
+logger = logging.getLogger(__name__)
+
+LOADER_NAME = "llama.cpp"
+_Q4_K_M = 15  # gguf.LlamaFileType.MOSTLY_Q4_K_M: the default pick among several files
+# enum ggml_log_level (include/ggml.h): 1 debug, 2 info, 3 warn, 4 error, 5 continuation. llama.cpp's info lines
+# (~80 per load) are logged at DEBUG so that an INFO app log stays readable.
+_LOG_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
+
+
+# --- logging: llama.cpp's own log lines go to our logger, never to stdout -------------------------------------------
+
+
+@llama_cpp.llama_log_callback
+def _log_to_python(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # Level 5 continues the previous line (progress dots): logged at DEBUG, like anything unknown.
+    message = text.decode("utf-8", errors="replace").rstrip("\n")
+    if message:
+        logger.log(_LOG_LEVELS.get(level, logging.DEBUG), "%s", message)
+
+
+class _ErrorLines(logging.Handler):
+    """Collects llama.cpp's error lines during a load, to explain a failure in the user's message."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+# --- choosing the file ----------------------------------------------------------------------------------------------
+
+
+def resolve_gguf(path: Path, file: str = "") -> Path:
+    """The .gguf to load: `path` itself, `path/file`, the only model file in the folder, or its Q4_K_M one.
+
+    In a folder, the choice is made from each file's GGUF metadata (`general.file_type`, `split.no`), not from
+    its name; later shards of a split model are not candidates (llama.cpp finds them from the first).
+    """
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise ModelNotFoundError(f"No model at {path}.")
+    if file:
+        chosen = path / file
+        if not chosen.is_file():
+            raise ModelNotFoundError(f"The file {file!r} set for this model is not in {path}; pick another one.")
+        return chosen
+    metas = {p: _gguf_meta(p) for p in sorted(path.glob("*.gguf"))}
+    candidates = [p for p, meta in metas.items() if meta.get("split.no", 0) == 0]
+    if not candidates:
+        raise ModelFormatError("No .gguf file in the model folder.", path=path)
+    if len(candidates) == 1:
+        return candidates[0]
+    preferred = [p for p in candidates if metas[p].get("general.file_type") == _Q4_K_M]
+    if len(preferred) == 1:
+        return preferred[0]
+    names = ", ".join(p.name for p in candidates)
+    raise ModelFormatError(f"Several GGUF files ({names}); choose one in the model's 'file' setting.", path=path)
+
+
+def _gguf_meta(path: Path) -> dict[str, int]:
+    """The integer metadata fields of a GGUF header that the file choice needs."""
+    import gguf  # only needed to choose among several files
+
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, OSError) as error:
+        raise ModelFormatError(f"Not a readable GGUF file: {error}", path=path) from error
+    values = {}
+    for key in ("general.file_type", "split.no"):
+        f = reader.get_field(key)
+        if f is not None:
+            values[key] = int(f.contents())
+    return values
+
+
+# --- tokenizer ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LlamaCppTokenizer:
+    """`ModelTokenizer` over llama.cpp's vocabulary; special-token strings in text are parsed as tokens."""
+
+    llm: llama_cpp.Llama = field(repr=False)
+    bos_token: str | None
+    eos_token: str | None
+    bos_token_id: int | None
+    eos_token_ids: tuple[int, ...]
+    chat_template: str | None
+
+    @classmethod
+    def from_llama(cls, llm: llama_cpp.Llama) -> LlamaCppTokenizer:
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        bos, eos = llm.token_bos(), llm.token_eos()
+        # Every end-of-generation token (EOS, EOT, <|im_end|>...), as llama.cpp itself decides.
+        eog = [i for i in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, i)]
+        eos_ids = ([eos] if eos in eog else []) + [i for i in eog if i != eos]
+        return cls(
+            llm=llm,
+            bos_token=_token_text(llm, bos),
+            eos_token=_token_text(llm, eos),
+            bos_token_id=bos if bos >= 0 else None,
+            eos_token_ids=tuple(eos_ids),
+            chat_template=llm.metadata.get("tokenizer.chat_template") or None,
+        )
+
+    def encode(self, text: str, *, add_bos: bool) -> list[int]:
+        # add_bos follows llama.cpp: BOS is added only if the model asks for one (tokenizer.ggml.add_bos_token).
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+
+    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
+        return self.detokenize_bytes(ids, skip_special_tokens=skip_special_tokens).decode("utf-8", errors="replace")
+
+    def detokenize_bytes(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> bytes:
+        # llama_detokenize in one call: Llama.detokenize truncates pieces longer than 32 bytes.
+        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        tokens = (llama_cpp.llama_token * len(ids))(*ids)
+        size = max(64, 8 * len(ids))
+        for _ in range(2):
+            buffer = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_detokenize(vocab, tokens, len(ids), buffer, size, False, not skip_special_tokens)
+            if n >= 0:
+                return buffer.raw[:n]
+            size = -n  # too small: llama.cpp says how much it needs
+        raise GenerationError("llama.cpp could not detokenize the reply.")
+
+
+def _token_text(llm: llama_cpp.Llama, token: int) -> str | None:
+    if token < 0:
+        return None
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    return llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8", errors="replace")
+
+
+# --- sampling -------------------------------------------------------------------------------------------------------
+
+
+class _SamplerChain:
+    """One llama.cpp sampler chain for one generation, freed on exit. Order follows Transformers' logits processors
+    (penalties, temperature, top-k, top-p, min-p, typical), so both backends sample from the same distribution."""
+
+    def __init__(self, params: GenerationParams, *, n_vocab: int, n_ctx: int, banned: Sequence[int]) -> None:
+        self.chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if banned:
+            biases = (llama_cpp.llama_logit_bias * len(banned))(*[(t, float("-inf")) for t in banned])
+            self._add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(banned), biases))
+        if _has_penalties(params):
+            last_n = params.repetition_penalty_range or n_ctx  # 0 = the whole context
+            self._add(
+                llama_cpp.llama_sampler_init_penalties(
+                    n_vocab, last_n, params.repetition_penalty, params.frequency_penalty, params.presence_penalty
+                )
+            )
+        if not params.do_sample or params.temperature <= 0:
+            self._add(llama_cpp.llama_sampler_init_greedy())
+            return
+        self._add(llama_cpp.llama_sampler_init_temp(params.temperature))
+        if params.top_k > 0:
+            self._add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+        if params.top_p < 1.0:
+            self._add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+        if params.min_p > 0.0:
+            self._add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+        if params.typical_p < 1.0:
+            self._add(llama_cpp.llama_sampler_init_typical(params.typical_p, 1))
+        seed = params.seed if params.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED  # default = random
+        self._add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def _add(self, sampler: llama_cpp.llama_sampler_p) -> None:
+        llama_cpp.llama_sampler_chain_add(self.chain, sampler)  # the chain owns it from here
+
+    def accept_history(self, ids: Sequence[int]) -> None:
+        """Feed the prompt to the penalty sampler: Transformers counts prompt tokens as seen, and so do we."""
+        for token in ids:
+            llama_cpp.llama_sampler_accept(self.chain, token)
+
+    def sample(self, ctx: llama_cpp.llama_context_p) -> int:
+        return llama_cpp.llama_sampler_sample(self.chain, ctx, -1)  # also accepts the token
+
+    def __enter__(self) -> _SamplerChain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        llama_cpp.llama_sampler_free(self.chain)
+
+
+def _has_penalties(params: GenerationParams) -> bool:
+    return params.repetition_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+
+
+# --- the loaded model -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LlamaCppModel:
+    """A GGUF loaded in llama.cpp. Not thread-safe: the generation service runs one request at a time."""
+
+    name: str
+    path: Path
+    llm: llama_cpp.Llama | None = field(repr=False)
+    tokenizer: LlamaCppTokenizer = field(repr=False)
+    context_length: int
+    device: str
+    load_seconds: float
+    memory: MemoryReport
+    recurrent: bool = False  # recurrent/hybrid models cannot drop part of their state: no prefix reuse
+    loader: str = LOADER_NAME
+
+    def generate_tokens(
+        self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event
+    ) -> Iterator[int]:
+        llm = self._live()
+        n_ctx = llm.n_ctx()
+        if not prompt_ids:
+            raise GenerationError("The prompt is empty: there is nothing to continue.")
+        if len(prompt_ids) >= n_ctx:
+            raise GenerationError(
+                f"The prompt is {len(prompt_ids)} tokens but the model was loaded with a context of {n_ctx}. "
+                "Shorten the prompt, lower 'truncation_length', or reload with a larger n_ctx."
+            )
+        budget = min(params.max_new_tokens, n_ctx - len(prompt_ids))
+        banned = self.tokenizer.eos_token_ids if params.ban_eos_token else ()
+        return self._decode(llm, prompt_ids, params, cancel, budget, banned)
+
+    def _decode(
+        self,
+        llm: llama_cpp.Llama,
+        prompt_ids: list[int],
+        params: GenerationParams,
+        cancel: threading.Event,
+        budget: int,
+        banned: Sequence[int],
+    ) -> Iterator[int]:
+        stop_ids = frozenset(self.tokenizer.eos_token_ids)
+        with _SamplerChain(params, n_vocab=llm.n_vocab(), n_ctx=llm.n_ctx(), banned=banned) as sampler:
+            if _has_penalties(params):
+                window = params.repetition_penalty_range
+                sampler.accept_history(prompt_ids[-window:] if window else prompt_ids)
+            self._eval_prompt(llm, prompt_ids)
+            for produced in range(budget):
+                if cancel.is_set():
+                    return
+                token = sampler.sample(llm.ctx)
+                if token in stop_ids:  # never sampled when banned: their logits are -inf
+                    return
+                yield token
+                if produced + 1 == budget or cancel.is_set():
+                    return  # the last token is never evaluated: nothing will read its logits
+                llm.eval([token])
+
+    def _eval_prompt(self, llm: llama_cpp.Llama, prompt_ids: list[int]) -> None:
+        """Evaluate the prompt, keeping the KV cache of the prefix it shares with the previous call."""
+        cached = llm.input_ids[: llm.n_tokens].tolist()
+        keep = 0
+        if not self.recurrent:
+            for a, b in zip(cached, prompt_ids, strict=False):
+                if a != b:
+                    break
+                keep += 1
+            keep = min(keep, len(prompt_ids) - 1)  # re-evaluate at least one token: its logits start the reply
+        else:
+            llm.reset()
+        llm.n_tokens = keep  # Llama.eval drops the KV cache from n_tokens on, then decodes the rest
+        llm.eval(prompt_ids[keep:])
+
+    def unload(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+            self.llm = None
+
+    def _live(self) -> llama_cpp.Llama:
+        if self.llm is None:
+            raise ModelNotLoadedError(f"{self.name} was unloaded; load it again to generate.")
+        return self.llm
+
+
+# --- loading --------------------------------------------------------------------------------------------------------
+
+
+def load(path: Path, settings: LlamaCppSettings, *, name: str) -> LlamaCppModel:
+    """Load the GGUF at `path` (a file, or a folder holding one) with llama.cpp."""
+    gguf_path = resolve_gguf(Path(path), settings.file)
+    threads = settings.threads or psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+    offload = settings.n_gpu_layers != 0
+    rss_before, vram_before = _rss(), (_vram_used() if offload else {})
+    started = time.perf_counter()
+    llm = _open(gguf_path, settings, threads)
+    load_seconds = time.perf_counter() - started
+    memory = MemoryReport(
+        ram_bytes=max(0, _rss() - rss_before),
+        vram_bytes={i: max(0, used - vram_before.get(i, 0)) for i, used in (_vram_used() if offload else {}).items()},
+    )
+    logger.info("llama.cpp loaded %s in %.1fs (%d threads)", gguf_path.name, load_seconds, threads)
+    return LlamaCppModel(
+        name=name,
+        path=gguf_path,
+        llm=llm,
+        tokenizer=LlamaCppTokenizer.from_llama(llm),
+        context_length=llm.n_ctx(),
+        device=_device(llm, settings.n_gpu_layers),
+        load_seconds=load_seconds,
+        memory=memory,
+        recurrent=bool(llama_cpp.llama_model_is_recurrent(llm.model) or llama_cpp.llama_model_is_hybrid(llm.model)),
+    )
+
+
+def _open(gguf_path: Path, settings: LlamaCppSettings, threads: int) -> llama_cpp.Llama:
+    """`llama_cpp.Llama(...)`, its failure to read the file turned into a `ModelFormatError` naming the file."""
+    llama_cpp.llama_log_set(_log_to_python, ctypes.c_void_p(0))  # process-wide; idempotent
+    errors = _ErrorLines()
+    logger.addHandler(errors)
+    try:
+        return llama_cpp.Llama(
+            model_path=str(gguf_path),
+            n_ctx=settings.n_ctx,
+            n_gpu_layers=settings.n_gpu_layers,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_batch=settings.n_batch,
+            rope_freq_base=settings.rope_freq_base,
+            rope_freq_scale=settings.rope_freq_scale,
+            use_mmap=settings.use_mmap,
+            use_mlock=settings.use_mlock,
+            verbose=False,
+        )
+    except ValueError as error:
+        # llama-cpp-python raises ValueError("Failed to load model from file" / "Failed to create llama_context").
+        detail = "; ".join(errors.lines[-3:]) or str(error)
+        raise ModelFormatError(f"llama.cpp could not load this GGUF file: {detail}", path=gguf_path) from error
+    finally:
+        logger.removeHandler(errors)
+
+
+def _device(llm: llama_cpp.Llama, n_gpu_layers: int) -> str:
+    n_layers = llama_cpp.llama_model_n_layer(llm.model)
+    if n_gpu_layers == 0 or not llama_cpp.llama_supports_gpu_offload():
+        if n_gpu_layers:
+            logger.warning("n_gpu_layers=%d ignored: this llama-cpp-python build has no GPU support", n_gpu_layers)
+        return "cpu"
+    on_gpu = n_layers if n_gpu_layers < 0 else min(n_gpu_layers, n_layers)
+    if on_gpu >= n_layers:
+        return f"cuda:0 (all {n_layers} layers on GPU)"
+    return f"cuda:0 + cpu ({on_gpu}/{n_layers} layers on GPU)"
+
+
+def _rss() -> int:
+    # With mmap, file pages count once touched: llama.cpp touches them while loading on CPU, so this is honest
+    # right after load, and shared with the page cache (another process mapping the same file pays nothing more).
+    return psutil.Process().memory_info().rss
+
+
+def _vram_used() -> dict[int, int]:
+    """Bytes used on each NVIDIA GPU, device-wide (llama.cpp allocates outside torch); {} without NVML."""
+    try:
+        import pynvml
+    except ImportError:
+        return {}
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return {}
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        return {i: int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used) for i in range(count)}
+    finally:
+        pynvml.nvmlShutdown()
