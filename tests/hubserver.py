@@ -13,7 +13,8 @@ Layout on disk: `root/<owner>/<repo>/<branch>/<files...>`. The server speaks the
 
 No Xet headers are ever sent, so the client downloads over plain HTTP. Fault knobs (`HubServer.faults`): cut the
 connection after N bytes of a file, serve corrupted bytes, throttle; `HubServer.requests` counts GETs per file.
-`hub_root` / `hub_server` / `hub` are the pytest fixtures (import them into a test module to use them).
+`hub_root` / `hub_server` / `hub` are the pytest fixtures (import `hub_root_fixture`, `hub_server_fixture` and
+`hub_fixture` into a test module to use them).
 """
 
 from __future__ import annotations
@@ -501,22 +502,22 @@ def _build_gptq_repo(repo: Path, smollm2_hf: Path) -> None:
         save_file(layer0, folder / "model.safetensors", metadata={"format": "pt", "branch": branch})
 
 
-@pytest.fixture(scope="session")
-def hub_root(tmp_path_factory: pytest.TempPathFactory, smollm2_hf: Path, smollm2_gguf: Path) -> Path:
+@pytest.fixture(scope="session", name="hub_root")
+def hub_root_fixture(tmp_path_factory: pytest.TempPathFactory, smollm2_hf: Path, smollm2_gguf: Path) -> Path:
     root = tmp_path_factory.mktemp("hub")
     build_repos(root, smollm2_hf, smollm2_gguf)
     return root
 
 
-@pytest.fixture(scope="session")
-def hub_server(hub_root: Path) -> Iterator[HubServer]:
+@pytest.fixture(scope="session", name="hub_server")
+def hub_server_fixture(hub_root: Path) -> Iterator[HubServer]:
     server = HubServer(hub_root).start()
     yield server
     server.stop()
 
 
-@pytest.fixture()
-def hub(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch) -> HubServer:
+@pytest.fixture(name="hub")
+def hub_fixture(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch) -> HubServer:
     """The session's hub server, reset, with HF_ENDPOINT pointing at it and no token in the environment."""
     hub_server.reset()
     monkeypatch.setenv("HF_ENDPOINT", hub_server.url)
