@@ -1,0 +1,78 @@
+"""Corral: a local LLM web app. Parses the flags, builds the one AppState, then runs a one-shot generation
+(`--prompt`) or launches the web UI.
+
+    python app.py                                  # the web UI on http://127.0.0.1:7860
+    python app.py --model NAME --prompt "Hi" --chat  # one reply on stdout, no server
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from loaders.registry import loader_names  # noqa: E402
+from webui.state import AppConfig, AppState  # noqa: E402
+
+log = logging.getLogger("corral")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="app.py", description="Corral: run local LLMs in your browser.")
+    server = parser.add_argument_group("web UI")
+    server.add_argument("--listen", action="store_true", help="listen on all interfaces (default: 127.0.0.1 only)")
+    server.add_argument("--listen-host", default=None, help="the address to bind with --listen (default 0.0.0.0)")
+    server.add_argument("--port", type=int, default=7860, help="port of the web UI (default 7860)")
+    server.add_argument("--gradio-auth", default=None, metavar="USER:PASS", help="require this login for the UI")
+    server.add_argument("--insecure-listen", action="store_true", help="allow --listen without --gradio-auth")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", default=None, help="model folder (or .gguf file) under the models folder to load")
+    model.add_argument("--models-dir", type=Path, default=None, help="models folder (default: ./models)")
+    model.add_argument("--loader", choices=loader_names(), default=None, help="override the detected loader")
+    model.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    model.add_argument("--yes", action="store_true", help="load even when the memory estimate says it won't fit")
+    once = parser.add_argument_group("one-shot generation (prints the reply and exits; needs --model)")
+    once.add_argument("--prompt", default=None, help="the prompt; with --chat, the user's message")
+    once.add_argument("--chat", action="store_true", help="apply the chat template to the prompt")
+    once.add_argument("--system", default=None, help="system prompt (with --chat)")
+    once.add_argument("--template", default=None, help="prompt template name (default: the model's own)")
+    once.add_argument("--max-new-tokens", type=int, default=None)
+    sampling = once.add_mutually_exclusive_group()
+    sampling.add_argument("--greedy", action="store_true", help="deterministic: always the most likely token")
+    sampling.add_argument("--preset", default=None, help="generation preset from presets/ (default: Default)")
+    once.add_argument("--seed", type=int, default=None)
+    once.add_argument("--show-prompt", action="store_true", help="print the exact prompt first, between markers")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def build_state(args: argparse.Namespace) -> AppState:
+    config = AppConfig(force_cpu=args.cpu, default_loader=args.loader)
+    if args.models_dir is not None:
+        config = AppConfig(models_dir=args.models_dir.resolve(), force_cpu=args.cpu, default_loader=args.loader)
+    return AppState(config=config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    state = build_state(args)
+    if args.prompt is not None:
+        if args.model is None:
+            parser.error("--prompt needs --model")
+        from webui.cli import run_once
+
+        return run_once(state, args)
+    from webui.server import launch
+
+    return launch(state, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Shared steps of Corral's one-click installer (sourced by start_linux.sh, start_macos.sh and update_*.sh).
+#
+# First run: find Python >= 3.10, create installer_files/env, detect the hardware, install the matching PyTorch and
+# llama-cpp-python builds, then requirements.txt. Later runs: compare a stamp of what was installed with what is
+# wanted now and start at once when nothing changed. Every step is logged to installer_files/install.log.
+
+CORRAL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+INSTALL_DIR="${CORRAL_INSTALL_DIR:-$CORRAL_ROOT/installer_files}"
+ENV_DIR="$INSTALL_DIR/env"
+LOG_FILE="$INSTALL_DIR/install.log"
+STAMP_FILE="$INSTALL_DIR/installed.stamp"
+TORCH_VERSION="${CORRAL_TORCH_VERSION:-2.13.0}"
+LLAMA_CPP_VERSION="${CORRAL_LLAMA_CPP_VERSION:-0.3.36}"
+CUDA_TAG="${CORRAL_CUDA_TAG:-cu128}"
+# Where CPU / CUDA torch wheels come from. "pypi" means pip's own configuration (a mirror, or wheels on disk).
+TORCH_CPU_INDEX="${CORRAL_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
+TORCH_CUDA_INDEX="${CORRAL_TORCH_CUDA_INDEX:-https://download.pytorch.org/whl/$CUDA_TAG}"
+
+OPT_VARIANT=""        # cpu | cuda | metal ; "" = detect
+OPT_LLAMA_CPP=1
+OPT_REINSTALL=0
+OPT_DRY_RUN=0
+OPT_DEV=0             # also install requirements-dev.txt (tests)
+OPT_INSTALL_ONLY=0
+APP_ARGS=()
+
+say() { printf '[corral] %s\n' "$*"; }
+log_step() { say "$*"; mkdir -p "$INSTALL_DIR"; printf '\n=== %s  %s\n' "$(date '+%F %T')" "$*" >>"$LOG_FILE"; }
+
+fail() {
+    # fail STEP WHY WHAT-TO-TRY
+    say "FAILED: $1"
+    say "  why: $2"
+    say "  try: $3"
+    say "  full log: $LOG_FILE"
+    exit 1
+}
+
+parse_flags() {
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --cpu) OPT_VARIANT=cpu ;;
+            --cuda) OPT_VARIANT=cuda ;;
+            --metal) OPT_VARIANT=metal ;;
+            --no-llama-cpp) OPT_LLAMA_CPP=0 ;;
+            --reinstall) OPT_REINSTALL=1 ;;
+            --dry-run) OPT_DRY_RUN=1 ;;
+            --dev) OPT_DEV=1 ;;
+            --install-only) OPT_INSTALL_ONLY=1 ;;
+            *) APP_ARGS+=("$1") ;;
+        esac
+        shift
+    done
+    # --cpu also means the app itself runs on the CPU.
+    if [ "$OPT_VARIANT" = cpu ]; then APP_ARGS+=(--cpu); fi
+}
+
+find_python() {
+    local candidate
+    for candidate in "${CORRAL_PYTHON:-}" python3.13 python3.12 python3.11 python3.10 python3; do
+        [ -n "$candidate" ] || continue
+        command -v "$candidate" >/dev/null 2>&1 || continue
+        if "$candidate" -c 'import sys, venv; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+            PYTHON="$(command -v "$candidate")"
+            return 0
+        fi
+    done
+    fail "find Python" "no Python 3.10 or newer with the venv module was found on PATH" \
+        "install Python 3.11 (Debian/Ubuntu: sudo apt install python3 python3-venv; macOS: brew install python@3.11), or set CORRAL_PYTHON=/path/to/python3"
+}
+
+detect_variant() {
+    if [ -n "$OPT_VARIANT" ]; then VARIANT="$OPT_VARIANT"; return; fi
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        VARIANT=cuda
+    elif [ "$(uname -s)" = Darwin ] && [ "$(uname -m)" = arm64 ]; then
+        VARIANT=metal
+    else
+        VARIANT=cpu
+    fi
+}
+
+plan() {
+    # Sets TORCH_SPEC, TORCH_INDEX, LLAMA_CMAKE_ARGS for VARIANT.
+    TORCH_SPEC="torch==$TORCH_VERSION"
+    LLAMA_CMAKE_ARGS=""
+    case "$VARIANT" in
+        cuda) TORCH_INDEX="$TORCH_CUDA_INDEX"; LLAMA_CMAKE_ARGS="-DGGML_CUDA=on" ;;
+        metal) TORCH_INDEX="pypi"; LLAMA_CMAKE_ARGS="-DGGML_METAL=on" ;;
+        *) TORCH_INDEX="$TORCH_CPU_INDEX" ;;
+    esac
+}
+
+wanted_stamp() {
+    # Everything that, when changed, needs a (re)install.
+    {
+        echo "variant=$VARIANT torch=$TORCH_SPEC index=$TORCH_INDEX llama=$OPT_LLAMA_CPP:$LLAMA_CPP_VERSION:$LLAMA_CMAKE_ARGS dev=$OPT_DEV"
+        cat "$CORRAL_ROOT/requirements.txt"
+        if [ "$OPT_DEV" = 1 ]; then cat "$CORRAL_ROOT/requirements-dev.txt"; fi
+    } | cksum | cut -d' ' -f1
+}
+
+print_plan() {
+    say "plan: hardware=$VARIANT"
+    say "plan: python=$PYTHON env=$ENV_DIR"
+    say "plan: torch=$TORCH_SPEC from ${TORCH_INDEX}"
+    if [ "$OPT_LLAMA_CPP" = 1 ]; then
+        say "plan: llama-cpp-python==$LLAMA_CPP_VERSION CMAKE_ARGS='${LLAMA_CMAKE_ARGS}'"
+    else
+        say "plan: llama-cpp-python skipped (--no-llama-cpp)"
+    fi
+    say "plan: then requirements.txt$([ "$OPT_DEV" = 1 ] && echo ' and requirements-dev.txt')"
+}
+
+pip_install() {
+    # pip_install STEP ARGS... : run pip in the env, log everything, fail with the step's name.
+    local step="$1"; shift
+    log_step "$step"
+    if ! "$ENV_DIR/bin/python" -m pip install --disable-pip-version-check "$@" >>"$LOG_FILE" 2>&1; then
+        fail "$step" "pip exited with an error (last lines below)$(printf '\n'; tail -n 5 "$LOG_FILE")" \
+            "check your network or disk space, then run again with --reinstall"
+    fi
+}
+
+install_all() {
+    if [ "$OPT_REINSTALL" = 1 ] && [ -d "$ENV_DIR" ]; then
+        log_step "removing the old environment (--reinstall)"
+        rm -rf "$ENV_DIR"
+    fi
+    if [ ! -x "$ENV_DIR/bin/python" ]; then
+        log_step "creating the environment in $ENV_DIR"
+        "$PYTHON" -m venv "$ENV_DIR" >>"$LOG_FILE" 2>&1 ||
+            fail "create the environment" "python -m venv failed" "install the venv module (Debian/Ubuntu: sudo apt install python3-venv)"
+    fi
+    if [ "$TORCH_INDEX" = pypi ]; then
+        pip_install "install PyTorch ($VARIANT)" "$TORCH_SPEC"
+    else
+        pip_install "install PyTorch ($VARIANT)" "$TORCH_SPEC" --index-url "$TORCH_INDEX" --extra-index-url https://pypi.org/simple
+    fi
+    if [ "$OPT_LLAMA_CPP" = 1 ]; then
+        # Built from source the first time (minutes); pip keeps the built wheel in its cache.
+        CMAKE_ARGS="$LLAMA_CMAKE_ARGS" pip_install "install llama-cpp-python ($VARIANT)" "llama-cpp-python==$LLAMA_CPP_VERSION"
+    fi
+    pip_install "install requirements.txt" -r "$CORRAL_ROOT/requirements.txt"
+    if [ "$OPT_DEV" = 1 ]; then
+        pip_install "install requirements-dev.txt" -r "$CORRAL_ROOT/requirements-dev.txt"
+    fi
+    wanted_stamp >"$STAMP_FILE"
+}
+
+ensure_installed() {
+    find_python
+    detect_variant
+    plan
+    if [ "$OPT_DRY_RUN" = 1 ]; then print_plan; exit 0; fi
+    if [ "$OPT_REINSTALL" = 0 ] && [ -x "$ENV_DIR/bin/python" ] && [ -f "$STAMP_FILE" ] &&
+        [ "$(cat "$STAMP_FILE")" = "$(wanted_stamp)" ]; then
+        return 0
+    fi
+    print_plan
+    install_all
+    say "installed."
+}
+
+start_app() {
+    [ "$OPT_INSTALL_ONLY" = 1 ] && return 0
+    cd "$CORRAL_ROOT" || exit 1
+    export GRADIO_ANALYTICS_ENABLED=False HF_HUB_DISABLE_TELEMETRY=1
+    exec "$ENV_DIR/bin/python" app.py "${APP_ARGS[@]}"
+}

@@ -1,0 +1,88 @@
+"""The one application state: folders, stores, the loaded model and the download jobs.
+
+Built once by `app.py` from the command-line flags and passed explicitly to the UI builders, the CLI and the
+services. Nothing model-related lives at module level anywhere else. Stores are created lazily so start-up stays
+fast and a broken store file surfaces as a message where it is used, not as a crash at start.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from webui.download import DownloadManager
+    from webui.generation import GenerationService
+    from webui.history import HistoryStore
+    from webui.model_service import ModelService
+    from webui.presets import PresetStore
+    from webui.settings import SettingsStore
+    from webui.templates import TemplateRegistry
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Start-up options (from flags); immutable for the life of the app."""
+
+    models_dir: Path = REPO_ROOT / "models"
+    presets_dir: Path = REPO_ROOT / "presets"
+    templates_dir: Path = REPO_ROOT / "webui" / "templates"
+    user_data_dir: Path = REPO_ROOT / "logs"  # chats and other things the user makes
+    force_cpu: bool = False
+    default_loader: str | None = None  # --loader: overrides detection for --model
+    default_preset: str = "Default"
+
+
+@dataclass
+class AppState:
+    config: AppConfig = field(default_factory=AppConfig)
+    # Serializes model load/unload against generation: one model, one job at a time on it.
+    model_lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @cached_property
+    def templates(self) -> TemplateRegistry:
+        from webui.templates import TemplateRegistry
+
+        return TemplateRegistry(self.config.templates_dir)
+
+    @cached_property
+    def presets(self) -> PresetStore:
+        from webui.presets import PresetStore
+
+        return PresetStore(self.config.presets_dir)
+
+    @cached_property
+    def history(self) -> HistoryStore:
+        from webui.history import HistoryStore
+
+        return HistoryStore(self.config.user_data_dir / "chats")
+
+    @cached_property
+    def settings(self) -> SettingsStore:
+        from webui.settings import SettingsStore
+
+        return SettingsStore(self.config.models_dir)
+
+    @cached_property
+    def downloads(self) -> DownloadManager:
+        from webui.download import DownloadManager
+    from webui.generation import GenerationService
+
+        return DownloadManager(self.config.models_dir)
+
+    @cached_property
+    def models(self) -> ModelService:
+        from webui.model_service import ModelService
+
+        return ModelService(self)
+
+    @cached_property
+    def generation(self) -> GenerationService:
+        from webui.generation import GenerationService
+
+        return GenerationService(self.model_lock, lambda: self.models.current)

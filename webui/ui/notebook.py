@@ -1,0 +1,45 @@
+"""Notebook tab: one free-text box; Generate continues the text in place (streaming), Stop, Undo, Regenerate,
+and a token count. The text before each generation is kept per browser session for Undo / Regenerate."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from webui.errors import CorralError
+from webui.state import AppState
+from webui.ui.common import format_stats, session_id
+from webui.ui.parameters import ParamControls
+
+
+def build_tab(state: AppState, controls: ParamControls) -> None:
+    text = gr.Textbox(lines=20, max_lines=40, label="Text", elem_id="notebook-text", placeholder="Write here; Generate continues it.")
+    with gr.Row():
+        generate = gr.Button("Generate", variant="primary", elem_id="notebook-generate")
+        stop = gr.Button("Stop", variant="stop", elem_id="notebook-stop")
+        undo = gr.Button("Undo")
+        regenerate = gr.Button("Regenerate")
+        count = gr.Button("Count tokens")
+    status = gr.Markdown(elem_id="notebook-status")
+    before = gr.State("")  # the text as it was before the last generation
+
+    def run(current: str, *values, request: gr.Request):
+        params = controls.to_params(*values)
+        yield current, current, "Generating…"
+        try:
+            for update in state.generation.stream(session_id(request), current, params):
+                yield current + update.text, current, format_stats(update.stats) if update.stats else "Generating…"
+        except CorralError as error:
+            yield current, current, f"⚠️ {error}"
+
+    def on_count(current: str):
+        try:
+            return f"{state.generation.count_tokens(current)} tokens"
+        except CorralError as error:
+            return f"⚠️ {error}"
+
+    inputs = [text, *controls.inputs]
+    generate.click(run, inputs, [text, before, status], concurrency_id="model")
+    regenerate.click(lambda b: b, before, text).then(run, [before, *controls.inputs], [text, before, status], concurrency_id="model")
+    undo.click(lambda b: (b, "Undone."), before, [text, status])
+    stop.click(lambda request: state.generation.stop(session_id(request)), None, None)
+    count.click(on_count, text, status)
