@@ -72,7 +72,10 @@ def resolve_gguf(path: Path, file: str = "") -> Path:
         if not chosen.is_file():
             raise ModelNotFoundError(f"The file {file!r} set for this model is not in {path}; pick another one.")
         return chosen
-    metas = {p: _gguf_meta(p) for p in sorted(path.glob("*.gguf"))}
+    files = sorted(path.glob("*.gguf"))
+    if len(files) == 1:
+        return files[0]  # nothing to choose: skip reading the header (the vocabulary makes it slow)
+    metas = {p: _gguf_meta(p) for p in files}
     candidates = [p for p, meta in metas.items() if meta.get("split.no", 0) == 0]
     if not candidates:
         raise ModelFormatError("No .gguf file in the model folder.", path=path)
