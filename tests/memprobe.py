@@ -1,0 +1,116 @@
+"""Measure the resident memory a load + one generation costs, in a fresh process (used by tests/test_estimate.py).
+
+    python -m tests.memprobe LOADER PATH --ctx N [--prompt-tokens N] [--new-tokens N]
+
+By default the prompt fills the context (ctx - new tokens - 8), so the KV cache and the attention buffers reach the
+size the estimator plans for: the estimate is the memory of a full context.
+
+Prints one JSON line: `baseline` (RSS before importing any backend), `peak` (the process's maximum RSS at the end),
+`increase` = peak - baseline, `via` (Corral's loader module or the backend library itself) and the tokens generated.
+The loader comes from `loaders.registry` when its module exists; until then the backend library is driven directly
+with the same settings, so the estimate is checked against what the backend really holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import sys
+import threading
+from pathlib import Path
+
+import psutil
+
+
+def _rss() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def _peak() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _prompt_ids(n: int) -> list[int]:
+    # Ordinary token ids (no specials), repeated: the content is irrelevant, only the KV cache length matters.
+    return [(1000 + 7 * i) % 40000 + 100 for i in range(n)]
+
+
+def _via_registry(loader: str, path: Path, ctx: int, prompt: list[int], new_tokens: int, dtype: str) -> int:
+    from loaders.base import GenerationParams
+    from loaders.registry import load_model
+    from loaders.settings import settings_for
+
+    key = "context_length" if loader in ("transformers", "gptq") else "n_ctx"
+    values = {key: ctx, "device": "cpu"} | ({"dtype": dtype} if dtype else {})
+    model = load_model(loader, path, settings_for(loader, values), name=path.name)
+    params = GenerationParams(max_new_tokens=new_tokens, do_sample=False, ban_eos_token=True, truncation_length=ctx)
+    return sum(1 for _ in model.generate_tokens(prompt, params, threading.Event()))
+
+
+def _via_transformers(path: Path, prompt: list[int], new_tokens: int, dtype: str) -> int:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype or "float32"))
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    return out.shape[1] - len(prompt)
+
+
+def _via_llama_cpp(path: Path, ctx: int, prompt: list[int], new_tokens: int) -> int:
+    from llama_cpp import Llama
+
+    model = Llama(model_path=str(path), n_ctx=ctx, n_gpu_layers=0, verbose=False)
+    model.eval(prompt)
+    for _ in range(new_tokens):
+        model.eval([model.sample(temp=0.0)])
+    return new_tokens
+
+
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def measure(
+    loader: str, path: Path, ctx: int, prompt_tokens: int, new_tokens: int, dtype: str = ""
+) -> dict[str, object]:
+    baseline = _rss()
+    prompt = _prompt_ids(prompt_tokens)
+    module = {
+        "transformers": "loaders.transformers_loader",
+        "gptq": "loaders.gptq",
+        "llama.cpp": "loaders.llamacpp",
+        "gguf": "loaders.gguf",
+    }[loader]
+    if _has_module(module):
+        via, generated = module, _via_registry(loader, path, ctx, prompt, new_tokens, dtype)
+    elif loader == "transformers":
+        via, generated = "transformers", _via_transformers(path, prompt, new_tokens, dtype)
+    elif loader == "llama.cpp":
+        via, generated = "llama_cpp", _via_llama_cpp(path, ctx, prompt, new_tokens)
+    else:
+        raise SystemExit(f"no way to run loader {loader!r} here")
+    peak = _peak()
+    return {"baseline": baseline, "peak": peak, "increase": peak - baseline, "via": via, "generated": generated}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.memprobe")
+    parser.add_argument("loader")
+    parser.add_argument("path", type=Path)
+    parser.add_argument("--ctx", type=int, required=True)
+    parser.add_argument("--prompt-tokens", type=int, default=0, help="0 = fill the context: ctx - new tokens - 8")
+    parser.add_argument("--new-tokens", type=int, default=512)
+    parser.add_argument("--dtype", default="", help="float32 | bfloat16 | float16 (torch loaders); default theirs")
+    args = parser.parse_args(argv)
+    prompt_tokens = args.prompt_tokens or args.ctx - args.new_tokens - 8
+    result = measure(args.loader, args.path, args.ctx, prompt_tokens, args.new_tokens, args.dtype)
+    print(json.dumps(result))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
