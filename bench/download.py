@@ -62,7 +62,7 @@ def ours(server: HubServer, target: Path, threads: int) -> float:
     ref = download.RepoRef(REPO)
     start = time.perf_counter()
     plan = download.choose_files(download.list_files(ref))
-    tracker = download._Tracker(ref, target)
+    tracker = download.ProgressTracker(ref, target)
     download.run_plan(plan, target, tracker, threading.Event(), threads=threads)
     return time.perf_counter() - start
 

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import unquote, urlsplit
 
 import filelock
@@ -65,6 +65,11 @@ REPO_FORM = "owner/repo, owner/repo:branch or https://huggingface.co/owner/repo/
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 FileState = Literal["waiting", "downloading", "done", "present", "failed", "cancelled"]
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def hexdigest(self) -> str: ...
 
 
 # --- records ------------------------------------------------------------------------------------------------------
@@ -473,7 +478,7 @@ def _expected_digest(item: RemoteFile) -> tuple[str, str] | None:
     return None
 
 
-def _new_hasher(item: RemoteFile):
+def _new_hasher(item: RemoteFile) -> _Hasher:
     """sha256 for LFS files; git's blob sha1 (`blob <size>\\0` + bytes) for the others."""
     if item.sha256 or not item.blob_id:
         return hashlib.sha256()
@@ -542,7 +547,7 @@ def _check_one(folder: Path, name: str, entry: dict, rehash: bool) -> FileCheck:
 # --- progress -------------------------------------------------------------------------------------------------------
 
 
-class _Tracker:
+class ProgressTracker:
     """Per-file bytes and states, written by worker threads and read as `DownloadProgress` snapshots."""
 
     def __init__(self, ref: RepoRef, folder: Path) -> None:
@@ -612,7 +617,7 @@ class _Transfer:
     folder: Path
     record: _Record
     record_lock: threading.Lock
-    tracker: _Tracker
+    tracker: ProgressTracker
     cancel: threading.Event
     headers: dict[str, str]
     retries: int
@@ -717,7 +722,7 @@ def _stream(url: str, item: RemoteFile, part: Path, job: _Transfer) -> str:
     return hasher.hexdigest()
 
 
-def _hash_prefix(part: Path, hasher, cancel: threading.Event) -> None:
+def _hash_prefix(part: Path, hasher: _Hasher, cancel: threading.Event) -> None:
     with open(part, "rb") as handle:
         while chunk := handle.read(HASH_CHUNK):
             if cancel.is_set():
@@ -744,7 +749,7 @@ def _mb(count: int) -> str:
 def run_plan(
     plan: DownloadPlan,
     folder: Path,
-    tracker: _Tracker,
+    tracker: ProgressTracker,
     cancel: threading.Event,
     *,
     token: str | None = None,
@@ -754,17 +759,23 @@ def run_plan(
     """Download `plan` into `folder`; files already complete and correct are not fetched again."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / PARTIAL_DIR).mkdir(exist_ok=True)
+    lock = filelock.FileLock(folder / PARTIAL_DIR / "download.lock", timeout=0)
     try:
-        with filelock.FileLock(folder / PARTIAL_DIR / "download.lock", timeout=0):
-            _run_locked(plan, folder, tracker, cancel, token=token, threads=threads, retries=retries)
+        lock.acquire()
     except filelock.Timeout as error:
         raise DownloadError(f"Another download into {folder} is running; wait for it or cancel it.") from error
+    try:
+        _run_locked(plan, folder, tracker, cancel, token=token, threads=threads, retries=retries)
+    finally:
+        if not any((folder / PARTIAL_DIR).glob("*.part")):  # nothing left to resume: leave a clean model folder
+            shutil.rmtree(folder / PARTIAL_DIR, ignore_errors=True)
+        lock.release()
 
 
 def _run_locked(
     plan: DownloadPlan,
     folder: Path,
-    tracker: _Tracker,
+    tracker: ProgressTracker,
     cancel: threading.Event,
     *,
     token: str | None,
@@ -790,7 +801,9 @@ def _run_locked(
     _finish(tracker, cancel, results)
 
 
-def _mark_present(folder: Path, item: RemoteFile, record: _Record, tracker: _Tracker, cancel: threading.Event) -> bool:
+def _mark_present(
+    folder: Path, item: RemoteFile, record: _Record, tracker: ProgressTracker, cancel: threading.Event
+) -> bool:
     if not _is_complete(folder, item, record, cancel):
         return False
     tracker.file(item.path, state="present", done=item.size)
@@ -811,7 +824,7 @@ def _fetch_reporting(item: RemoteFile, job: _Transfer) -> str | None:
     return None
 
 
-def _finish(tracker: _Tracker, cancel: threading.Event, results: list[str | None]) -> None:
+def _finish(tracker: ProgressTracker, cancel: threading.Event, results: list[str | None]) -> None:
     if cancel.is_set():
         raise DownloadCancelled("Download cancelled; the downloaded part is kept and a new download resumes it.")
     failures = [r for r in results if r is not None]
@@ -832,7 +845,7 @@ class DownloadJob:
         self.plan: DownloadPlan | None = None
         self._gguf_file, self._token, self._threads, self._retries = gguf_file, token, threads, retries
         self._cancel = threading.Event()
-        self._tracker = _Tracker(ref, folder)
+        self._tracker = ProgressTracker(ref, folder)
         self._thread = threading.Thread(target=self._run, name=f"download {ref}", daemon=True)
         self._on_done: Callable[[DownloadJob], None] | None = None
 
@@ -877,7 +890,10 @@ class DownloadJob:
 
 
 class DownloadManager:
-    """Starts downloads into `models_dir` and keeps track of them; one job per destination folder at a time."""
+    """Starts downloads into `models_dir` and keeps track of them; one job per destination folder at a time.
+
+    `on_done(job)` runs in the download's own thread when a job ends (done, failed or cancelled).
+    """
 
     def __init__(
         self,
