@@ -301,10 +301,19 @@ def test_cli_remote(hub: HubServer, smollm2_gguf: Path) -> None:
 
 def _cases() -> list[tuple[str, str, int, dict]]:
     cases = [("transformers", "hf", ctx, {"dtype": "float32"}) for ctx in (1024, 2048)]
-    cases += [("llama.cpp", "gguf", ctx, {}) for ctx in (2048, 4096)]
+    cases += [("llama.cpp", "gguf", ctx, {}) for ctx in (1024, 2048)]
     if importlib.util.find_spec("loaders.gguf") is not None:
         cases += [("gguf", "gguf", ctx, {}) for ctx in (1024, 2048)]
+    if importlib.util.find_spec("loaders.gptq") is not None:
+        branches = ("main", "gptq-8bit--1g-actorder_True")
+        cases += [("gptq", branch, ctx, {}) for branch in branches for ctx in (1024, 2048)]
     return cases
+
+
+def _gptq_branch(name: str) -> Path:
+    from tests.gptq_fixtures import smollm2_gptq
+
+    return smollm2_gptq(name)
 
 
 @pytest.mark.slow
@@ -313,7 +322,7 @@ def test_estimated_ram_matches_measured(loader: str, fixture: str, ctx: int, val
                                         smollm2_gguf: Path) -> None:  # fmt: skip
     if loader == "llama.cpp" and importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed")
-    path = smollm2_hf if fixture == "hf" else smollm2_gguf
+    path = {"hf": smollm2_hf, "gguf": smollm2_gguf}.get(fixture) or _gptq_branch(fixture)
     command = [sys.executable, "-m", "tests.memprobe", loader, str(path), "--ctx", str(ctx)]
     command += [f"--{key}={value}" for key, value in values.items()]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, timeout=600)

@@ -435,16 +435,18 @@ def estimate(
     kv_bytes: float | None = None,
     batch: int = 512,
     gpu: int = 0,
+    dequant_cache: bool = False,
 ) -> Estimate:
     """The memory of `loader` holding this model with a full context of `ctx` tokens (default: the model's max).
 
     `n_gpu_layers`: layers on GPU `gpu` (llama.cpp/gguf: the last ones, output too when > n_layers; Transformers/
     GPTQ: the first ones, as accelerate fills the GPU first); `max_memory` (GiB per device, accelerate-style:
     {"0": 20, "cpu": 60}) picks that count instead. `dtype_bytes`: bytes per float weight after load (None: as
-    stored); `kv_bytes`: per KV element (llama.cpp f16 = 2; torch loaders: the compute dtype).
+    stored); `kv_bytes`: per KV element (llama.cpp f16 = 2; torch loaders: the compute dtype). `dequant_cache`:
+    the GPTQ loader also keeps each quantized Linear's weight dequantized (in + out features × the compute dtype).
     """
     ctx = ctx or shape.context_max
-    loaded = weights.with_float_itemsize(dtype_bytes if loader == "transformers" else None)
+    loaded = weights.with_float_itemsize(dtype_bytes if loader in ("transformers", "gptq") else None)
     act_bytes = dtype_bytes or (2 if loader != "transformers" or n_gpu_layers else 4)
     kv = kv_bytes or (2 if loader == "llama.cpp" else act_bytes)
     if max_memory is not None:
@@ -457,6 +459,9 @@ def estimate(
         parts[gpu_dev] = {"weights": 0, "kv_cache": 0, "buffers": 0, "overhead": CUDA_CONTEXT}
         parts["ram"]["overhead"] += CUDA_HOST_RAM
     layer_sizes, per_layer_kv = loaded.layer_bytes(shape.n_layers), shape.kv_cache_bytes(ctx, kv) // shape.n_layers
+    if dequant_cache:
+        cache = sum(k * n for _, k, n in shape.linears()) * act_bytes
+        layer_sizes = [size + cache for size in layer_sizes]
     for i, size in enumerate(layer_sizes):
         device = gpu_dev if i in on_gpu else "ram"
         parts[device]["weights"] += size
@@ -663,18 +668,29 @@ def settings_options(loader: str, settings: LoaderSettings, hw: Hardware) -> dic
         elif on_gpu:
             options["n_gpu_layers"] = 10**6  # everything on the GPU
         options["gpu"] = int(device.partition(":")[2] or 0) if device.startswith("cuda") else 0
-        options["dtype_bytes"] = _dtype_bytes(str(values.get("dtype", "auto")), on_gpu, hw)
+        options["dtype_bytes"] = _dtype_bytes(str(values.get("dtype", "auto")), on_gpu, hw, loader)
     elif loader == "gguf":
-        options["dtype_bytes"] = _dtype_bytes(str(values.get("dtype", "auto")), bool(values["n_gpu_layers"]), hw)
+        on_gpu = bool(values["n_gpu_layers"])
+        options["dtype_bytes"] = _dtype_bytes(str(values.get("dtype", "auto")), on_gpu, hw, loader)
     if loader == "llama.cpp":
         options["batch"] = values.get("n_batch", 512)
     return options
 
 
-def _dtype_bytes(dtype: str, on_gpu: bool, hw: Hardware) -> int:
-    if dtype == "auto":  # the loaders' rule: bf16 on a GPU or a bf16-capable CPU, else fp32
-        return 2 if on_gpu or hw.cpu_bf16 else 4
-    return DTYPE_BYTES.get(dtype, 4)
+def _dtype_bytes(dtype: str, on_gpu: bool, hw: Hardware, loader: str) -> int:
+    if dtype != "auto":
+        return DTYPE_BYTES.get(dtype, 4)
+    if loader == "gptq":  # loaders/gptq.py: fp16 on CUDA, fp32 on CPU
+        return 2 if on_gpu else 4
+    return 2 if on_gpu or hw.cpu_bf16 else 4  # bf16 on a GPU or a bf16-capable CPU, else fp32
+
+
+def _gptq_dequant_cache(shape: ModelShape, setting: str, act_bytes: int, hw: Hardware) -> bool:
+    """loaders/gptq.py's rule: `auto` keeps dequantized weights when they take at most half the free memory."""
+    if setting in ("on", "off"):
+        return setting == "on"
+    needed = sum(k * n for _, k, n in shape.linears()) * act_bytes * shape.n_layers
+    return needed <= 0.5 * hw.ram_available
 
 
 def estimate_local(
@@ -685,8 +701,12 @@ def estimate_local(
     shape, weights = local_shape_weights(
         Path(path), gguf_file=getattr(settings, "file", ""), prefer_gguf=loader in ("llama.cpp", "gguf")
     )
-    options = settings_options(loader, settings, hw or snapshot())
+    hw = hw or snapshot()
+    options = settings_options(loader, settings, hw)
     options["n_gpu_layers"] = min(options["n_gpu_layers"], shape.n_layers + 1)
+    if loader == "gptq" and not options["n_gpu_layers"]:  # the cache is a CPU-side choice (on CUDA: Triton)
+        setting = getattr(settings, "dequantize_cache", "auto")
+        options["dequant_cache"] = _gptq_dequant_cache(shape, setting, options["dtype_bytes"], hw)
     return estimate(shape, weights, loader=loader, **options)
 
 
