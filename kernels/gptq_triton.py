@@ -46,16 +46,14 @@ def prepare(t: gptq_torch.GPTQTensors) -> TritonGPTQWeight | None:
     """Lay `t` out for the kernels (once, at load); None when only the PyTorch path can run it."""
     if t.bits not in TRITON_BITS or t.out_features % (32 // t.bits):
         return None
-    n_groups = t.scales.shape[0]
-    if t.in_features % n_groups:
-        return None
-    group_size = t.in_features // n_groups
     g_idx = t.g_idx.long()
+    group_size = int((g_idx == 0).sum())  # the last group may be shorter (576 rows in groups of 128)
+    uniform = torch.arange(t.in_features, device=g_idx.device) // max(group_size, 1)
     perm = None
     qweight = t.qweight
-    if not torch.equal(g_idx, torch.arange(t.in_features, device=g_idx.device) // group_size):
+    if not torch.equal(g_idx, uniform):
         perm = torch.argsort(g_idx, stable=True)
-        if not torch.equal(g_idx[perm], torch.arange(t.in_features, device=g_idx.device) // group_size):
+        if not torch.equal(g_idx[perm], uniform):
             return None  # groups of unequal size: keep the general path
         qweight = gptq_torch.pack_rows(gptq_torch.unpack_rows(t.qweight, t.bits)[perm], t.bits)
     return TritonGPTQWeight(
