@@ -439,11 +439,12 @@ def estimate(
 ) -> Estimate:
     """The memory of `loader` holding this model with a full context of `ctx` tokens (default: the model's max).
 
-    `n_gpu_layers`: layers on GPU `gpu` (llama.cpp/gguf: the last ones, output too when > n_layers; Transformers/
-    GPTQ: the first ones, as accelerate fills the GPU first); `max_memory` (GiB per device, accelerate-style:
-    {"0": 20, "cpu": 60}) picks that count instead. `dtype_bytes`: bytes per float weight after load (None: as
-    stored); `kv_bytes`: per KV element (llama.cpp f16 = 2; torch loaders: the compute dtype). `dequant_cache`:
-    the GPTQ loader also keeps each quantized Linear's weight dequantized (in + out features × the compute dtype).
+    `n_gpu_layers`: layers on GPU `gpu` (llama.cpp: the last ones, output too when > n_layers; Transformers,
+    GPTQ and the native GGUF loader: the first ones and the embedding, as accelerate fills the GPU first);
+    `max_memory` (GiB per device, accelerate-style: {"0": 20, "cpu": 60}) picks that count instead.
+    `dtype_bytes`: bytes per float weight after load (None: as stored); `kv_bytes`: per KV element (llama.cpp
+    f16 = 2; torch loaders: the compute dtype). `dequant_cache`: the GPTQ loader also keeps each quantized
+    Linear's weight dequantized (in × out features × the compute dtype's bytes).
     """
     ctx = ctx or shape.context_max
     loaded = weights.with_float_itemsize(dtype_bytes if loader in ("transformers", "gptq") else None)
@@ -467,7 +468,7 @@ def estimate(
         parts[device]["weights"] += size
         parts[device]["kv_cache"] += per_layer_kv
     head_dev = gpu_dev if n_gpu_layers > shape.n_layers else "ram"
-    embed_dev = gpu_dev if loader in ("transformers", "gptq") and n_gpu_layers else "ram"
+    embed_dev = gpu_dev if loader != "llama.cpp" and n_gpu_layers else "ram"  # llama.cpp keeps token_embd on CPU
     parts[embed_dev]["weights"] += loaded.embed_bytes()
     parts[head_dev]["weights"] += loaded.output_bytes()
     for device in parts:
@@ -478,7 +479,7 @@ def estimate(
 
 def _gpu_layers(loader: str, n_layers: int, n_gpu_layers: int) -> set[int]:
     count = min(n_gpu_layers, n_layers)
-    if loader in ("llama.cpp", "gguf"):  # llama.cpp offloads the last layers (i >= n_layer - n_gpu_layers)
+    if loader == "llama.cpp":  # llama.cpp offloads the last layers (i >= n_layer - n_gpu_layers)
         return set(range(n_layers - count, n_layers))
     return set(range(count))
 
@@ -680,7 +681,7 @@ def settings_options(loader: str, settings: LoaderSettings, hw: Hardware) -> dic
 def _dtype_bytes(dtype: str, on_gpu: bool, hw: Hardware, loader: str) -> int:
     if dtype != "auto":
         return DTYPE_BYTES.get(dtype, 4)
-    if loader == "gptq":  # loaders/gptq.py: fp16 on CUDA, fp32 on CPU
+    if loader in ("gptq", "gguf"):  # loaders/gptq.py and loaders/gguf.py: fp16 on CUDA, fp32 on CPU
         return 2 if on_gpu else 4
     return 2 if on_gpu or hw.cpu_bf16 else 4  # bf16 on a GPU or a bf16-capable CPU, else fp32
 
