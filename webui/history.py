@@ -158,13 +158,13 @@ class HistoryStore:
         """The saved chat; a file that is not a valid chat is quarantined and raises `HistoryError` naming it."""
         path = self.path(chat_id)
         try:
-            raw = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except FileNotFoundError as error:
             raise HistoryError(f"No saved chat '{chat_id}' in {self.directory}.") from error
         except OSError as error:
             raise HistoryError(f"Saved chat {path} cannot be read: {error}") from error
         try:
-            chat = chat_from_json(json.loads(raw))
+            chat = chat_from_json(json.loads(raw.decode("utf-8")))
         except ValueError as error:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors too
             moved = quarantine(path)
             raise HistoryError(f"Saved chat {path} is damaged ({error}); it was moved to {moved}.") from error

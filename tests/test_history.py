@@ -1,0 +1,139 @@
+"""Chat histories on disk: roundtrip, newest-first listing, atomic saves, damaged files quarantined (never deleted)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from webui.errors import HistoryError
+from webui.history import Chat, HistoryStore
+from webui.templates import Message
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> HistoryStore:
+    return HistoryStore(tmp_path / "chats")
+
+
+def sample(store: HistoryStore, title: str, updated: float) -> Chat:
+    chat = store.new(mode="chat-instruct", template="llama-2-chat", system_prompt="Be brief.",
+                     user_name="Ann", bot_name="Bob")  # fmt: skip
+    chat.title = title
+    chat.messages = [Message("user", f"Hello from {title} — ünïcödé ✓"), Message("assistant", "Hi!\n\n```py\nx\n```")]
+    chat.updated = updated
+    return chat
+
+
+def test_save_load_roundtrip(store: HistoryStore) -> None:
+    chat = sample(store, "first", 1000.0)
+    path = store.save(chat)
+    assert path == store.directory / f"{chat.id}.json"
+    assert store.load(chat.id) == chat
+    assert json.loads(path.read_text(encoding="utf-8"))["messages"][0]["content"].endswith("✓")
+
+
+def test_list_is_newest_first(store: HistoryStore) -> None:
+    old, new, middle = sample(store, "old", 100.0), sample(store, "new", 300.0), sample(store, "middle", 200.0)
+    for chat in (old, new, middle):
+        store.save(chat)
+    listed = store.list()
+    assert [s.title for s in listed] == ["new", "middle", "old"]
+    assert [s.id for s in listed] == [new.id, middle.id, old.id]
+    assert all(s.message_count == 2 for s in listed)
+
+
+def test_new_chat_is_not_written_until_saved(store: HistoryStore) -> None:
+    chat = store.new()
+    assert chat.id and chat.messages == [] and chat.display_title == "New chat"
+    assert store.list() == []
+    assert store.new().id != chat.id
+
+
+def test_delete(store: HistoryStore) -> None:
+    chat = sample(store, "doomed", 1.0)
+    store.save(chat)
+    store.delete(chat.id)
+    assert store.list() == []
+    with pytest.raises(HistoryError):
+        store.load(chat.id)
+    with pytest.raises(HistoryError):
+        store.delete(chat.id)
+
+
+def test_failed_write_leaves_the_previous_version_and_no_partial_file(
+    store: HistoryStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chat = sample(store, "safe", 1.0)
+    store.save(chat)
+    before = store.path(chat.id).read_bytes()
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    changed = dataclasses.replace(chat, messages=[*chat.messages, Message("user", "lost?")])
+    with pytest.raises(OSError, match="No space"):
+        store.save(changed)
+    monkeypatch.undo()
+    assert store.path(chat.id).read_bytes() == before
+    assert sorted(p.name for p in store.directory.iterdir()) == [f"{chat.id}.json"]
+    assert store.load(chat.id) == chat
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"version": 1, "id": "x", "messages": [',  # truncated JSON
+        "[1, 2, 3]",
+        '{"version": 1, "id": "x", "title": "t", "mode": "chat", "template": "auto", "system_prompt": "",'
+        ' "user_name": "a", "bot_name": "b", "created": 1, "updated": 1,'
+        ' "messages": [{"role": "robot", "content": ""}]}',
+        '{"version": 99}',
+    ],
+)
+def test_damaged_file_is_quarantined_and_reported(store: HistoryStore, content: str) -> None:
+    good = sample(store, "good", 5.0)
+    store.save(good)
+    broken = store.directory / "20240101-000000-abcdef.json"
+    broken.write_text(content, encoding="utf-8")
+
+    listing = store.scan()
+    assert [s.id for s in listing.chats] == [good.id]
+    assert len(listing.problems) == 1 and "20240101-000000-abcdef" in listing.problems[0]
+    assert not broken.exists()
+    (moved,) = store.directory.glob("20240101-000000-abcdef.broken-*.json")
+    assert moved.read_text(encoding="utf-8") == content  # the user's data is kept as it was
+    assert [s.id for s in store.list()] == [good.id]  # quarantined files are not listed again
+    assert store.scan().problems == []
+
+
+def test_load_of_damaged_file_names_it(store: HistoryStore) -> None:
+    path = store.directory / "abc.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(HistoryError, match="abc.json") as caught:
+        store.load("abc")
+    assert "moved to" in str(caught.value)
+    assert list(store.directory.glob("abc.broken-*.json"))
+
+
+@pytest.mark.parametrize("chat_id", ["../x", "a/b", "", "a.b", "x" * 200])
+def test_bad_ids_are_refused(store: HistoryStore, chat_id: str) -> None:
+    with pytest.raises(HistoryError):
+        store.load(chat_id)
+    with pytest.raises(HistoryError):
+        store.save(Chat(id=chat_id))
+
+
+def test_save_is_cheap_for_a_long_chat(store: HistoryStore) -> None:
+    chat = sample(store, "long", 1.0)
+    chat.messages = [Message("user" if i % 2 == 0 else "assistant", "word " * 200) for i in range(400)]
+    start = time.perf_counter()
+    store.save(chat)
+    assert time.perf_counter() - start < 1.0
+    assert len(store.load(chat.id).messages) == 400
