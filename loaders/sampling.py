@@ -1,0 +1,132 @@
+"""Next-token selection for the PyTorch backends: penalties, then greedy or temperature + truncation samplers.
+
+One logits vector in, one token id out. Order as in `transformers.generate`: repetition penalty (HF semantics),
+presence / frequency penalties (OpenAI semantics), EOS ban, then temperature, top_k, top_p, min_p, typical_p.
+Every step is a vectorized tensor operation; truncation samplers work on a sorted candidate list (the top_k
+survivors when top_k is on), so a sampled token costs one `topk` or `sort` of the vocabulary, not one per sampler.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from loaders.base import GenerationParams
+
+NEG_INF = float("-inf")
+
+
+def sample_next(
+    logits: Tensor,
+    context_ids: Tensor,
+    params: GenerationParams,
+    generator: torch.Generator | None,
+    *,
+    eos_ids: tuple[int, ...] = (),
+) -> int:
+    """The next token id. `logits`: [vocab] float32; `context_ids`: [n] long, prompt and reply so far."""
+    logits = adjust_logits(logits, context_ids, params, eos_ids=eos_ids)
+    if _is_greedy(params):
+        return int(torch.argmax(logits))
+    probs, ids = candidates(logits, params)
+    pick = torch.multinomial(probs, 1, generator=generator)
+    return int(ids[pick])
+
+
+def token_distribution(
+    logits: Tensor, context_ids: Tensor, params: GenerationParams, *, eos_ids: tuple[int, ...] = ()
+) -> Tensor:
+    """The probabilities `sample_next` draws from, over the whole vocabulary ([vocab], zeros where cut).
+    Greedy gives a one-hot vector on the argmax."""
+    logits = adjust_logits(logits, context_ids, params, eos_ids=eos_ids)
+    out = torch.zeros_like(logits)
+    if _is_greedy(params):
+        out[torch.argmax(logits)] = 1.0
+        return out
+    probs, ids = candidates(logits, params)
+    return out.scatter_(0, ids, probs)
+
+
+def adjust_logits(
+    logits: Tensor, context_ids: Tensor, params: GenerationParams, *, eos_ids: tuple[int, ...] = ()
+) -> Tensor:
+    """Penalties and the EOS ban; returns `logits` itself when nothing applies, else a new tensor."""
+    window = context_ids
+    if params.repetition_penalty_range > 0:
+        window = context_ids[-params.repetition_penalty_range :]
+    if params.repetition_penalty != 1.0 and window.numel():
+        logits = repetition_penalty(logits, window, params.repetition_penalty)
+    if (params.presence_penalty or params.frequency_penalty) and window.numel():
+        logits = presence_frequency_penalty(logits, window, params.presence_penalty, params.frequency_penalty)
+    if params.ban_eos_token and eos_ids:
+        logits = logits.clone()
+        logits[list(eos_ids)] = NEG_INF
+    return logits
+
+
+def repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """HF semantics: a seen token's logit is divided by `penalty` if positive, multiplied if negative."""
+    scores = logits.gather(0, seen)
+    scores = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return logits.scatter(0, seen, scores)
+
+
+def presence_frequency_penalty(logits: Tensor, seen: Tensor, presence: float, frequency: float) -> Tensor:
+    """OpenAI semantics: logit -= count * frequency + (count > 0) * presence."""
+    counts = torch.zeros_like(logits).scatter_add_(0, seen, torch.ones_like(seen, dtype=logits.dtype))
+    return logits - counts * frequency - (counts > 0).to(logits.dtype) * presence
+
+
+def candidates(logits: Tensor, params: GenerationParams) -> tuple[Tensor, Tensor]:
+    """Temperature and truncation samplers. Returns (probs [m], token ids [m]) of the surviving tokens,
+    most likely first; `probs` sums to 1."""
+    scores = logits / params.temperature if params.temperature != 1.0 else logits
+    vocab = scores.shape[0]
+    if 0 < params.top_k < vocab:
+        scores, ids = torch.topk(scores, params.top_k)  # sorted, largest first
+    elif params.top_p < 1.0 or params.typical_p < 1.0 or params.min_p > 0.0:
+        scores, ids = torch.sort(scores, descending=True)
+    else:
+        return torch.softmax(scores, dim=0), torch.arange(vocab, device=scores.device)
+    if params.top_p < 1.0:
+        scores = _top_p(scores, params.top_p)
+    if params.min_p > 0.0:
+        scores = _min_p(scores, params.min_p)
+    if params.typical_p < 1.0:
+        scores = _typical(scores, params.typical_p)
+    return torch.softmax(scores, dim=0), ids
+
+
+def _top_p(sorted_scores: Tensor, top_p: float) -> Tensor:
+    """Keep the smallest head of the (descending) list whose probability reaches `top_p`; at least one token."""
+    probs = torch.softmax(sorted_scores, dim=0)
+    before = torch.cumsum(probs, dim=0) - probs  # mass of the strictly more likely tokens
+    drop = before >= top_p
+    drop[0] = False
+    return sorted_scores.masked_fill(drop, NEG_INF)
+
+
+def _min_p(sorted_scores: Tensor, min_p: float) -> Tensor:
+    """Drop tokens whose probability is below `min_p` times the most likely one's."""
+    probs = torch.softmax(sorted_scores, dim=0)
+    return sorted_scores.masked_fill(probs < min_p * probs[0], NEG_INF)
+
+
+def _typical(scores: Tensor, mass: float) -> Tensor:
+    """Locally typical sampling (Meister et al.), as HF's TypicalLogitsWarper: keep the tokens whose surprisal is
+    closest to the entropy until their probability reaches `mass`."""
+    log_probs = torch.log_softmax(scores, dim=0)
+    probs = log_probs.exp()
+    entropy = -(log_probs * probs).nansum()
+    distance = (-log_probs - entropy).abs()  # inf for tokens already cut
+    order_distance, order = torch.sort(distance)
+    cumulative = probs[order].cumsum(dim=0)
+    last = (cumulative < mass).sum().clamp(max=scores.shape[0] - 1)  # a 0-d tensor: no device sync
+    drop_sorted = order_distance > order_distance[last]
+    drop_sorted[0] = False
+    drop = torch.empty_like(drop_sorted).scatter_(0, order, drop_sorted)
+    return scores.masked_fill(drop, NEG_INF)
+
+
+def _is_greedy(params: GenerationParams) -> bool:
+    return not params.do_sample or params.temperature <= 0.0
