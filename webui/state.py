@@ -71,7 +71,6 @@ class AppState:
     @cached_property
     def downloads(self) -> DownloadManager:
         from webui.download import DownloadManager
-    from webui.generation import GenerationService
 
         return DownloadManager(self.config.models_dir)
 

@@ -22,13 +22,13 @@ def build_ui(state: AppState) -> gr.Blocks:
         controls = parameters.create_controls(state)
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
-                chat.build_tab(state, controls)
+                chat_controls = chat.build_tab(state, controls)
             with gr.Tab("Notebook", id="notebook"):
                 notebook.build_tab(state, controls)
             with gr.Tab("Parameters", id="parameters"):
                 parameters.build_tab(state, controls)
             with gr.Tab("Model", id="model"):
-                model.build_tab(state, controls)
+                model.build_tab(state, controls, chat_controls)
     return demo
 
 

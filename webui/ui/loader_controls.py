@@ -1,0 +1,120 @@
+"""The loader-specific controls of the Model tab, generated from the settings dataclasses in `loaders/settings.py`.
+
+One group per loader, only the chosen loader's group visible. A field becomes a checkbox, number or text box by
+its type; settings read from the model's files (GPTQ bits, group size, act-order...) are shown read-only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, dataclass, fields
+from typing import Any
+
+import gradio as gr
+
+from loaders.settings import SETTINGS_CLASSES
+
+READ_ONLY = {"gptq": {"bits", "group_size", "desc_act", "sym", "checkpoint_format", "weights_file"}}
+CHOICES = {
+    "dtype": ["auto", "float32", "float16", "bfloat16"],
+    "device": ["auto", "cpu", "cuda", "cuda:0", "cuda:1"],
+    "dequantize_cache": ["auto", "on", "off"],
+    "checkpoint_format": ["gptq", "gptq_v2"],
+}
+HELP = {
+    "n_gpu_layers": "layers on the GPU (0 = CPU only)",
+    "n_ctx": "context length in tokens",
+    "context_length": "0 = the model's own",
+    "rope_freq_base": "0 = from the model",
+    "rope_freq_scale": "0 = from the model",
+    "compress_pos_emb": "linear RoPE scaling; 1 = none",
+    "threads": "0 = physical cores",
+    "file": "which .gguf file",
+    "max_memory_gib": 'JSON, e.g. {"0": 20, "cpu": 60}',
+}
+
+
+@dataclass
+class LoaderControls:
+    groups: dict[str, gr.Group]  # loader -> its group
+    fields: dict[str, dict[str, gr.components.Component]]  # loader -> field -> control
+
+    @property
+    def inputs(self) -> list[gr.components.Component]:
+        return [c for per_loader in self.fields.values() for c in per_loader.values()]
+
+    def collect(self, loader: str, values: list[Any]) -> dict[str, Any]:
+        """The chosen loader's settings from the values of `inputs` (all loaders, in order)."""
+        offset = 0
+        for name, per_loader in self.fields.items():
+            if name == loader:
+                chosen = values[offset : offset + len(per_loader)]
+                return {f: _from_control(f, v) for f, v in zip(per_loader, chosen, strict=True)}
+            offset += len(per_loader)
+        raise KeyError(loader)
+
+    def updates(self, loader: str, settings: dict[str, Any], gguf_files: list[str]) -> list[Any]:
+        """Control values for every loader: the chosen one's from `settings`, the others' defaults."""
+        out: list[Any] = []
+        for name, per_loader in self.fields.items():
+            defaults = {f.name: _default(f) for f in fields(SETTINGS_CLASSES[name])}
+            values = defaults | (settings if name == loader else {})
+            for field_name in per_loader:
+                if field_name == "file":
+                    out.append(gr.update(choices=gguf_files, value=values.get("file") or (gguf_files or [""])[0]))
+                else:
+                    out.append(_to_control(field_name, values.get(field_name)))
+        return out
+
+    def visibility(self, loader: str) -> list[Any]:
+        return [gr.update(visible=name == loader) for name in self.groups]
+
+
+def build(initial_loader: str = "transformers") -> LoaderControls:
+    groups: dict[str, gr.Group] = {}
+    controls: dict[str, dict[str, gr.components.Component]] = {}
+    for loader, cls in SETTINGS_CLASSES.items():
+        with gr.Group(visible=loader == initial_loader) as group:
+            with gr.Row():
+                controls[loader] = {f.name: _control(loader, f) for f in fields(cls)}
+        groups[loader] = group
+    return LoaderControls(groups, controls)
+
+
+def _default(f) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else None
+
+
+def _control(loader: str, f) -> gr.components.Component:
+    label = f.name + (f" ({HELP[f.name]})" if f.name in HELP else "")
+    interactive = f.name not in READ_ONLY.get(loader, set())
+    default = _default(f)
+    elem_id = f"{loader.replace('.', '')}-{f.name}"
+    if f.name == "file":
+        return gr.Dropdown(choices=[], label=label, allow_custom_value=True, elem_id=elem_id)
+    if f.name in CHOICES:
+        return gr.Dropdown(CHOICES[f.name], value=default, label=label, interactive=interactive, elem_id=elem_id)
+    if isinstance(default, bool):
+        return gr.Checkbox(value=default, label=label, interactive=interactive, elem_id=elem_id)
+    if isinstance(default, int):
+        return gr.Number(value=default, precision=0, label=label, interactive=interactive, elem_id=elem_id)
+    if isinstance(default, float):
+        return gr.Number(value=default, label=label, interactive=interactive, elem_id=elem_id)
+    return gr.Textbox(value=_to_control(f.name, default), label=label, interactive=interactive, elem_id=elem_id)
+
+
+def _to_control(name: str, value: Any) -> Any:
+    if name == "max_memory_gib":
+        return json.dumps(value) if value else ""
+    return value
+
+
+def _from_control(name: str, value: Any) -> Any:
+    if name == "max_memory_gib":
+        return json.loads(value) if value else None
+    if isinstance(value, float) and value.is_integer() and name not in ("rope_freq_base", "rope_freq_scale",
+                                                                        "compress_pos_emb"):
+        return int(value)
+    return value
