@@ -219,19 +219,16 @@ def _names(paths: list[Path]) -> str:
 
 
 def _weights_for(folder: Path, files: list[Path], gptq: GPTQInfo | None) -> list[Path]:
-    if gptq is not None and gptq.base_name:
+    if gptq is not None and gptq.base_name:  # older repos: gptq_model-4bit-128g.safetensors
         named = [folder / f"{gptq.base_name}{ext}" for ext in (".safetensors", ".bin")]
         found = [p for p in named if p.is_file()]
-        if not found:
-            raise ModelFormatError(
-                f"{gptq.source} names the weights {gptq.base_name}.safetensors, which is missing; download it again",
-                path=folder,
-            )
-        return found[:1]
+        if found:
+            return found[:1]
     weights = _hf_weight_files(folder, files)
     if not weights:
+        expected = f"{gptq.base_name}.safetensors" if gptq is not None and gptq.base_name else "model.safetensors"
         raise ModelFormatError(
-            "The weights are missing: config.json is here but no model.safetensors (or shards); download them again",
+            f"The weights are missing: config.json is here but no {expected} (or shards); download them again",
             path=folder,
         )
     missing = [p for p in weights if not p.is_file()]
@@ -395,7 +392,9 @@ def _apply_gptq(detection: Detection, gptq: GPTQInfo, weights: list[Path]) -> No
         "weights_file": weights[0].name if len(weights) == 1 else "",
     }
     detection.settings_sources = {key: gptq.source for key in detection.settings}
-    detection.settings_sources["weights_file"] = gptq.source if gptq.base_name else "the folder's files"
+    named = bool(gptq.base_name) and weights[0].stem == gptq.base_name
+    weights_source = f"{gptq.source} model_file_base_name" if named else "the folder's files"
+    detection.settings_sources["weights_file"] = weights_source
     detection.quant = _gptq_label(gptq)
     groups = "no groups" if gptq.group_size == -1 else f"group size {gptq.group_size}"
     detection.reasons.insert(
