@@ -7,6 +7,7 @@ Every loader module exposes `load(path: Path, settings, *, name: str) -> LoadedM
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from types import ModuleType
 
