@@ -1,0 +1,362 @@
+"""Benchmark: GGUF decode and prefill speed of every way Corral can run SmolLM2-135M-Instruct Q4_1, plus (with CUDA)
+the Triton GEMV kernels' bandwidth at Llama-2-13B shapes.
+
+    .venv/bin/python -m bench.gguf [--tokens 128] [--repeats 3] [--threads N] [--profile] [--gpu]
+
+Rows: (a) raw `llama_cpp.Llama.generate`, (b) llama.cpp through Corral's engine (`webui.engine.generate` over
+`loaders.llamacpp`), (c) the native GGUF loader (`loaders.gguf`), (d) `transformers` loading the GGUF with
+`gguf_file=` (dequantized to fp32). Same ChatML prompt, greedy, one warm-up then the best of `--repeats` runs.
+Prefill tokens/s = prompt tokens / time to the first new token; decode tokens/s = (new tokens - 1) / time from
+the first to the last new token. Token times are taken where each backend hands a token over (for (b): where the
+loader yields it to the engine, so the engine's own per-token work falls inside the decode interval).
+Goal of issue 5: (b) >= 0.95 x (a) in decode; `--profile` shows where the engine spends its time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import logging
+import os
+import pstats
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from loaders.base import GenerationParams
+from tests import realmodel
+
+PROMPT = (
+    "<|im_start|>system\nYou are a helpful assistant who writes clear, detailed answers.<|im_end|>\n"
+    "<|im_start|>user\nExplain how a lighthouse works: the light source, the Fresnel lens that concentrates it, "
+    "how the beam is made to rotate, how sailors tell one lighthouse from another by its pattern of flashes, "
+    "and why many lighthouses are now automated. Then write a short poem about a lighthouse keeper.<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
+logger = logging.getLogger("bench.gguf")
+LLAMA2_13B_SHAPES = {"attn q/k/v/o": (5120, 5120), "ffn gate/up": (13824, 5120), "ffn down": (5120, 13824)}
+
+
+@dataclass(frozen=True)
+class Run:
+    prompt_tokens: int
+    new_tokens: int
+    first_s: float  # from the call to the first new token
+    last_s: float  # from the call to the last new token
+
+    @property
+    def prefill_tps(self) -> float:
+        return self.prompt_tokens / self.first_s
+
+    @property
+    def decode_tps(self) -> float:
+        return (self.new_tokens - 1) / (self.last_s - self.first_s) if self.new_tokens > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    prefill_tps: float | None
+    decode_tps: float | None
+    new_tokens: int = 0
+    note: str = ""
+
+
+# --- timing ---------------------------------------------------------------------------------------------------------
+
+
+def time_tokens(prompt_tokens: int, start: Callable[[], Iterable[Any]]) -> Run:
+    """Time one generation: `start()` returns an iterable of new tokens, consumed to the end."""
+    began = time.perf_counter()
+    stamps = [time.perf_counter() - began for _ in start()]
+    return Run(prompt_tokens, len(stamps), stamps[0], stamps[-1])
+
+
+def best_of(name: str, repeats: int, once: Callable[[], Run]) -> Result:
+    once()  # warm-up: page in the weights, fill caches
+    runs = [once() for _ in range(repeats)]
+    return Result(
+        name,
+        max(r.prefill_tps for r in runs),
+        max(r.decode_tps for r in runs),
+        runs[-1].new_tokens,
+    )
+
+
+class StampedModel:
+    """Wraps a `LoadedModel`: records when each token leaves `generate_tokens`, to time the engine without relying on
+    its stats. Everything else is delegated."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self.stamps: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def generate_tokens(
+        self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event
+    ) -> Iterator[int]:
+        self.prompt_tokens = len(prompt_ids)
+        for token in self._model.generate_tokens(prompt_ids, params, cancel):
+            self.stamps.append(time.perf_counter())
+            yield token
+
+
+# --- the four backends ----------------------------------------------------------------------------------------------
+
+
+def greedy(tokens: int) -> GenerationParams:
+    return GenerationParams(do_sample=False, max_new_tokens=tokens, truncation_length=4096, add_bos_token=True)
+
+
+def bench_raw(path: Path, tokens: int, repeats: int, threads: int) -> Result:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    ids = llm.tokenize(PROMPT.encode(), add_bos=True, special=True)
+
+    def stream() -> Iterator[int]:
+        llm.reset()  # no prompt-prefix reuse between runs: every run pays its prefill
+        for n, token in enumerate(llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0), start=1):
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                return
+            yield token
+            if n == tokens:
+                return
+
+    result = best_of("(a) llama.cpp raw", repeats, lambda: time_tokens(len(ids), stream))
+    llm.close()
+    return result
+
+
+def load_llamacpp(path: Path, threads: int) -> Any:
+    from loaders import llamacpp
+    from loaders.settings import LlamaCppSettings
+
+    return llamacpp.load(path, LlamaCppSettings(n_ctx=2048, threads=threads), name=path.stem)
+
+
+def bench_engine(path: Path, tokens: int, repeats: int, threads: int, profile: bool) -> Result:
+    try:
+        from webui.engine import generate
+    except ImportError as error:
+        return Result("(b) llama.cpp via Corral", None, None, note=f"not available ({error})")
+    model = load_llamacpp(path, threads)
+    stamped = StampedModel(model)
+
+    def once() -> Run:
+        model.llm.reset()  # as for (a): full prefill every run
+        stamped.stamps.clear()
+        began = time.perf_counter()
+        for _ in generate(stamped, PROMPT, greedy(tokens), cancel=threading.Event()):
+            pass
+        first, last = stamped.stamps[0] - began, stamped.stamps[-1] - began
+        return Run(stamped.prompt_tokens, len(stamped.stamps), first, last)
+
+    result = best_of("(b) llama.cpp via Corral", repeats, once)
+    if profile:
+        print_profile(once)
+    model.unload()
+    return result
+
+
+def print_profile(once: Callable[[], Run]) -> None:
+    """cProfile of one engine run, the Python side only (llama.cpp's C time shows under its ctypes calls)."""
+    profiler = cProfile.Profile()
+    profiler.runcall(once)
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(20)
+    print("\nProfile of one run through the engine (by own time):\n" + out.getvalue())
+
+
+def bench_native(path: Path, tokens: int, repeats: int) -> Result:
+    try:
+        from loaders import gguf as native
+        from loaders.settings import NativeGGUFSettings
+    except ImportError as error:
+        return Result("(c) native GGUF loader", None, None, note=f"not available ({error})")
+    model = native.load(path, NativeGGUFSettings(n_ctx=2048), name=path.stem)
+    ids = model.tokenizer.encode(PROMPT, add_bos=True)
+
+    def once() -> Run:
+        return time_tokens(len(ids), lambda: model.generate_tokens(ids, greedy(tokens), threading.Event()))
+
+    result = best_of("(c) native GGUF loader", repeats, once)
+    model.unload()
+    return result
+
+
+def bench_transformers(path: Path, tokens: int, repeats: int) -> Result:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    inputs = tokenizer(PROMPT, return_tensors="pt", add_special_tokens=False)
+    n_prompt = int(inputs["input_ids"].shape[1])
+
+    def once() -> Run:
+        streamer = _Stamps()
+        began = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(
+                **inputs, streamer=streamer, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens,
+                pad_token_id=tokenizer.eos_token_id,
+            )  # fmt: skip
+        return Run(n_prompt, len(streamer.stamps), streamer.stamps[0] - began, streamer.stamps[-1] - began)
+
+    return best_of("(d) transformers fp32 (gguf_file=)", repeats, once)
+
+
+class _Stamps:
+    """A `generate` streamer that only records when each new token arrives (its first `put` is the prompt)."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if self._prompt_seen:
+            self.stamps.append(time.perf_counter())
+        self._prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
+# --- GPU kernels ----------------------------------------------------------------------------------------------------
+
+
+def bench_gpu() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        print("\n--gpu: no CUDA device here; skipped.")
+        return
+    try:
+        from kernels import gguf_triton
+    except ImportError as error:
+        print(f"\n--gpu: kernels/gguf_triton.py not importable ({error}); skipped.")
+        return
+    from gguf import GGMLQuantizationType as Q
+
+    copy_bw = copy_bandwidth()
+    print(f"\nTriton GEMV on {torch.cuda.get_device_name()} | device-to-device copy: {copy_bw / 1e9:.0f} GB/s")
+    print(f"{'type':6} {'matrix':14} {'shape (out, in)':16} {'us':>8} {'GB/s':>7} {'of copy':>8}")
+    for qtype in (Q.Q4_K, Q.Q4_1, Q.Q8_0):
+        for label, shape in LLAMA2_13B_SHAPES.items():
+            seconds, nbytes = time_gemv(gguf_triton.gemv, qtype, shape, torch.device("cuda"))
+            bw = nbytes / seconds
+            print(f"{qtype.name:6} {label:14} {str(shape):16} {seconds * 1e6:8.1f} {bw / 1e9:7.0f} {bw / copy_bw:8.2f}")
+
+
+def copy_bandwidth(nbytes: int = 1 << 30, iters: int = 20) -> float:
+    """Bytes moved per second (read + write) by a device-to-device copy."""
+    import torch
+
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    seconds = cuda_time(lambda: dst.copy_(src), iters)
+    return 2 * nbytes / seconds
+
+
+def time_gemv(gemv: Callable[..., Any], qtype: Any, shape: tuple[int, int], device: Any, iters: int = 50) -> tuple:
+    """(seconds per call, bytes read + written per call) for x (1, K) @ W.T with W random bytes of `qtype`.
+    Random bytes are fine for timing: the kernel's memory traffic does not depend on the values."""
+    import torch
+    from gguf import GGML_QUANT_SIZES
+
+    n_out, n_in = shape
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    weight = torch.randint(0, 256, (n_out, n_in // block * type_size), dtype=torch.uint8, device=device)
+    x = torch.randn(1, n_in, dtype=torch.float16, device=device)
+    nbytes = weight.numel() + x.numel() * x.element_size() + n_out * 4
+    if device.type != "cuda":  # a smoke run (TRITON_INTERPRET=1): correctness of the plumbing, not speed
+        began = time.perf_counter()
+        gemv(x, weight, qtype, shape)
+        return time.perf_counter() - began, nbytes
+    return cuda_time(lambda: gemv(x, weight, qtype, shape), iters), nbytes
+
+
+def cuda_time(fn: Callable[[], Any], iters: int) -> float:
+    import torch
+
+    for _ in range(3):
+        fn()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    stop.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(stop) / 1e3 / iters
+
+
+# --- report ---------------------------------------------------------------------------------------------------------
+
+
+def run_row(name: str, bench: Callable[[], Result]) -> Result:
+    """One backend's row; a backend that fails (one still being written...) is reported, and the others still run."""
+    try:
+        return bench()
+    except Exception as error:  # noqa: BLE001 - logged with its traceback and shown in the table
+        logger.exception("%s failed", name)
+        return Result(name, None, None, note=f"failed: {type(error).__name__}: {error}")
+
+
+def print_header(threads: int) -> None:
+    print(f"\nSmolLM2-135M-Instruct Q4_1, greedy, best of runs | {threads} threads, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} at start")  # fmt: skip
+    print(f"{'backend':38} {'prefill tok/s':>13} {'x raw':>6} {'decode tok/s':>13} {'x raw':>6} {'new':>4}")
+
+
+def print_row(r: Result, base: Result) -> None:
+    if r.decode_tps is None:
+        print(f"{r.name:38} {r.note}", flush=True)
+        return
+    print(
+        f"{r.name:38} {r.prefill_tps:13.1f} {r.prefill_tps / base.prefill_tps:6.2f} "
+        f"{r.decode_tps:13.1f} {r.decode_tps / base.decode_tps:6.2f} {r.new_tokens:4d}",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=psutil.cpu_count(logical=False) or 1)
+    parser.add_argument("--skip", default="", help="comma-separated rows to skip: engine,native,transformers")
+    parser.add_argument("--profile", action="store_true", help="cProfile one run through the engine")
+    parser.add_argument("--gpu", action="store_true", help="also time the Triton GEMV kernels (CUDA only)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    torch.set_num_threads(args.threads)  # (c) and (d): the same cores as llama.cpp
+    path, n, k = realmodel.smollm2_gguf(), args.tokens, args.repeats
+    rows: dict[str, tuple[str, Callable[[], Result]]] = {
+        "engine": ("(b) llama.cpp via Corral", lambda: bench_engine(path, n, k, args.threads, args.profile)),
+        "native": ("(c) native GGUF loader", lambda: bench_native(path, n, k)),
+        "transformers": ("(d) transformers fp32 (gguf_file=)", lambda: bench_transformers(path, n, k)),
+    }
+    print_header(args.threads)
+    base = bench_raw(path, n, k, args.threads)
+    print_row(base, base)
+    for key, (name, bench) in rows.items():
+        if key not in args.skip.split(","):
+            print_row(run_row(name, bench), base)
+    if args.gpu:
+        bench_gpu()
+
+
+if __name__ == "__main__":
+    main()
