@@ -46,6 +46,10 @@ def pack_cols(values: torch.Tensor, bits: int) -> torch.Tensor:
 
 def unpack_rows(packed: torch.Tensor, bits: int) -> torch.Tensor:
     """Inverse of `pack_rows`: int32 [rows * bits / 32, cols] -> int32 [rows, cols] in [0, 2**bits)."""
+    if 32 % bits == 0:  # no value straddles two words: one broadcast shift
+        shifts = torch.arange(0, 32, bits, device=packed.device, dtype=torch.int32)
+        values = (packed.unsqueeze(1) >> shifts.view(1, -1, 1)) & ((1 << bits) - 1)  # [words, 32 / bits, cols]
+        return values.reshape(-1, packed.shape[1])
     words = packed.to(torch.int64) & _MASK32
     n_words, cols = words.shape
     words = words.reshape(n_words // bits, bits, cols)  # [runs, bits, cols]
@@ -102,11 +106,10 @@ def zeros_int(t: GPTQTensors) -> torch.Tensor:
 
 def dequantize(t: GPTQTensors, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The float weight as [in, out] (transpose for nn.Linear's [out, in])."""
-    q = unpack_rows(t.qweight, t.bits)  # [in, out]
+    q = unpack_rows(t.qweight, t.bits).to(dtype)  # [in, out]
     g = t.g_idx.long()
-    zeros = zeros_int(t)[g]  # [in, out]
-    scales = t.scales.to(dtype)[g]
-    return (q - zeros).to(dtype) * scales
+    zeros = zeros_int(t).to(dtype)[g]  # [in, out]; small integers, exact in any float dtype
+    return (q - zeros) * t.scales.to(dtype)[g]
 
 
 def matmul(x: torch.Tensor, t: GPTQTensors) -> torch.Tensor:
