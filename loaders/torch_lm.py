@@ -1,0 +1,130 @@
+"""`TorchCausalLM`: the `LoadedModel` of every PyTorch backend (Transformers, GPTQ, native GGUF).
+
+It owns the decode loop: prefill the prompt into a KV cache, then one forward per new token, sampled by
+`loaders.sampling`. Any module with the Hugging Face causal-LM forward works
+(`module(input_ids=..., past_key_values=cache, use_cache=True).logits`); loaders build the module, this class
+only runs it. The cache is made by `_new_cache` and each step runs through `_forward`, the two places a static
+cache / `torch.compile` path for CUDA would replace.
+"""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from loaders.base import GenerationParams, MemoryReport, ModelTokenizer
+from loaders.sampling import sample_next
+from webui.errors import ModelNotLoadedError
+
+
+class TorchCausalLM:
+    """A loaded PyTorch causal LM. One object per load; `unload()` releases the module."""
+
+    def __init__(
+        self,
+        name: str,
+        loader: str,
+        path: Path,
+        module: torch.nn.Module,
+        tokenizer: ModelTokenizer,
+        context_length: int,
+        device: str,
+        load_seconds: float,
+        memory: MemoryReport,
+    ) -> None:
+        self.name = name
+        self.loader = loader
+        self.path = Path(path)
+        self.module: torch.nn.Module | None = module
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.device = device
+        self.load_seconds = load_seconds
+        self.memory = memory
+        self._input_device = _input_device(module)
+        # Prefill needs the last position's logits only; HF models skip the rest of the LM head when told so.
+        self._keep_last = "logits_to_keep" in inspect.signature(module.forward).parameters
+
+    def generate_tokens(
+        self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event
+    ) -> Iterator[int]:
+        """Yield new token ids; stops at EOS (not yielded; never sampled when banned), max_new_tokens or cancel."""
+        module = self._live()
+        if not prompt_ids or params.max_new_tokens <= 0:
+            return
+        with torch.inference_mode():
+            yield from self._decode(module, prompt_ids, params, cancel)
+
+    def unload(self) -> None:
+        self.module = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # --- the loop -------------------------------------------------------------------------------------------------
+
+    def _decode(
+        self, module: torch.nn.Module, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event
+    ) -> Iterator[int]:
+        eos = tuple(self.tokenizer.eos_token_ids)
+        stop_ids = () if params.ban_eos_token else eos
+        generator = _generator(params.seed, self._input_device)
+        n_prompt = len(prompt_ids)
+        # [n_prompt + max_new]: prompt and reply; the sampler reads penalties from it, each step feeds one slot.
+        context = torch.empty(n_prompt + params.max_new_tokens, dtype=torch.long, device=self._input_device)
+        context[:n_prompt] = torch.tensor(prompt_ids, dtype=torch.long)
+        cache = self._new_cache(module, n_prompt + params.max_new_tokens)
+        step_input = context[None, :n_prompt]  # [1, n_prompt]
+        for n in range(n_prompt, n_prompt + params.max_new_tokens):
+            if cancel.is_set():
+                return
+            logits = self._forward(module, step_input, cache)  # [vocab] float32
+            token = sample_next(logits, context[:n], params, generator, eos_ids=eos)
+            if token in stop_ids:
+                return
+            context[n] = token
+            step_input = context[None, n : n + 1]  # [1, 1]
+            yield token
+
+    def _new_cache(self, module: torch.nn.Module, max_length: int) -> Any:
+        """A growing transformers DynamicCache (`max_length` is for a future static cache)."""
+        from transformers import DynamicCache, PreTrainedConfig
+
+        config = getattr(module, "config", None)  # lets the cache size sliding-window layers
+        return DynamicCache(config=config) if isinstance(config, PreTrainedConfig) else DynamicCache()
+
+    def _forward(self, module: torch.nn.Module, input_ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        """Run `input_ids` [1, n] through the model, extending `cache`; the last position's logits [vocab]."""
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "past_key_values": cache, "use_cache": True}
+        if self._keep_last:
+            kwargs["logits_to_keep"] = 1
+        # Sampling runs where the ids live; with a split device map the LM head may sit elsewhere.
+        return module(**kwargs).logits[0, -1].float().to(self._input_device)
+
+    def _live(self) -> torch.nn.Module:
+        if self.module is None:
+            raise ModelNotLoadedError(f"{self.name} was unloaded. Load it again in the Model tab.")
+        return self.module
+
+
+def _input_device(module: torch.nn.Module) -> torch.device:
+    """Where input ids go: the embedding's device (with a split device map, the first part)."""
+    embeddings = getattr(module, "get_input_embeddings", None)
+    if embeddings is not None and embeddings() is not None:
+        return embeddings().weight.device
+    return next(module.parameters()).device
+
+
+def _generator(seed: int, device: torch.device) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    if seed >= 0:
+        generator.manual_seed(seed)
+    else:
+        generator.seed()
+    return generator
