@@ -46,6 +46,12 @@ class GGUFEmbedding(nn.Module):
         self.embedding_dim = dim
         self.dtype = dtype
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The raw block bytes (uint8), for callers that only ask the input embedding for its device or dtype
+        (`TorchCausalLM`, accelerate). Not a float matrix: dequantize with `kernels.gguf_torch` to read values."""
+        return self.qweight
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (...,) -> (..., dim)
         rows = self.qweight[ids.reshape(-1).to(self.qweight.device)]
         values = gguf_torch.dequantize(rows, self.qtype, (rows.shape[0], self.embedding_dim))

@@ -195,3 +195,23 @@ def test_n_gpu_layers_splits_layers(smollm2_gguf: Path) -> None:
     assert not built.module.model.layers[29].mlp.down_proj.qweight.is_cuda
     assert "Paris" in _greedy(built, "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
                                      "<|im_start|>assistant\n", 16)  # fmt: skip
+
+
+def test_registry_load_generates_greedy_reply(smollm2_gguf: Path, one_thread: None) -> None:
+    import threading
+
+    from loaders.base import GenerationParams, LoadedModel
+    from loaders.registry import load_model
+
+    model = load_model("gguf", smollm2_gguf.parent, NativeGGUFSettings(n_ctx=512), name="SmolLM2-GGUF")
+    try:
+        assert isinstance(model, LoadedModel)
+        assert (model.loader, model.device, model.context_length) == ("gguf", "cpu", 512)
+        assert 0 < model.memory.ram_bytes <= smollm2_gguf.stat().st_size
+        prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+        ids = model.tokenizer.encode(prompt, add_bos=False)
+        params = GenerationParams(do_sample=False, max_new_tokens=12)
+        reply = model.tokenizer.decode(list(model.generate_tokens(ids, params, threading.Event())))
+        assert "Paris" in reply
+    finally:
+        model.unload()
