@@ -3,9 +3,10 @@ the Triton GEMV kernels' bandwidth at Llama-2-13B shapes.
 
     .venv/bin/python -m bench.gguf [--tokens 128] [--repeats 3] [--threads N] [--profile] [--gpu]
 
-Rows: (a) raw `llama_cpp.Llama.generate`, (b) llama.cpp through Corral's engine (`webui.engine.generate` over
-`loaders.llamacpp`), (c) the native GGUF loader (`loaders.gguf`), (d) `transformers` loading the GGUF with
-`gguf_file=` (dequantized to fp32). Same ChatML prompt, greedy, one warm-up then the best of `--repeats` runs.
+Rows: (a) raw `llama_cpp.Llama.generate`, (b0) Corral's llama.cpp loader alone (`generate_tokens`), (b) llama.cpp
+through Corral's engine (`webui.engine.generate` over `loaders.llamacpp`), (c) the native GGUF loader
+(`loaders.gguf`), (d) `transformers` loading the GGUF with `gguf_file=` (dequantized to fp32).
+Same ChatML prompt, greedy, one warm-up then the best of `--repeats` runs.
 Prefill tokens/s = prompt tokens / time to the first new token; decode tokens/s = (new tokens - 1) / time from
 the first to the last new token. Token times are taken where each backend hands a token over (for (b): where the
 loader yields it to the engine, so the engine's own per-token work falls inside the decode interval).
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib.util
 import io
 import logging
 import os
@@ -23,7 +25,7 @@ import pstats
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +118,35 @@ def greedy(tokens: int) -> GenerationParams:
     return GenerationParams(do_sample=False, max_new_tokens=tokens, truncation_length=4096, add_bos_token=True)
 
 
-def bench_raw(path: Path, tokens: int, repeats: int, threads: int) -> Result:
+@dataclass
+class Contender:
+    """One llama.cpp row: `once()` times one generation. The llama.cpp rows run interleaved, run by run, so a change
+    in the load of a shared machine hits them alike."""
+
+    name: str
+    once: Callable[[], Run]
+    close: Callable[[], None]
+    runs: list[Run] = field(default_factory=list)
+
+    def result(self) -> Result:
+        return Result(
+            self.name,
+            max(r.prefill_tps for r in self.runs),
+            max(r.decode_tps for r in self.runs),
+            self.runs[-1].new_tokens,
+        )
+
+
+def interleaved(contenders: list[Contender], repeats: int) -> list[Result]:
+    for c in contenders:
+        c.once()  # warm-up
+    for _ in range(repeats):
+        for c in contenders:
+            c.runs.append(c.once())
+    return [c.result() for c in contenders]
+
+
+def raw_contender(path: Path, tokens: int, threads: int) -> Contender:
     import llama_cpp
 
     llm = llama_cpp.Llama(str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -132,9 +162,7 @@ def bench_raw(path: Path, tokens: int, repeats: int, threads: int) -> Result:
             if n == tokens:
                 return
 
-    result = best_of("(a) llama.cpp raw", repeats, lambda: time_tokens(len(ids), stream))
-    llm.close()
-    return result
+    return Contender("(a) llama.cpp raw", lambda: time_tokens(len(ids), stream), llm.close)
 
 
 def load_llamacpp(path: Path, threads: int) -> Any:
@@ -144,11 +172,21 @@ def load_llamacpp(path: Path, threads: int) -> Any:
     return llamacpp.load(path, LlamaCppSettings(n_ctx=2048, threads=threads), name=path.stem)
 
 
-def bench_engine(path: Path, tokens: int, repeats: int, threads: int, profile: bool) -> Result:
-    try:
-        from webui.engine import generate
-    except ImportError as error:
-        return Result("(b) llama.cpp via Corral", None, None, note=f"not available ({error})")
+def loader_contender(path: Path, tokens: int, threads: int) -> Contender:
+    """Corral's llama.cpp loader without the engine: separates the loader's cost from the engine's."""
+    model = load_llamacpp(path, threads)
+    ids = model.tokenizer.encode(PROMPT, add_bos=True)
+
+    def once() -> Run:
+        model.llm.reset()
+        return time_tokens(len(ids), lambda: model.generate_tokens(ids, greedy(tokens), threading.Event()))
+
+    return Contender("(b0) llama.cpp loader, no engine", once, model.unload)
+
+
+def engine_contender(path: Path, tokens: int, threads: int) -> Contender:
+    from webui.engine import generate
+
     model = load_llamacpp(path, threads)
     stamped = StampedModel(model)
 
@@ -161,11 +199,7 @@ def bench_engine(path: Path, tokens: int, repeats: int, threads: int, profile: b
         first, last = stamped.stamps[0] - began, stamped.stamps[-1] - began
         return Run(stamped.prompt_tokens, len(stamped.stamps), first, last)
 
-    result = best_of("(b) llama.cpp via Corral", repeats, once)
-    if profile:
-        print_profile(once)
-    model.unload()
-    return result
+    return Contender("(b) llama.cpp via Corral", once, model.unload)
 
 
 def print_profile(once: Callable[[], Run]) -> None:
@@ -334,7 +368,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=psutil.cpu_count(logical=False) or 1)
-    parser.add_argument("--skip", default="", help="comma-separated rows to skip: engine,native,transformers")
+    parser.add_argument("--skip", default="", help="rows to skip: native,transformers")
     parser.add_argument("--profile", action="store_true", help="cProfile one run through the engine")
     parser.add_argument("--gpu", action="store_true", help="also time the Triton GEMV kernels (CUDA only)")
     args = parser.parse_args()
@@ -344,13 +378,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)  # (c) and (d): the same cores as llama.cpp
     path, n, k = realmodel.smollm2_gguf(), args.tokens, args.repeats
     rows: dict[str, tuple[str, Callable[[], Result]]] = {
-        "engine": ("(b) llama.cpp via Corral", lambda: bench_engine(path, n, k, args.threads, args.profile)),
         "native": ("(c) native GGUF loader", lambda: bench_native(path, n, k)),
         "transformers": ("(d) transformers fp32 (gguf_file=)", lambda: bench_transformers(path, n, k)),
     }
+    contenders = [raw_contender(path, n, args.threads), loader_contender(path, n, args.threads)]
+    if importlib.util.find_spec("webui.engine") is not None:
+        contenders.append(engine_contender(path, n, args.threads))
     print_header(args.threads)
-    base = bench_raw(path, n, k, args.threads)
-    print_row(base, base)
+    results = interleaved(contenders, k)
+    base = results[0]
+    for result in results:
+        print_row(result, base)
+    if args.profile and len(contenders) == 3:
+        print_profile(contenders[2].once)
+    for c in contenders:
+        c.close()
     for key, (name, bench) in rows.items():
         if key not in args.skip.split(","):
             print_row(run_row(name, bench), base)

@@ -20,6 +20,7 @@ import gguf  # noqa: E402
 from loaders import llamacpp  # noqa: E402
 from loaders.base import GenerationParams, LoadedModel  # noqa: E402
 from loaders.settings import LlamaCppSettings  # noqa: E402
+from webui.engine import generate  # noqa: E402
 from webui.errors import GenerationError, ModelFormatError, ModelNotLoadedError  # noqa: E402
 
 N_CTX = 512
@@ -139,6 +140,25 @@ def test_cancel_stops_between_tokens(model: llamacpp.LlamaCppModel) -> None:
         if len(got) == 3:
             cancel.set()
     assert len(got) == 3
+
+
+def test_engine_stop_string_cuts_the_reply(model: llamacpp.LlamaCppModel) -> None:
+    model.llm.reset()
+    full = generate(model, PROMPT, GREEDY)
+    reference = "".join(full)
+    stop = reference.split()[3]  # a word from the middle of the reply
+    model.llm.reset()
+    cut = generate(model, PROMPT, GenerationParams(**{**GREEDY.__dict__, "stop": (stop,)}))
+    assert "".join(cut) == reference[: reference.index(stop)]
+    assert cut.stats.stop_reason == "stop_string" and cut.stats.new_tokens < full.stats.new_tokens
+
+
+def test_engine_cancel_ends_the_stream(model: llamacpp.LlamaCppModel) -> None:
+    cancel = threading.Event()
+    reply = generate(model, PROMPT, GenerationParams(do_sample=False, max_new_tokens=50), cancel=cancel)
+    for _delta in reply:
+        cancel.set()
+    assert reply.stats.stop_reason == "cancelled" and reply.stats.new_tokens <= 2
 
 
 def test_prompt_longer_than_context(model: llamacpp.LlamaCppModel) -> None:
