@@ -1,0 +1,119 @@
+"""Benchmark: decode speed of Corral's PyTorch loop (through the engine) against `transformers.generate`, on
+SmolLM2-135M-Instruct (the Transformers folder from tests/realmodel.py), in one run.
+
+    .venv/bin/python -m bench.decode [--tokens 128] [--repeats 3] [--threads N]
+
+Both run greedy on the same prompt and model object. Decode tokens/s counts the tokens after the first one over
+the time after the first one (prefill excluded); runs alternate (ours, generate, ours...) after one warm-up each,
+and the best of `--repeats` is kept, so load from other processes hits both sides alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from transformers.generation.streamers import BaseStreamer
+
+from loaders.base import GenerationParams
+from loaders.settings import TransformersSettings
+from loaders.torch_lm import TorchCausalLM
+from loaders.transformers_loader import load
+from tests import realmodel
+from webui.engine import encode_prompt, generate
+
+PROMPT = (
+    "<|im_start|>user\nWrite a long, detailed story about a dragon who learns to bake bread in a small "
+    "mountain village.<|im_end|>\n<|im_start|>assistant\n"
+)
+
+
+@dataclass
+class Run:
+    tokens: int
+    first_token_s: float  # prefill + first token
+    decode_s: float  # after the first token
+
+    @property
+    def decode_tps(self) -> float:
+        return (self.tokens - 1) / self.decode_s if self.decode_s > 0 else 0.0
+
+
+class _Clock(BaseStreamer):
+    """Timestamps each `put` of new tokens (the first `put` is the prompt)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.puts = 0
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts += 1
+        if self.puts > 1:
+            self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def run_engine(model: TorchCausalLM, params: GenerationParams) -> Run:
+    start = time.perf_counter()
+    first = None
+    generation = generate(model, PROMPT, params, cancel=threading.Event())
+    for _delta in generation:
+        if first is None:
+            first = time.perf_counter()
+    end = time.perf_counter()
+    return Run(len(generation.token_ids), first - start, end - first)
+
+
+def run_hf(model: TorchCausalLM, params: GenerationParams) -> Run:
+    prompt_ids = torch.tensor([encode_prompt(model, PROMPT, params)])
+    eos = list(model.tokenizer.eos_token_ids)
+    clock = _Clock()
+    start = time.perf_counter()
+    out = model.module.generate(prompt_ids, max_new_tokens=params.max_new_tokens, do_sample=False,
+                                eos_token_id=eos, pad_token_id=eos[0], streamer=clock)
+    tokens = out.shape[1] - prompt_ids.shape[1]
+    return Run(tokens, clock.times[0] - start, clock.times[-1] - clock.times[0])
+
+
+def best(runs: list[Run]) -> Run:
+    return max(runs, key=lambda run: run.decode_tps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load(realmodel.smollm2_hf(), TransformersSettings(), name="SmolLM2-135M-Instruct")
+    params = GenerationParams(do_sample=False, max_new_tokens=args.tokens)
+    sides: dict[str, Callable[[TorchCausalLM, GenerationParams], Run]] = {
+        "corral engine": run_engine, "transformers.generate": run_hf,
+    }
+    for side in sides.values():
+        side(model, params)  # warm-up
+    runs: dict[str, list[Run]] = {name: [] for name in sides}
+    for _ in range(args.repeats):
+        for name, side in sides.items():
+            runs[name].append(side(model, params))
+    print(f"SmolLM2-135M-Instruct fp32, {model.device}, torch threads {torch.get_num_threads()}, greedy, "
+          f"{args.tokens} new tokens max, best of {args.repeats}")
+    for name, side_runs in runs.items():
+        run = best(side_runs)
+        print(f"  {name:22s} {run.decode_tps:7.2f} decode tok/s  ({run.tokens} tokens, first token "
+              f"{run.first_token_s * 1000:.0f} ms; all runs: "
+              f"{', '.join(f'{r.decode_tps:.2f}' for r in side_runs)})")
+    ours, theirs = best(runs["corral engine"]), best(runs["transformers.generate"])
+    print(f"  ratio engine / generate: {ours.decode_tps / theirs.decode_tps:.3f}")
+
+
+if __name__ == "__main__":
+    main()
