@@ -13,6 +13,7 @@ import gc
 import inspect
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,17 @@ import torch
 from loaders.base import GenerationParams, MemoryReport, ModelTokenizer
 from loaders.sampling import sample_next
 from webui.errors import ModelNotLoadedError
+
+
+@dataclass
+class _Decoding:
+    """One generation's tensors."""
+
+    context: torch.Tensor  # [n_prompt + max_new_tokens] long: the prompt, then the reply as it grows
+    length: int  # tokens in `context` so far
+    fed: int  # tokens already run through the model (held in `cache`)
+    cache: Any
+    generator: torch.Generator
 
 
 class TorchCausalLM:
@@ -58,8 +70,16 @@ class TorchCausalLM:
         module = self._live()
         if not prompt_ids or params.max_new_tokens <= 0:
             return
-        with torch.inference_mode():
-            yield from self._decode(module, prompt_ids, params, cancel)
+        eos = tuple(self.tokenizer.eos_token_ids)
+        stop_ids = () if params.ban_eos_token else eos
+        state = self._start(module, prompt_ids, params)
+        for _ in range(params.max_new_tokens):
+            if cancel.is_set():
+                return
+            token = self._step(module, state, params, eos)
+            if token in stop_ids:
+                return
+            yield token
 
     def unload(self) -> None:
         self.module = None
@@ -68,29 +88,26 @@ class TorchCausalLM:
             torch.cuda.empty_cache()
 
     # --- the loop -------------------------------------------------------------------------------------------------
+    # Inference mode is entered per step, never across a `yield`: the consumer may resume this generator on another
+    # thread (Gradio does), and thread-local grad state must not leak into its code between tokens.
 
-    def _decode(
-        self, module: torch.nn.Module, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event
-    ) -> Iterator[int]:
-        eos = tuple(self.tokenizer.eos_token_ids)
-        stop_ids = () if params.ban_eos_token else eos
-        generator = _generator(params.seed, self._input_device)
-        n_prompt = len(prompt_ids)
-        # [n_prompt + max_new]: prompt and reply; the sampler reads penalties from it, each step feeds one slot.
-        context = torch.empty(n_prompt + params.max_new_tokens, dtype=torch.long, device=self._input_device)
-        context[:n_prompt] = torch.tensor(prompt_ids, dtype=torch.long)
-        cache = self._new_cache(module, n_prompt + params.max_new_tokens)
-        step_input = context[None, :n_prompt]  # [1, n_prompt]
-        for n in range(n_prompt, n_prompt + params.max_new_tokens):
-            if cancel.is_set():
-                return
-            logits = self._forward(module, step_input, cache)  # [vocab] float32
-            token = sample_next(logits, context[:n], params, generator, eos_ids=eos)
-            if token in stop_ids:
-                return
-            context[n] = token
-            step_input = context[None, n : n + 1]  # [1, 1]
-            yield token
+    @torch.inference_mode()
+    def _start(self, module: torch.nn.Module, prompt_ids: list[int], params: GenerationParams) -> _Decoding:
+        size = len(prompt_ids) + params.max_new_tokens
+        context = torch.empty(size, dtype=torch.long, device=self._input_device)
+        context[: len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
+        return _Decoding(context, len(prompt_ids), 0, self._new_cache(module, size),
+                         _generator(params.seed, self._input_device))
+
+    @torch.inference_mode()
+    def _step(self, module: torch.nn.Module, state: _Decoding, params: GenerationParams, eos: tuple[int, ...]) -> int:
+        """Feed the tokens not yet in the cache (the prompt, then the last token), sample, append the new token."""
+        logits = self._forward(module, state.context[None, state.fed : state.length], state.cache)  # [vocab]
+        state.fed = state.length
+        token = sample_next(logits, state.context[: state.length], params, state.generator, eos_ids=eos)
+        state.context[state.length] = token
+        state.length += 1
+        return token
 
     def _new_cache(self, module: torch.nn.Module, max_length: int) -> Any:
         """A growing transformers DynamicCache (`max_length` is for a future static cache)."""

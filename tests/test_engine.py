@@ -109,6 +109,7 @@ def test_model_checks_cancel_before_each_token(model: TorchCausalLM) -> None:
     produced = []
     for token in model.generate_tokens(ids, GenerationParams(do_sample=False, max_new_tokens=40), cancel):
         produced.append(token)
+        assert not torch.is_inference_mode_enabled()  # no grad state leaks to the consumer between tokens
         if len(produced) == 3:
             cancel.set()
     assert len(produced) == 3
