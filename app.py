@@ -3,6 +3,7 @@
 
     python app.py                                  # the web UI on http://127.0.0.1:7860
     python app.py --model NAME --prompt "Hi" --chat  # one reply on stdout, no server
+    python app.py --api --nowebui --model NAME       # only the OpenAI-compatible API on http://127.0.0.1:5000/v1
 """
 
 from __future__ import annotations
@@ -30,9 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=7860, help="port of the web UI (default 7860)")
     server.add_argument("--gradio-auth", default=None, metavar="USER:PASS", help="require this login for the UI")
     server.add_argument("--insecure-listen", action="store_true", help="allow --listen without --gradio-auth")
+    api = parser.add_argument_group("OpenAI-compatible API")
+    api.add_argument("--api", action="store_true", help="serve the API too (bound like the UI: see --listen)")
+    api.add_argument("--api-port", type=int, default=5000, help="port of the API (default 5000)")
+    api.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (needed with --listen)")
+    api.add_argument("--nowebui", action="store_true", help="serve only the API, no web UI (implies --api)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=None, help="model folder (or .gguf file) under the models folder to load")
     model.add_argument("--models-dir", type=Path, default=None, help="models folder (default: ./models)")
+    model.add_argument("--data-dir", type=Path, default=None, help="where chats are kept (default: ./logs)")
     model.add_argument("--loader", choices=loader_names(), default=None, help="override the detected loader")
     model.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     model.add_argument("--yes", action="store_true", help="load even when the memory estimate says it won't fit")
@@ -52,16 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_state(args: argparse.Namespace) -> AppState:
-    config = AppConfig(force_cpu=args.cpu, default_loader=args.loader)
+    paths = {}
     if args.models_dir is not None:
-        config = AppConfig(models_dir=args.models_dir.resolve(), force_cpu=args.cpu, default_loader=args.loader)
-    return AppState(config=config)
+        paths["models_dir"] = args.models_dir.resolve()
+    if args.data_dir is not None:
+        paths["user_data_dir"] = args.data_dir.resolve()
+    return AppState(config=AppConfig(force_cpu=args.cpu, default_loader=args.loader, **paths))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     state = build_state(args)
     if args.prompt is not None:
         if args.model is None:
@@ -69,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         from webui.cli import run_once
 
         return run_once(state, args)
+    if args.api or args.nowebui:
+        from webui.api import launch_api
+
+        if args.nowebui:
+            return launch_api(state, args, foreground=True)
+        launch_api(state, args, foreground=False)
     from webui.server import launch
 
     return launch(state, args)

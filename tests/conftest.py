@@ -50,3 +50,6 @@ def models_dir(tmp_path: Path, smollm2_hf: Path, smollm2_gguf: Path) -> Path:
     link_tree(smollm2_hf, root / "SmolLM2-135M-Instruct")
     link_tree(smollm2_gguf.parent, root / "SmolLM2-135M-Instruct-GGUF")
     return root
+
+
+from tests.browser import browser_page  # noqa: E402, F401  (the Playwright page fixture for browser tests)

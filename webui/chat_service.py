@@ -26,24 +26,34 @@ def prompt_for(state: AppState, chat: Chat, *, continue_last: bool = False) -> t
     tokenizer = info.model.tokenizer
     names = {"model_name": info.view.name, "model_chat_template": tokenizer.chat_template}
     prompt = chat_prompt.build_prompt(
-        chat, state.templates, bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "",
-        continue_last=continue_last, **names,
+        chat,
+        state.templates,
+        bos_token=tokenizer.bos_token or "",
+        eos_token=tokenizer.eos_token or "",
+        continue_last=continue_last,
+        **names,
     )
     template = None if chat.mode == "chat" else chat_prompt.resolve_template(chat, state.templates, **names)
     return prompt, chat_prompt.stop_strings(chat, template)
 
 
-def send(state: AppState, session: str, chat: Chat, text: str, params: GenerationParams) -> Iterator[tuple[Chat, StreamUpdate]]:
+def send(
+    state: AppState, session: str, chat: Chat, text: str, params: GenerationParams
+) -> Iterator[tuple[Chat, StreamUpdate]]:
     chat = chat_prompt.add_user_message(chat, text)
     state.history.save(chat)
     yield from _reply(state, session, chat, params, continue_last=False)
 
 
-def regenerate(state: AppState, session: str, chat: Chat, params: GenerationParams) -> Iterator[tuple[Chat, StreamUpdate]]:
+def regenerate(
+    state: AppState, session: str, chat: Chat, params: GenerationParams
+) -> Iterator[tuple[Chat, StreamUpdate]]:
     yield from _reply(state, session, chat_prompt.prepare_regenerate(chat), params, continue_last=False)
 
 
-def continue_reply(state: AppState, session: str, chat: Chat, params: GenerationParams) -> Iterator[tuple[Chat, StreamUpdate]]:
+def continue_reply(
+    state: AppState, session: str, chat: Chat, params: GenerationParams
+) -> Iterator[tuple[Chat, StreamUpdate]]:
     yield from _reply(state, session, chat_prompt.prepare_continue(chat), params, continue_last=True)
 
 

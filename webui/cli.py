@@ -37,8 +37,10 @@ def run_once(state: AppState, args: argparse.Namespace) -> int:
                 continue
             print(update.text, flush=True)
             stats = update.stats
-            print(f"[{stats.new_tokens} tokens, {stats.tokens_per_second:.1f} tokens/s, {stats.stop_reason}]",
-                  file=sys.stderr)
+            print(
+                f"[{stats.new_tokens} tokens, {stats.tokens_per_second:.1f} tokens/s, {stats.stop_reason}]",
+                file=sys.stderr,
+            )
     except CorralError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -68,6 +70,11 @@ def _prompt(state: AppState, args: argparse.Namespace, model_template: str | Non
     template = args.template or model_template or AUTO_TEMPLATE
     if template != AUTO_TEMPLATE:
         state.templates.get(template)  # an unknown name fails here with the list of known ones
-    chat = Chat(id="cli", mode="instruct", template=template, system_prompt=args.system or "",
-                messages=[Message("user", args.prompt)])
+    chat = Chat(
+        id="cli",
+        mode="instruct",
+        template=template,
+        system_prompt=args.system or "",
+        messages=[Message("user", args.prompt)],
+    )
     return chat_service.prompt_for(state, chat)

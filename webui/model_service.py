@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,9 +67,9 @@ class ModelService:
             raise ModelNotFoundError(f"No model named {name!r} in {self.models_dir}. Models found: {known}.")
         return path
 
-    def inspect(self, name: str) -> ModelView:
+    def inspect(self, name: str, *, loader: str | None = None) -> ModelView:
         detection = detect(self.path_of(name))
-        resolved = self._state.settings.resolve(name, detection)
+        resolved = self._state.settings.resolve(name, detection, loader=loader)
         return ModelView(name=name, detection=detection, resolved=resolved, warnings=tuple(resolved.warnings))
 
     # --- the loaded model ---------------------------------------------------------------------------------------
@@ -91,10 +91,9 @@ class ModelService:
         confirm_memory: bool = False,
     ) -> LoadedInfo:
         """Load `name` with resolved settings, `loader` / `loader_settings` overriding them (UI controls, --loader)."""
-        view = self.inspect(name)
-        chosen_loader = loader or self._state.config.default_loader or view.resolved.loader
-        values = dict(view.resolved.loader_settings) if chosen_loader == view.resolved.loader else {}
-        values.update(loader_settings or {})
+        view = self.inspect(name, loader=loader or self._state.config.default_loader)
+        chosen_loader = view.resolved.loader
+        values = asdict(view.resolved.loader_settings) | (loader_settings or {})
         if self._state.config.force_cpu:
             values.update({"device": "cpu", "n_gpu_layers": 0})
         settings = settings_for(chosen_loader, values)

@@ -50,7 +50,12 @@ def launch(state: AppState, args: argparse.Namespace) -> int:
     demo = build_ui(state)
     print(f"Corral is running at http://{'127.0.0.1' if host == '127.0.0.1' else host}:{args.port}", flush=True)
     demo.queue(default_concurrency_limit=8).launch(
-        server_name=host, server_port=args.port, auth=auth, inbrowser=False, show_error=False, quiet=True,
+        server_name=host,
+        server_port=args.port,
+        auth=auth,
+        inbrowser=False,
+        show_error=False,
+        quiet=True,
         **launch_kwargs(state),
     )
     return 0

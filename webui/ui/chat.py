@@ -15,7 +15,7 @@ from webui.errors import CorralError
 from webui.history import CHAT_MODES, Chat
 from webui.state import AppState
 from webui.templates import AUTO_TEMPLATE
-from webui.ui.common import format_stats, session_id
+from webui.ui.common import format_stats, session_id, stopper
 from webui.ui.parameters import ParamControls
 
 
@@ -32,8 +32,12 @@ def build_tab(state: AppState, controls: ParamControls) -> ChatControls:
             past = gr.Dropdown(choices=_chat_choices(state), label="Past chats", elem_id="chat-past")
             delete = gr.Button("Delete this chat", variant="stop")
             mode = gr.Radio(list(CHAT_MODES), value="instruct", label="Mode", elem_id="chat-mode")
-            template = gr.Dropdown([AUTO_TEMPLATE, *state.templates.names()], value=AUTO_TEMPLATE,
-                                   label="Prompt template", elem_id="chat-template")
+            template = gr.Dropdown(
+                [AUTO_TEMPLATE, *state.templates.names()],
+                value=AUTO_TEMPLATE,
+                label="Prompt template",
+                elem_id="chat-template",
+            )
             system = gr.Textbox(label="System prompt / context", lines=3, elem_id="chat-system")
             with gr.Row():
                 user_name = gr.Textbox(value="You", label="Your name")
@@ -67,7 +71,7 @@ def build_tab(state: AppState, controls: ParamControls) -> ChatControls:
             yield _messages(chat), chat, f"⚠️ {error}", gr.skip()
         yield gr.skip(), gr.skip(), gr.skip(), gr.update(choices=_chat_choices(state), value=chat.id)
 
-    def on_send(text: str, chat: Chat | None, *values, request: gr.Request):
+    def on_send(request: gr.Request, text: str, chat: Chat | None, *values):
         if not text.strip():
             yield gr.skip(), gr.skip(), "Write a message first.", gr.skip(), gr.skip()
             return
@@ -77,13 +81,15 @@ def build_tab(state: AppState, controls: ParamControls) -> ChatControls:
         for out in run(stream, chat):
             yield "", *out
 
-    def on_regenerate(chat: Chat | None, *values, request: gr.Request):
+    def on_regenerate(request: gr.Request, chat: Chat | None, *values):
         chat = current(chat, *values[:5])
         yield from run(chat_service.regenerate(state, session_id(request), chat, controls.to_params(*values[5:])), chat)
 
-    def on_continue(chat: Chat | None, *values, request: gr.Request):
+    def on_continue(request: gr.Request, chat: Chat | None, *values):
         chat = current(chat, *values[:5])
-        yield from run(chat_service.continue_reply(state, session_id(request), chat, controls.to_params(*values[5:])), chat)
+        yield from run(
+            chat_service.continue_reply(state, session_id(request), chat, controls.to_params(*values[5:])), chat
+        )
 
     def on_remove_last(chat: Chat | None):
         if chat is None:
@@ -106,8 +112,16 @@ def build_tab(state: AppState, controls: ParamControls) -> ChatControls:
             chat = state.history.load(chat_id)
         except CorralError as error:
             return [gr.skip()] * 7 + [f"⚠️ {error}"]
-        return (_messages(chat), chat, chat.mode, chat.template, chat.system_prompt, chat.user_name, chat.bot_name,
-                f"Opened “{chat.display_title}”.")
+        return (
+            _messages(chat),
+            chat,
+            chat.mode,
+            chat.template,
+            chat.system_prompt,
+            chat.user_name,
+            chat.bot_name,
+            f"Opened “{chat.display_title}”.",
+        )
 
     def on_new():
         return [], None, gr.update(value=None), "New chat."
@@ -123,7 +137,7 @@ def build_tab(state: AppState, controls: ParamControls) -> ChatControls:
         trigger(on_send, [message, *gen_inputs], [message, *gen_outputs], concurrency_id="model")
     regenerate.click(on_regenerate, gen_inputs, gen_outputs, concurrency_id="model")
     cont.click(on_continue, gen_inputs, gen_outputs, concurrency_id="model")
-    stop.click(lambda request: state.generation.stop(session_id(request)), None, None)
+    stop.click(stopper(state), None, None)
     remove.click(on_remove_last, chat_state, [chatbot, chat_state, message])
     clear.click(on_clear, chat_state, [chatbot, chat_state])
     past.input(on_open, past, [chatbot, chat_state, *settings, status])

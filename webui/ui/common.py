@@ -12,6 +12,15 @@ def session_id(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "default"
 
 
+def stopper(state):
+    """A Stop handler that cancels only the calling browser session's generation."""
+
+    def stop(request: gr.Request) -> None:
+        state.generation.stop(session_id(request))
+
+    return stop
+
+
 def format_stats(stats: GenerationStats) -> str:
     return (
         f"{stats.new_tokens} tokens in {stats.seconds:.1f} s ({stats.tokens_per_second:.1f} tokens/s), "

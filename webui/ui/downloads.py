@@ -18,13 +18,18 @@ MARK = {"fits": "✅ fits", "tight": "🟡 tight", "won't fit": "❌ won't fit",
 
 def build(state: AppState, *, on_models_changed: gr.Dropdown) -> None:
     with gr.Row():
-        repo = gr.Textbox(label="Hugging Face repo", placeholder="TheBloke/CodeLlama-13B-GPTQ:gptq-4bit-32g-actorder_True",
-                          scale=4, elem_id="download-repo")
+        repo = gr.Textbox(
+            label="Hugging Face repo",
+            placeholder="TheBloke/CodeLlama-13B-GPTQ:gptq-4bit-32g-actorder_True",
+            scale=4,
+            elem_id="download-repo",
+        )
         ctx = gr.Number(value=4096, precision=0, label="Context for estimates", scale=1)
     with gr.Row():
         list_btn = gr.Button("Get file list", elem_id="download-list")
-        gguf_file = gr.Dropdown(choices=[], label="GGUF file (one per download)", allow_custom_value=True,
-                                elem_id="download-gguf-file")
+        gguf_file = gr.Dropdown(
+            choices=[], label="GGUF file (one per download)", allow_custom_value=True, elem_id="download-gguf-file"
+        )
         start = gr.Button("Download", variant="primary", elem_id="download-start")
         cancel = gr.Button("Cancel", variant="stop", elem_id="download-cancel")
     files = gr.Markdown(elem_id="download-files")
@@ -79,7 +84,10 @@ def _plan_table(plan) -> str:
     rows = ["| file | size | |", "|---|---|---|"]
     rows += [f"| {f.path} | {f.size / MB:,.1f} MB | download |" for f in plan.chosen]
     rows += [f"| {f.path} | {f.size / MB:,.1f} MB | skipped: {why} |" for f, why in plan.skipped]
-    return f"**{plan.listing.ref.repo_id}** @ `{plan.listing.ref.branch}` — {plan.total_bytes / GB:.2f} GB to download\n\n" + "\n".join(rows)
+    return (
+        f"**{plan.listing.ref.repo_id}** @ `{plan.listing.ref.branch}` — {plan.total_bytes / GB:.2f} GB to download\n\n"
+        + "\n".join(rows)
+    )
 
 
 def _estimates(text: str, ctx: int, gguf_choices) -> str:
@@ -88,22 +96,36 @@ def _estimates(text: str, ctx: int, gguf_choices) -> str:
         rows = estimate.per_file(text, ctx=ctx, hw=hw)
     except CorralError as error:
         return f"Memory estimate unavailable: {error}"
-    lines = [f"**Memory at context {ctx}** (this machine: {hw.ram_available / GB:.1f} GB RAM free"
-             + "".join(f", GPU {g.index} {g.free / GB:.1f} GB free" for g in hw.gpus) + ")",
-             "", "| file / branch | RAM | VRAM | |", "|---|---|---|---|"]
-    lines += [f"| {r.name} | {r.ram / GB:.2f} GB | {r.vram / GB:.2f} GB | {MARK.get(r.verdict, r.verdict)} {r.error} |"
-              for r in rows]
+    lines = [
+        f"**Memory at context {ctx}** (this machine: {hw.ram_available / GB:.1f} GB RAM free"
+        + "".join(f", GPU {g.index} {g.free / GB:.1f} GB free" for g in hw.gpus)
+        + ")",
+        "",
+        "| file / branch | RAM | VRAM | |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.name} | {r.ram / GB:.2f} GB | {r.vram / GB:.2f} GB | {MARK.get(r.verdict, r.verdict)} {r.error} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
 def _progress_text(snap: DownloadProgress) -> str:
-    head = {"done": "✅ Done", "failed": "⚠️ Failed", "cancelled": "Cancelled", "running": "Downloading",
-            "queued": "Queued"}.get(snap.state, snap.state)
+    head = {
+        "done": "✅ Done",
+        "failed": "⚠️ Failed",
+        "cancelled": "Cancelled",
+        "running": "Downloading",
+        "queued": "Queued",
+    }.get(snap.state, snap.state)
     total = f"{snap.done_bytes / MB:,.1f} / {snap.total_bytes / MB:,.1f} MB ({snap.fraction:.0%})"
     speed = f", {snap.speed_bps / MB:.1f} MB/s" if snap.speed_bps else ""
     eta = f", ETA {snap.eta_s:.0f} s" if snap.eta_s and snap.state == "running" else ""
     lines = [f"**{head}** — {total}{speed}{eta}. {snap.message or ''}"]
-    lines += [f"- {f.name}: {f.done / MB:,.1f} / {f.total / MB:,.1f} MB — {f.state}" + (f" ({f.error})" if f.error else "")
-              for f in snap.files]
+    lines += [
+        f"- {f.name}: {f.done / MB:,.1f} / {f.total / MB:,.1f} MB — {f.state}" + (f" ({f.error})" if f.error else "")
+        for f in snap.files
+    ]
     lines += [f"- ⚠️ {e}" for e in snap.errors]
     return "\n".join(lines)

@@ -114,7 +114,10 @@ def _to_control(name: str, value: Any) -> Any:
 def _from_control(name: str, value: Any) -> Any:
     if name == "max_memory_gib":
         return json.loads(value) if value else None
-    if isinstance(value, float) and value.is_integer() and name not in ("rope_freq_base", "rope_freq_scale",
-                                                                        "compress_pos_emb"):
+    if (
+        isinstance(value, float)
+        and value.is_integer()
+        and name not in ("rope_freq_base", "rope_freq_scale", "compress_pos_emb")
+    ):
         return int(value)
     return value

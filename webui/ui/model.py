@@ -4,6 +4,7 @@ user's saved values), the memory estimate before load and the measured memory af
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import gradio as gr
@@ -49,13 +50,17 @@ def build_tab(state: AppState, controls: ParamControls, chat: ChatControls) -> N
         try:
             view = state.models.inspect(name)
         except CorralError as error:
-            return [gr.skip()] * (1 + len(loader_ui.inputs) + len(loader_ui.groups)) + [f"⚠️ {error}", gr.skip(), gr.skip()]
+            return [gr.skip()] * (1 + len(loader_ui.inputs) + len(loader_ui.groups)) + [
+                f"⚠️ {error}",
+                gr.skip(),
+                gr.skip(),
+            ]
         resolved = view.resolved
         files = [f.name for f in view.detection.gguf_files]
         template = resolved.template or state.templates.auto_select(name, view.detection.chat_template)
         return [
             resolved.loader,
-            *loader_ui.updates(resolved.loader, resolved.loader_settings, files),
+            *loader_ui.updates(resolved.loader, asdict(resolved.loader_settings), files),
             *loader_ui.visibility(resolved.loader),
             _describe(view),
             gr.update(value=template),
@@ -84,13 +89,20 @@ def build_tab(state: AppState, controls: ParamControls, chat: ChatControls) -> N
         loader_settings = loader_ui.collect(loader_name, list(values))
         context = loader_settings.get("n_ctx") or loader_settings.get("context_length") or None
         try:
-            path = state.settings.save(
-                name, ModelSettings(loader=loader_name, loader_settings=loader_settings, template=template,
-                                    preset=preset, context_length=context),
+            warnings = state.settings.save(
+                name,
+                ModelSettings(
+                    loader=loader_name,
+                    loader_settings=loader_settings,
+                    template=template,
+                    preset=preset,
+                    context_length=context,
+                ),
             )
         except CorralError as error:
             return f"⚠️ {error}"
-        return f"Saved settings for **{name}** in `{path.name}`. Click **Reload the model** to apply them."
+        notes = "".join(f"\n\n⚠️ {w}" for w in warnings)
+        return f"Saved settings for **{name}**. Click **Reload the model** to apply them.{notes}"
 
     def on_estimate(name: str | None, loader_name: str, *values):
         if not name:
@@ -116,7 +128,9 @@ def build_tab(state: AppState, controls: ParamControls, chat: ChatControls) -> N
     selected = model_name.input(on_select, model_name, select_outputs)
     selected.then(
         lambda name, auto, confirm, *rest: on_load(name, confirm, *rest) if auto else gr.skip(),
-        [model_name, autoload, force, *settings_inputs], status, concurrency_id="model",
+        [model_name, autoload, force, *settings_inputs],
+        status,
+        concurrency_id="model",
     )
     loader.input(loader_ui.visibility, loader, list(loader_ui.groups.values()))
     refresh.click(lambda: gr.update(choices=_names(state)), None, model_name)
@@ -153,13 +167,15 @@ def _describe(view: Any) -> str:
     d = view.detection
     lines = [f"**Detected:** loader `{d.loader}`" + (f", {d.quant}" if d.quant else "")]
     if d.model_type:
-        lines.append(f"Architecture `{d.architecture or d.model_type}`, context {d.context_length}, "
-                     f"RoPE base {d.rope_theta}, {(d.n_params or 0) / 1e9:.2f} B parameters")
+        lines.append(
+            f"Architecture `{d.architecture or d.model_type}`, context {d.context_length}, "
+            f"RoPE base {d.rope_theta}, {(d.n_params or 0) / 1e9:.2f} B parameters"
+        )
     lines.append(f"Chat template: {d.chat_template_source or 'none in the model files'}")
     lines += [f"- {reason}" for reason in d.reasons]
     sources = getattr(view.resolved, "sources", {}) or {}
     if sources:
-        lines.append("**Settings from:** " + ", ".join(f"`{k}` {v}" for k, v in sources.items()))
+        lines.append("**Settings:** " + ", ".join(f"`{k}` {v}" for k, v in sources.items()))
     lines += [f"⚠️ {w}" for w in view.warnings]
     return "\n".join(lines)
 
@@ -174,4 +190,7 @@ def format_estimate(est: estimate.Estimate, hw: hardware.Hardware) -> str:
             f"| {parts['overhead'] / GB:.2f} | {need / GB:.2f} | {free / GB:.2f} |"
         )
     mark = {"fits": "✅ fits", "tight": "🟡 tight", "won't fit": "❌ won't fit"}[fit.verdict]
-    return f"**Estimate ({est.loader}, context {est.ctx}, {est.n_gpu_layers} GPU layers): {mark}** (GB)\n\n" + "\n".join(rows)
+    return (
+        f"**Estimate ({est.loader}, context {est.ctx}, {est.n_gpu_layers} GPU layers): {mark}** (GB)\n\n"
+        + "\n".join(rows)
+    )

@@ -7,12 +7,14 @@ import gradio as gr
 
 from webui.errors import CorralError
 from webui.state import AppState
-from webui.ui.common import format_stats, session_id
+from webui.ui.common import format_stats, session_id, stopper
 from webui.ui.parameters import ParamControls
 
 
 def build_tab(state: AppState, controls: ParamControls) -> None:
-    text = gr.Textbox(lines=20, max_lines=40, label="Text", elem_id="notebook-text", placeholder="Write here; Generate continues it.")
+    text = gr.Textbox(
+        lines=20, max_lines=40, label="Text", elem_id="notebook-text", placeholder="Write here; Generate continues it."
+    )
     with gr.Row():
         generate = gr.Button("Generate", variant="primary", elem_id="notebook-generate")
         stop = gr.Button("Stop", variant="stop", elem_id="notebook-stop")
@@ -22,7 +24,7 @@ def build_tab(state: AppState, controls: ParamControls) -> None:
     status = gr.Markdown(elem_id="notebook-status")
     before = gr.State("")  # the text as it was before the last generation
 
-    def run(current: str, *values, request: gr.Request):
+    def run(request: gr.Request, current: str, *values):
         params = controls.to_params(*values)
         yield current, current, "Generating…"
         try:
@@ -39,7 +41,9 @@ def build_tab(state: AppState, controls: ParamControls) -> None:
 
     inputs = [text, *controls.inputs]
     generate.click(run, inputs, [text, before, status], concurrency_id="model")
-    regenerate.click(lambda b: b, before, text).then(run, [before, *controls.inputs], [text, before, status], concurrency_id="model")
+    regenerate.click(lambda b: b, before, text).then(
+        run, [before, *controls.inputs], [text, before, status], concurrency_id="model"
+    )
     undo.click(lambda b: (b, "Undone."), before, [text, status])
-    stop.click(lambda request: state.generation.stop(session_id(request)), None, None)
+    stop.click(stopper(state), None, None)
     count.click(on_count, text, status)

@@ -47,7 +47,9 @@ def values_from_params(params: GenerationParams) -> list:
 def create_controls(state: AppState) -> ParamControls:
     defaults = GenerationParams()
     c: dict[str, gr.components.Component] = {}
-    c["max_new_tokens"] = gr.Slider(1, 8192, value=defaults.max_new_tokens, step=1, label="max_new_tokens", render=False)
+    c["max_new_tokens"] = gr.Slider(
+        1, 8192, value=defaults.max_new_tokens, step=1, label="max_new_tokens", render=False
+    )
     c["do_sample"] = gr.Checkbox(value=defaults.do_sample, label="do_sample (off = greedy)", render=False)
     c["temperature"] = gr.Slider(0.01, 5, value=defaults.temperature, step=0.01, label="temperature", render=False)
     c["top_p"] = gr.Slider(0, 1, value=defaults.top_p, step=0.01, label="top_p", render=False)
@@ -60,21 +62,32 @@ def create_controls(state: AppState) -> ParamControls:
     c["repetition_penalty_range"] = gr.Number(
         value=defaults.repetition_penalty_range, precision=0, label="repetition_penalty_range (0 = all)", render=False
     )
-    c["presence_penalty"] = gr.Slider(0, 2, value=defaults.presence_penalty, step=0.05, label="presence_penalty", render=False)
+    c["presence_penalty"] = gr.Slider(
+        0, 2, value=defaults.presence_penalty, step=0.05, label="presence_penalty", render=False
+    )
     c["frequency_penalty"] = gr.Slider(
         0, 2, value=defaults.frequency_penalty, step=0.05, label="frequency_penalty", render=False
     )
     c["seed"] = gr.Number(value=defaults.seed, precision=0, label="seed (-1 = random)", render=False)
     c["ban_eos_token"] = gr.Checkbox(value=defaults.ban_eos_token, label="ban_eos_token", render=False)
     c["add_bos_token"] = gr.Checkbox(value=defaults.add_bos_token, label="add_bos_token", render=False)
-    c["skip_special_tokens"] = gr.Checkbox(value=defaults.skip_special_tokens, label="skip_special_tokens", render=False)
+    c["skip_special_tokens"] = gr.Checkbox(
+        value=defaults.skip_special_tokens, label="skip_special_tokens", render=False
+    )
     c["truncation_length"] = gr.Number(
         value=defaults.truncation_length, precision=0, label="truncation_length (prompt + reply)", render=False
     )
     c["stop"] = gr.Textbox(value="", lines=2, label="Custom stop strings (one per line)", render=False)
     assert list(c) == list(GenerationParams.field_names()), "controls must follow GenerationParams field order"
+    for name, component in c.items():
+        component.elem_id = f"param-{name}"
     preset = gr.Dropdown(
-        choices=_preset_names(state), value=state.config.default_preset, label="Preset", render=False, allow_custom_value=True
+        choices=_preset_names(state),
+        value=state.config.default_preset,
+        label="Preset",
+        render=False,
+        allow_custom_value=True,
+        elem_id="param-preset",
     )
     return ParamControls(components=c, preset=preset)
 
@@ -97,8 +110,18 @@ def build_tab(state: AppState, controls: ParamControls) -> None:
             for name in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "typical_p", "min_p"):
                 controls.components[name].render()
         with gr.Column():
-            for name in ("repetition_penalty", "repetition_penalty_range", "presence_penalty", "frequency_penalty",
-                         "seed", "truncation_length", "ban_eos_token", "add_bos_token", "skip_special_tokens", "stop"):
+            for name in (
+                "repetition_penalty",
+                "repetition_penalty_range",
+                "presence_penalty",
+                "frequency_penalty",
+                "seed",
+                "truncation_length",
+                "ban_eos_token",
+                "add_bos_token",
+                "skip_special_tokens",
+                "stop",
+            ):
                 controls.components[name].render()
 
     def on_preset(name: str):

@@ -1,0 +1,88 @@
+"""Browser test of the first slice: the app started as the README starts it, a real model picked and autoloaded in
+the Model tab, a chat message sent, and the streamed reply read back; then the Notebook continues a text."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.browser import screenshot, select_dropdown, start_app, stop_app
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture()
+def app(models_dir: Path, tmp_path: Path):
+    running = start_app(models_dir, tmp_path, "--data-dir", str(tmp_path / "data"))
+    yield running
+    stop_app(running)
+
+
+def load_model(page, name: str) -> None:
+    page.get_by_role("tab", name="Model").click()
+    select_dropdown(page, "model-dropdown", name)
+    page.wait_for_function(
+        "() => document.querySelector('#model-status').innerText.includes('loaded with')", timeout=180_000
+    )
+
+
+def test_chat_streams_a_reply_from_smollm2(app, browser_page, tmp_path: Path) -> None:
+    page = browser_page
+    page.goto(app.url)
+    load_model(page, "SmolLM2-135M-Instruct")
+    assert "SmolLM2-135M-Instruct" in page.locator("#model-status").inner_text()
+
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#chat-input textarea").fill("What is the capital of France?")
+    page.locator("#chat-send").click()
+
+    # Streaming: the bot message grows over several observations before the final stats line appears.
+    seen: list[str] = []
+    bot = page.locator("#chat-box [data-testid='bot']").last
+    bot.wait_for(timeout=120_000)
+    for _ in range(200):
+        seen.append(bot.inner_text())
+        if "tokens/s" in page.locator("#chat-status").inner_text():
+            break
+        page.wait_for_timeout(100)
+    final = bot.inner_text()
+    screenshot(page, "chat-reply")
+    assert final.strip(), "the reply is empty"
+    assert "tokens/s" in page.locator("#chat-status").inner_text()
+    assert len({s for s in seen if s}) >= 2 or len(final.split()) <= 3, "the reply did not stream"
+
+    # The chat is on disk after the reply, with both messages.
+    chats = list((tmp_path / "data" / "chats").glob("*.json"))
+    saved = [json.loads(p.read_text()) for p in chats]
+    assert any(m["content"] == "What is the capital of France?" for c in saved for m in c["messages"])
+    assert any(
+        re.sub(r"\s+", " ", m["content"]).strip() == re.sub(r"\s+", " ", final).strip()
+        for c in saved
+        for m in c["messages"]
+        if m["role"] == "assistant"
+    )
+
+
+def test_notebook_continues_text(app, browser_page) -> None:
+    page = browser_page
+    page.goto(app.url)
+    load_model(page, "SmolLM2-135M-Instruct")
+    page.get_by_role("tab", name="Parameters").click()
+    limit = page.locator("#param-max_new_tokens input[type=number]")
+    limit.fill("24")
+    limit.press("Enter")
+    page.get_by_role("tab", name="Notebook").click()
+    page.locator("#notebook-text textarea").fill("The three primary colors are")
+    page.locator("#notebook-generate").click()
+    page.wait_for_function(
+        "() => document.querySelector('#notebook-status').innerText.includes('tokens/s')", timeout=120_000
+    )
+    text = page.locator("#notebook-text textarea").input_value()
+    screenshot(page, "notebook")
+    assert text.startswith("The three primary colors are")
+    assert len(text) > len("The three primary colors are") + 5
+    status = page.locator("#notebook-status").inner_text()
+    assert re.search(r"\b(2[0-4]|1\d|\d) tokens in", status), status  # max_new_tokens from the Parameters tab
