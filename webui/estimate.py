@@ -711,6 +711,38 @@ def estimate_local(
     return estimate(shape, weights, loader=loader, **options)
 
 
+def best_gpu_layers(path: Path | str, loader: str, settings: LoaderSettings, hw: Hardware) -> int:
+    """The most layers of the local model `path` that fit `hw`'s free GPU memory (and RAM) at the context of
+    `settings` (0 when the machine has no GPU or nothing fits)."""
+    shape, weights, options = _fit_inputs(path, loader, settings, hw)
+    if not hw.gpus:
+        return 0
+    ctx = options.pop("ctx") or shape.context_max
+    return fit_gpu_layers(shape, weights, hw, ctx=ctx, loader=loader, **options)
+
+
+def best_context(path: Path | str, loader: str, settings: LoaderSettings, hw: Hardware, *, n_gpu_layers: int) -> int:
+    """The longest context (a multiple of 256, at most the model's) that fits with `n_gpu_layers` on the GPU."""
+    shape, weights, options = _fit_inputs(path, loader, settings, hw)
+    options.pop("ctx")
+    return fit_context(shape, weights, hw, n_gpu_layers=n_gpu_layers, loader=loader, **options)
+
+
+def _fit_inputs(
+    path: Path | str, loader: str, settings: LoaderSettings, hw: Hardware
+) -> tuple[ModelShape, WeightsInfo, dict[str, Any]]:
+    """Shape, weights and `estimate` options for a fit: the layer count is the unknown, so it is left out."""
+    shape, weights = local_shape_weights(
+        Path(path), gguf_file=getattr(settings, "file", ""), prefer_gguf=loader in ("llama.cpp", "gguf")
+    )
+    options = settings_options(loader, settings, hw)
+    for key in ("n_gpu_layers", "max_memory"):
+        options.pop(key, None)
+    if loader == "gguf" and hw.gpus:  # the native loader computes in fp16 once any layer is on CUDA
+        options["dtype_bytes"] = _dtype_bytes(str(getattr(settings, "dtype", "auto")), True, hw, loader)
+    return shape, weights, options
+
+
 # --- the Hub -----------------------------------------------------------------------------------------------------
 
 
