@@ -191,3 +191,25 @@ def test_forget(models_dir: Path) -> None:
     assert store.forget(HF_NAME) and not store.forget(HF_NAME)
     assert store.saved(HF_NAME) is None
     assert store.resolve(HF_NAME).sources["template"].layer == "pattern"
+
+
+def test_saving_an_unknown_template_is_refused_with_the_known_names(models_dir: Path) -> None:
+    store = SettingsStore(models_dir)
+    with pytest.raises(SettingsError, match="unknown prompt template 'mistral-instruct'") as caught:
+        store.save(HF_NAME, ModelSettings(loader="transformers", template="mistral-instruct"))
+    assert "auto, model, alpaca" in str(caught.value) and "mistral" in str(caught.value)
+    assert not (models_dir / "config-user.yaml").exists()
+    for name in ("auto", "model", "llama-3-instruct", "Zephyr"):  # the registry matches names case-insensitively
+        store.save(HF_NAME, ModelSettings(loader="transformers", template=name))
+        assert store.saved(HF_NAME).template == name
+
+
+def test_saved_template_is_checked_against_the_apps_templates_folder(models_dir: Path, tmp_path: Path) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "mine.yaml").write_text("template: '{{ messages[0].content }}'\n", encoding="utf-8")
+    store = SettingsStore(models_dir, templates_dir=templates)
+    store.save(HF_NAME, ModelSettings(loader="transformers", template="mine"))
+    with pytest.raises(SettingsError, match="Choose one of: auto, model, mine."):
+        store.save(HF_NAME, ModelSettings(loader="transformers", template="alpaca"))
+    assert store.saved(HF_NAME).template == "mine"

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from transformers import AutoTokenizer
 
 from webui.errors import TemplateNotFoundError, TemplateRenderError
-from webui.templates import MODEL_TEMPLATE, Message, PromptTemplate, TemplateRegistry, auto_select
+from webui.templates import (
+    DEFAULT_TEMPLATE,
+    MODEL_TEMPLATE,
+    NAME_RULES,
+    Message,
+    PromptTemplate,
+    TemplateRegistry,
+    auto_select,
+)
 
 S, U, A = "system", "user", "assistant"
 SYS = "You are a pirate. Answer in one sentence."
 ALPACA_DEFAULT = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "webui" / "templates"
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = REPO / "webui" / "templates"
 
 
 def msgs(*pairs: tuple[str, str]) -> list[Message]:
@@ -134,12 +145,122 @@ def test_vicuna_and_mistral(registry) -> None:
     assert registry.get("mistral").render(conversation) == "<s>[INST] Hi [/INST]Hello.</s>[INST] Bye [/INST]"
 
 
+# --- Llama 3, Zephyr, Gemma, Phi-3: the model cards' formats, written out by hand -------------------------------------
+# Two exchanges ("Hi" / "Ahoy!" then "Where is the gold?" awaiting the reply), with and without a system prompt, and
+# each family's own BOS / EOS strings (the engine passes the tokenizer's).
+
+TWO_TURNS = msgs((U, "Hi"), (A, "Ahoy!"), (U, "Where is the gold?"))
+TWO_TURNS_SYS = msgs((S, SYS), (U, "Hi"), (A, "Ahoy!"), (U, "Where is the gold?"))
+LLAMA3 = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}
+ZEPHYR = {"bos_token": "<s>", "eos_token": "</s>"}
+GEMMA = {"bos_token": "<bos>", "eos_token": "<eos>"}
+PHI3 = {"bos_token": "<s>", "eos_token": "<|endoftext|>"}
+
+
+def _llama3_header(role: str) -> str:
+    return f"<|start_header_id|>{role}<|end_header_id|>\n\n"
+
+
+NEW_TEMPLATE_CASES = [
+    (
+        "llama-3-instruct", LLAMA3, TWO_TURNS,
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nAhoy!<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nWhere is the gold?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    ),
+    (
+        "llama-3-instruct", LLAMA3, TWO_TURNS_SYS,
+        f"<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{SYS}<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nAhoy!<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nWhere is the gold?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    ),
+    (
+        "zephyr", ZEPHYR, TWO_TURNS,
+        "<|user|>\nHi</s>\n<|assistant|>\nAhoy!</s>\n<|user|>\nWhere is the gold?</s>\n<|assistant|>\n",
+    ),
+    (
+        "zephyr", ZEPHYR, TWO_TURNS_SYS,
+        f"<|system|>\n{SYS}</s>\n<|user|>\nHi</s>\n<|assistant|>\nAhoy!</s>\n"
+        "<|user|>\nWhere is the gold?</s>\n<|assistant|>\n",
+    ),
+    (
+        "gemma", GEMMA, TWO_TURNS,
+        "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nAhoy!<end_of_turn>\n"
+        "<start_of_turn>user\nWhere is the gold?<end_of_turn>\n<start_of_turn>model\n",
+    ),
+    (  # Gemma 3's way: the system prompt opens the first user turn
+        "gemma", GEMMA, TWO_TURNS_SYS,
+        f"<bos><start_of_turn>user\n{SYS}\n\nHi<end_of_turn>\n<start_of_turn>model\nAhoy!<end_of_turn>\n"
+        "<start_of_turn>user\nWhere is the gold?<end_of_turn>\n<start_of_turn>model\n",
+    ),
+    (
+        "phi-3", PHI3, TWO_TURNS,
+        "<|user|>\nHi<|end|>\n<|assistant|>\nAhoy!<|end|>\n<|user|>\nWhere is the gold?<|end|>\n<|assistant|>\n",
+    ),
+    (
+        "phi-3", PHI3, TWO_TURNS_SYS,
+        f"<|system|>\n{SYS}<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nAhoy!<|end|>\n"
+        "<|user|>\nWhere is the gold?<|end|>\n<|assistant|>\n",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "tokens", "messages", "expected"),
+    NEW_TEMPLATE_CASES,
+    ids=[f"{case[0]}-{'system' if case[2][0].role == S else 'no-system'}" for case in NEW_TEMPLATE_CASES],
+)
+def test_new_templates_match_the_model_cards(registry, name, tokens, messages, expected) -> None:
+    assert registry.get(name).render(messages, **tokens) == expected
+
+
+def test_llama3_strips_text_and_writes_bos_once(registry) -> None:
+    conversation = msgs((U, " Hi\n"), (A, "Ahoy! "))
+    rendered = registry.get("llama-3-instruct").render(conversation, add_generation_prompt=False, **LLAMA3)
+    assert rendered == f"<|begin_of_text|>{_llama3_header(U)}Hi<|eot_id|>{_llama3_header(A)}Ahoy!<|eot_id|>"
+
+
+def test_zephyr_and_phi3_keep_text_as_is_and_end_without_generation_prompt(registry) -> None:
+    conversation = msgs((U, " Hi "), (A, "Ahoy!"))
+    zephyr = registry.get("zephyr").render(conversation, add_generation_prompt=False, **ZEPHYR)
+    assert zephyr == "<|user|>\n Hi </s>\n<|assistant|>\nAhoy!</s>\n"
+    phi3 = registry.get("phi-3").render(conversation, add_generation_prompt=False, **PHI3)
+    assert phi3 == "<|user|>\n Hi <|end|>\n<|assistant|>\nAhoy!<|end|>\n<|endoftext|>"  # EOS closes the text
+
+
+def test_gemma_rejects_roles_that_do_not_alternate(registry) -> None:
+    with pytest.raises(TemplateRenderError, match="alternate"):
+        registry.get("gemma").render(msgs((U, "a"), (U, "b")), **GEMMA)
+    with pytest.raises(TemplateRenderError, match="alternate"):  # a system prompt only comes first
+        registry.get("gemma").render(msgs((U, "a"), (S, "b")), **GEMMA)
+
+
+@pytest.mark.parametrize(
+    ("name", "stops"),
+    [
+        ("llama-3-instruct", {"<|eot_id|>"}),
+        ("zephyr", {"<|user|>"}),
+        ("gemma", {"<end_of_turn>"}),
+        ("phi-3", {"<|end|>", "<|endoftext|>"}),
+    ],
+)
+def test_new_templates_stop_at_the_end_of_turn(registry, name, stops) -> None:
+    assert stops <= set(registry.get(name).stop)
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
         ("llama-2-chat", "<s>[INST] Hi [/INST] Ahoy, mat"),
         ("alpaca", f"{ALPACA_DEFAULT}\n\n### Instruction:\nHi\n\n### Response:\nAhoy, mat"),
         ("chatml", "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nAhoy, mat"),
+        ("llama-3-instruct", f"<s>{_llama3_header(U)}Hi<|eot_id|>{_llama3_header(A)}Ahoy, mat"),
+        ("zephyr", "<|user|>\nHi</s>\n<|assistant|>\nAhoy, mat"),
+        ("gemma", "<s><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\nAhoy, mat"),
+        ("phi-3", "<|user|>\nHi<|end|>\n<|assistant|>\nAhoy, mat"),
     ],
 )
 def test_continue_last_ends_with_the_partial_reply(registry, name, expected) -> None:
@@ -240,7 +361,10 @@ def test_raise_exception_and_syntax_errors_are_render_errors(registry) -> None:
 
 
 def test_registry_lists_the_shipped_templates(registry) -> None:
-    assert {"alpaca", "chatml", "codellama-instruct", "llama-2-chat", "mistral", "vicuna"} <= set(registry.names())
+    assert {
+        "alpaca", "chatml", "codellama-instruct", "gemma", "llama-2-chat", "llama-3-instruct", "mistral", "phi-3",
+        "vicuna", "zephyr",
+    } <= set(registry.names())  # fmt: skip
     for name in registry.names():
         registry.get(name).render(msgs((U, "Hi"), (A, "Hello"), (U, "Bye")))
 
@@ -274,6 +398,16 @@ def test_malformed_template_file_is_a_render_error(tmp_path: Path) -> None:
         ("Llama-2-7b-chat-hf", "llama-2-chat"),
         ("llama2-13b-chat.Q4_K_M.gguf", "llama-2-chat"),
         ("Mistral-7B-Instruct-v0.2", "mistral"),
+        ("Mixtral-8x7B-Instruct-v0.1-GPTQ", "mistral"),
+        ("Meta-Llama-3-8B-Instruct", "llama-3-instruct"),
+        ("Llama-3.2-1B-Instruct-Q4_K_M-GGUF", "llama-3-instruct"),
+        ("llama3-8b-chat", "llama-3-instruct"),
+        ("upstage_llama-30b-instruct-2048", "alpaca"),  # Llama 1 30B, not Llama 3
+        ("zephyr-7b-beta", "zephyr"),
+        ("gemma-2-9b-it-GGUF", "gemma"),
+        ("gemma-2b", "alpaca"),  # the base model is not the instruct one
+        ("Phi-3-mini-4k-instruct", "phi-3"),
+        ("Phi-3.5-mini-instruct", "phi-3"),
         ("vicuna-7b-v1.5", "vicuna"),
         ("alpaca-native-7b", "alpaca"),
         ("Qwen2.5-0.5B-Instruct", "chatml"),
@@ -292,3 +426,33 @@ def test_auto_select_prefers_the_models_own_template(registry, smol_template) ->
     resolved = registry.resolve("auto", model_name="SmolLM2-135M-Instruct", model_chat_template=smol_template)
     assert resolved.name == MODEL_TEMPLATE and resolved.source == smol_template
     assert registry.resolve("auto", model_name="Llama-2-7b-chat-hf", model_chat_template=None).name == "llama-2-chat"
+
+
+# --- the names other places use exist -------------------------------------------------------------------------------
+
+
+def _config_template_names(path: Path) -> set[str]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return {values["template"] for values in data.values() if isinstance(values, dict) and "template" in values}
+
+
+def test_every_template_named_in_models_config_exists(registry) -> None:
+    named = _config_template_names(REPO / "models" / "config.yaml")
+    assert len(named) >= 10  # the file was read
+    assert named - set(registry.names()) == set()
+    for name in named:
+        registry.get(name).render(msgs((U, "Hi")))
+
+
+def test_models_config_patterns_pick_the_template_auto_select_picks() -> None:
+    # Both are name rules for the same models: they must not send one model to two different formats.
+    data = yaml.safe_load((REPO / "models" / "config.yaml").read_text(encoding="utf-8"))
+    for model_name in ("meta-llama-3-8b-instruct", "zephyr-7b-beta", "gemma-7b-it", "phi-3-mini-4k-instruct",
+                       "mistral-7b-instruct-v0.2", "llama-2-7b-chat-hf", "codellama-7b-instruct-hf"):
+        templates = [v["template"] for k, v in data.items() if "template" in v and re.match(k, model_name, re.I)]
+        assert templates and templates[-1] == auto_select(model_name, None), model_name
+
+
+def test_name_rules_and_default_name_existing_templates(registry) -> None:
+    named = {name for _, name in NAME_RULES} | {DEFAULT_TEMPLATE}
+    assert named - set(registry.names()) == set()

@@ -26,8 +26,10 @@ from loaders.detect import Detection, detect
 from loaders.settings import SETTINGS_CLASSES, LoaderSettings, settings_for
 from webui import fileio
 from webui.errors import SettingsError
+from webui.templates import AUTO_TEMPLATE, MODEL_TEMPLATE, TemplateRegistry
 
 SHIPPED_DEFAULTS = Path(__file__).resolve().parent.parent / "models" / "config.yaml"
+SHIPPED_TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULTS_NAME = "config.yaml"
 USER_NAME = "config-user.yaml"
 MODEL_KEYS = ("loader", "template", "preset", "context_length")
@@ -95,8 +97,9 @@ class SettingsStore:
     """Pattern defaults and saved settings of the models in `models_dir`. Files are read on every call (they are
     small), so a hand edit is seen at once and two stores on one folder never disagree."""
 
-    def __init__(self, models_dir: Path) -> None:
+    def __init__(self, models_dir: Path, *, templates_dir: Path = SHIPPED_TEMPLATES) -> None:
         self.models_dir = Path(models_dir)
+        self.templates_dir = Path(templates_dir)  # a saved template name must be one of these (or auto / model)
         self.user_path = self.models_dir / USER_NAME
         self.warnings: list[str] = []  # every problem reported so far, for a status area
 
@@ -140,8 +143,10 @@ class SettingsStore:
         )
 
     def save(self, model_name: str, settings: ModelSettings) -> list[str]:
-        """Store `settings` for `model_name` (atomic write). Returns warnings (a broken file moved aside)."""
+        """Store `settings` for `model_name` (atomic write). Returns warnings (a broken file moved aside).
+        Raises `SettingsError` for an invalid value, an unknown template name included."""
         entry = _entry(settings)
+        self._check_template(entry.get("template"))
         warnings: list[str] = []
         data = self._read_user(warnings)
         data[model_name] = entry
@@ -158,6 +163,15 @@ class SettingsStore:
             return False
         self._write_user(data)
         return True
+
+    def _check_template(self, name: str | None) -> None:
+        # Refused, not warned about: a saved name that does not exist would break every later chat with this model.
+        if name in (None, "", AUTO_TEMPLATE, MODEL_TEMPLATE):
+            return
+        known = TemplateRegistry(self.templates_dir).names()
+        if name.lower() not in {k.lower() for k in known}:
+            choices = ", ".join([AUTO_TEMPLATE, MODEL_TEMPLATE, *known])
+            raise SettingsError(f"Cannot save: unknown prompt template {name!r}. Choose one of: {choices}.")
 
     # --- the user file ------------------------------------------------------------------------------------------------
 

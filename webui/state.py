@@ -66,7 +66,7 @@ class AppState:
     def settings(self) -> SettingsStore:
         from webui.settings import SettingsStore
 
-        return SettingsStore(self.config.models_dir)
+        return SettingsStore(self.config.models_dir, templates_dir=self.config.templates_dir)
 
     @cached_property
     def downloads(self) -> DownloadManager:

@@ -35,10 +35,15 @@ AUTO_TEMPLATE = "auto"  # `TemplateRegistry.resolve`: pick with `auto_select`
 DEFAULT_TEMPLATE = "alpaca"
 _SUFFIX = ".yaml"
 
-# First match wins (re.search, case-insensitive, on the model's folder / repo name).
+# First match wins (re.search, case-insensitive, on the model's folder / repo name). Every name here is a file in
+# webui/templates/, as is every `template:` in models/config.yaml (tests/test_templates.py checks both).
 NAME_RULES: tuple[tuple[str, str], ...] = (
     (r"code-?llama.*instruct", "codellama-instruct"),
     (r"llama-?2.*chat", "llama-2-chat"),
+    (r"llama-?3(?!\d).*(instruct|chat)", "llama-3-instruct"),  # Llama-3, Llama-3.1..., not llama-30b
+    (r"zephyr", "zephyr"),
+    (r"gemma.*(-it\b|instruct)", "gemma"),
+    (r"phi-?3(?!\d)", "phi-3"),
     (r"mi[sx]tral.*instruct", "mistral"),
     (r"vicuna", "vicuna"),
     (r"alpaca", "alpaca"),
