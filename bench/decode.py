@@ -37,48 +37,60 @@ class Run:
     tokens: int
     first_token_s: float  # prefill + first token
     decode_s: float  # after the first token
+    decode_cpu_s: float  # CPU time of this process over the same span (steadier on a shared machine)
 
     @property
     def decode_tps(self) -> float:
         return (self.tokens - 1) / self.decode_s if self.decode_s > 0 else 0.0
+
+    @property
+    def cpu_ms_per_token(self) -> float:
+        return 1000 * self.decode_cpu_s / (self.tokens - 1)
 
 
 class _Clock(BaseStreamer):
     """Timestamps each `put` of new tokens (the first `put` is the prompt)."""
 
     def __init__(self) -> None:
-        self.times: list[float] = []
+        self.times: list[tuple[float, float]] = []
         self.puts = 0
 
     def put(self, value: torch.Tensor) -> None:
         self.puts += 1
         if self.puts > 1:
-            self.times.append(time.perf_counter())
+            self.times.append(_now())
 
     def end(self) -> None:
         pass
 
 
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _run(tokens: int, start: tuple[float, float], first: tuple[float, float], end: tuple[float, float]) -> Run:
+    return Run(tokens, first[0] - start[0], end[0] - first[0], end[1] - first[1])
+
+
 def run_engine(model: TorchCausalLM, params: GenerationParams) -> Run:
-    start = time.perf_counter()
+    start = _now()
     first = None
     generation = generate(model, PROMPT, params, cancel=threading.Event())
     for _delta in generation:
         if first is None:
-            first = time.perf_counter()
-    end = time.perf_counter()
-    return Run(len(generation.token_ids), first - start, end - first)
+            first = _now()
+    return _run(len(generation.token_ids), start, first, _now())
 
 
 def run_hf(model: TorchCausalLM, params: GenerationParams) -> Run:
     prompt_ids = torch.tensor([encode_prompt(model, PROMPT, params)])
     eos = list(model.tokenizer.eos_token_ids)
     clock = _Clock()
-    start = time.perf_counter()
+    start = _now()
     out = model.module.generate(prompt_ids, max_new_tokens=params.max_new_tokens, do_sample=False,
                                 eos_token_id=eos, pad_token_id=eos[0], streamer=clock)
     tokens = out.shape[1] - prompt_ids.shape[1]
-    return Run(tokens, clock.times[0] - start, clock.times[-1] - clock.times[0])
+    return _run(tokens, start, clock.times[0], clock.times[-1])
 
 
 def best(runs: list[Run]) -> Run:
@@ -108,11 +120,14 @@ def main() -> None:
           f"{args.tokens} new tokens max, best of {args.repeats}")
     for name, side_runs in runs.items():
         run = best(side_runs)
-        print(f"  {name:22s} {run.decode_tps:7.2f} decode tok/s  ({run.tokens} tokens, first token "
-              f"{run.first_token_s * 1000:.0f} ms; all runs: "
+        cpu = min(r.cpu_ms_per_token for r in side_runs)
+        print(f"  {name:22s} {run.decode_tps:7.2f} decode tok/s, {cpu:6.1f} CPU ms/token  ({run.tokens} tokens, "
+              f"first token {run.first_token_s * 1000:.0f} ms; all runs tok/s: "
               f"{', '.join(f'{r.decode_tps:.2f}' for r in side_runs)})")
-    ours, theirs = best(runs["corral engine"]), best(runs["transformers.generate"])
-    print(f"  ratio engine / generate: {ours.decode_tps / theirs.decode_tps:.3f}")
+    ours, theirs = runs["corral engine"], runs["transformers.generate"]
+    print(f"  ratio engine / generate: {best(ours).decode_tps / best(theirs).decode_tps:.3f} (decode tok/s), "
+          f"{min(r.cpu_ms_per_token for r in theirs) / min(r.cpu_ms_per_token for r in ours):.3f} "
+          "(CPU time per token, generate / engine)")
 
 
 if __name__ == "__main__":
