@@ -67,10 +67,31 @@ class ModelService:
             raise ModelNotFoundError(f"No model named {name!r} in {self.models_dir}. Models found: {known}.")
         return path
 
+    def empty_message(self) -> str | None:
+        """What to tell the user when there is no model to pick (None when there is one)."""
+        if self.names():
+            return None
+        return f"No models in {self.models_dir}: download one below (**Download a model**), or copy one there."
+
     def inspect(self, name: str, *, loader: str | None = None) -> ModelView:
         detection = detect(self.path_of(name))
         resolved = self._state.settings.resolve(name, detection, loader=loader)
         return ModelView(name=name, detection=detection, resolved=resolved, warnings=tuple(resolved.warnings))
+
+    def save_settings(
+        self, name: str, loader: str, loader_settings: dict[str, Any], *, template: str | None, preset: str | None
+    ) -> list[str]:
+        """"Save settings for this model": the loader, its settings (the context field becomes the model-level
+        `context_length`), template and preset. Returns warnings (a broken settings file moved aside)."""
+        from webui.settings import CONTEXT_FIELDS, ModelSettings
+        from webui.templates import AUTO_TEMPLATE
+
+        self.path_of(name)  # a model that is gone gets "not found", not a saved entry
+        values = dict(loader_settings)
+        context = values.pop(CONTEXT_FIELDS.get(loader, ""), None) or None
+        template = None if template in (None, "", AUTO_TEMPLATE) else template
+        saved = ModelSettings(loader, values, template, preset or None, context)
+        return self._state.settings.save(name, saved)
 
     # --- the loaded model ---------------------------------------------------------------------------------------
 

@@ -21,14 +21,21 @@ CHOICES = {
     "dequantize_cache": ["auto", "on", "off"],
     "checkpoint_format": ["gptq", "gptq_v2"],
 }
+PER_ROW = 5  # controls per row: labels stay readable at a laptop's width
 HELP = {
     "n_gpu_layers": "layers on the GPU (0 = CPU only)",
     "n_ctx": "context length in tokens",
-    "context_length": "0 = the model's own",
+    "context_length": "context in tokens; 0 = the model's own",
     "rope_freq_base": "0 = from the model",
     "rope_freq_scale": "0 = from the model",
     "compress_pos_emb": "linear RoPE scaling; 1 = none",
     "threads": "0 = physical cores",
+    "n_batch": "prompt tokens per step",
+    "use_mmap": "map the file instead of reading it",
+    "use_mlock": "keep the weights in RAM (no swap)",
+    "trust_remote_code": "run the model's own Python code",
+    "dequantize_cache": "keep dequantized weights: faster, more RAM",
+    "dtype": "auto = bf16/fp16 where fast, else fp32",
     "file": "which .gguf file",
     "max_memory_gib": 'JSON, e.g. {"0": 20, "cpu": 60}',
 }
@@ -74,9 +81,12 @@ def build(initial_loader: str = "transformers") -> LoaderControls:
     groups: dict[str, gr.Group] = {}
     controls: dict[str, dict[str, gr.components.Component]] = {}
     for loader, cls in SETTINGS_CLASSES.items():
-        with gr.Group(visible=loader == initial_loader) as group:
-            with gr.Row():
-                controls[loader] = {f.name: _control(loader, f) for f in fields(cls)}
+        items = list(fields(cls))
+        controls[loader] = {}
+        with gr.Group(visible=loader == initial_loader, elem_id=f"loader-{loader.replace('.', '')}") as group:
+            for start in range(0, len(items), PER_ROW):
+                with gr.Row(equal_height=True):
+                    controls[loader].update({f.name: _control(loader, f) for f in items[start : start + PER_ROW]})
         groups[loader] = group
     return LoaderControls(groups, controls)
 
@@ -88,21 +98,22 @@ def _default(f) -> Any:
 
 
 def _control(loader: str, f) -> gr.components.Component:
-    label = f.name + (f" ({HELP[f.name]})" if f.name in HELP else "")
-    interactive = f.name not in READ_ONLY.get(loader, set())
+    read_only = f.name in READ_ONLY.get(loader, set())
+    info = "read from the model's files" if read_only else HELP.get(f.name)
     default = _default(f)
     elem_id = f"{loader.replace('.', '')}-{f.name}"
+    common = {"label": f.name, "info": info, "interactive": not read_only, "elem_id": elem_id}
     if f.name == "file":
-        return gr.Dropdown(choices=[], label=label, allow_custom_value=True, elem_id=elem_id)
+        return gr.Dropdown(choices=[], allow_custom_value=True, **common)
     if f.name in CHOICES:
-        return gr.Dropdown(CHOICES[f.name], value=default, label=label, interactive=interactive, elem_id=elem_id)
+        return gr.Dropdown(CHOICES[f.name], value=default, **common)
     if isinstance(default, bool):
-        return gr.Checkbox(value=default, label=label, interactive=interactive, elem_id=elem_id)
+        return gr.Checkbox(value=default, **common)
     if isinstance(default, int):
-        return gr.Number(value=default, precision=0, label=label, interactive=interactive, elem_id=elem_id)
+        return gr.Number(value=default, precision=0, **common)
     if isinstance(default, float):
-        return gr.Number(value=default, label=label, interactive=interactive, elem_id=elem_id)
-    return gr.Textbox(value=_to_control(f.name, default), label=label, interactive=interactive, elem_id=elem_id)
+        return gr.Number(value=default, **common)
+    return gr.Textbox(value=_to_control(f.name, default), **common)
 
 
 def _to_control(name: str, value: Any) -> Any:

@@ -1,10 +1,12 @@
 """Model tab: pick a model (autoload on select), its loader and settings (from detection, pattern defaults and the
 user's saved values), the memory estimate before load and the measured memory after, Load / Unload / Reload,
-"Save settings for this model", and the download box (`webui/ui/downloads.py`)."""
+"Save settings for this model", and the download box (`webui/ui/downloads.py`).
+
+Handlers only call `state.models` (`webui/model_service.py`), `state.settings` and `webui/estimate.py`, and word
+the result; every `CorralError` becomes a ⚠️ line in the status or details area, never a traceback."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 import gradio as gr
@@ -12,72 +14,103 @@ import gradio as gr
 from loaders.settings import SETTINGS_CLASSES, settings_for
 from webui import estimate, hardware
 from webui.errors import CorralError, InsufficientMemoryError
-from webui.settings import ModelSettings
+from webui.model_service import ModelView
 from webui.state import AppState
+from webui.templates import AUTO_TEMPLATE
 from webui.ui import downloads, loader_controls
 from webui.ui.chat import ChatControls
 from webui.ui.parameters import ParamControls
 
 GB = 1024**3
+# A load can fail in the backend with these (llama.cpp: ValueError "Failed to load model"; a file gone: OSError).
+LOAD_ERRORS = (CorralError, ValueError, OSError)
 
 
 def build_tab(state: AppState, controls: ParamControls, chat: ChatControls) -> None:
-    with gr.Row():
+    with gr.Row(equal_height=True):
         model_name = gr.Dropdown(choices=_names(state), value=None, label="Model", elem_id="model-dropdown", scale=4)
-        refresh = gr.Button("🔄", scale=0, min_width=40, elem_id="model-refresh")
-        autoload = gr.Checkbox(value=True, label="Autoload the model", scale=1, elem_id="model-autoload")
+        refresh = gr.Button("Refresh list", scale=0, min_width=120, elem_id="model-refresh")
+        autoload = gr.Checkbox(value=True, label="Autoload the model on select", scale=1, elem_id="model-autoload")
     with gr.Row():
         load = gr.Button("Load", variant="primary", elem_id="model-load")
         unload = gr.Button("Unload", elem_id="model-unload")
         reload = gr.Button("Reload the model", elem_id="model-reload")
         save = gr.Button("Save settings for this model", elem_id="model-save")
-        force = gr.Checkbox(value=False, label="Load even if the estimate says it won't fit", elem_id="model-force")
+    force = gr.Checkbox(value=False, label="Load even if the memory estimate says it won't fit", elem_id="model-force")
     status = gr.Markdown(_status(state), elem_id="model-status")
     loader = gr.Dropdown(choices=list(SETTINGS_CLASSES), value="transformers", label="Loader", elem_id="model-loader")
     loader_ui = loader_controls.build()
     with gr.Row():
-        estimate_btn = gr.Button("Estimate memory")
-        fit_btn = gr.Button("Fit GPU layers to free VRAM")
+        estimate_btn = gr.Button("Estimate memory", elem_id="model-estimate")
+        fit_btn = gr.Button("Fit GPU layers to free VRAM", visible=False, elem_id="model-fit")
     details = gr.Markdown(elem_id="model-details")
     with gr.Accordion("Download a model", open=True):
         downloads.build(state, on_models_changed=model_name)
 
     settings_inputs = [loader, *loader_ui.inputs]
+    view_outputs = [loader, *loader_ui.inputs, *loader_ui.groups.values(), fit_btn, details]
+
+    def view_updates(view: ModelView) -> list[Any]:
+        """Loader, its controls (only its group visible) and the detection text for a model's resolved settings."""
+        resolved = view.resolved
+        files = [f.name for f in view.detection.gguf_files]
+        return [
+            resolved.loader,
+            *loader_ui.updates(resolved.loader, vars(resolved.loader_settings), files),
+            *loader_ui.visibility(resolved.loader),
+            gr.update(visible=resolved.loader in GPU_LAYER_LOADERS),
+            _describe(view),
+        ]
+
+    def error_updates(error: CorralError) -> list[Any]:
+        """A model that cannot be read: no loader controls (they would be another model's), the error in details."""
+        hidden = [gr.update(visible=False)] * (len(loader_ui.groups) + 1)
+        return [gr.skip(), *[gr.skip()] * len(loader_ui.inputs), *hidden, f"⚠️ {error}"]
 
     def on_select(name: str | None):
+        skip_view = [gr.skip()] * (len(view_outputs) - 1)
         if not name:
-            return [gr.skip()] * (2 + len(loader_ui.inputs) + len(loader_ui.groups) + 1) + [gr.skip()]
+            return [*skip_view, state.models.empty_message() or "", gr.skip(), gr.skip()]
         try:
             view = state.models.inspect(name)
         except CorralError as error:
-            return [gr.skip()] * (1 + len(loader_ui.inputs) + len(loader_ui.groups)) + [
-                f"⚠️ {error}",
-                gr.skip(),
-                gr.skip(),
-            ]
-        resolved = view.resolved
-        files = [f.name for f in view.detection.gguf_files]
-        template = resolved.template or state.templates.auto_select(name, view.detection.chat_template)
-        return [
-            resolved.loader,
-            *loader_ui.updates(resolved.loader, asdict(resolved.loader_settings), files),
-            *loader_ui.visibility(resolved.loader),
-            _describe(view),
-            gr.update(value=template),
-            gr.update(value=resolved.preset) if resolved.preset else gr.skip(),
-        ]
+            return [*error_updates(error), gr.skip(), gr.skip()]
+        template = view.resolved.template or AUTO_TEMPLATE
+        preset = gr.update(value=view.resolved.preset) if view.resolved.preset else gr.skip()
+        return [*view_updates(view), gr.update(value=template), preset]
+
+    def on_loader(name: str | None, loader_name: str):
+        """Another loader picked: its controls, filled with this model's settings for that loader."""
+        fit_visible = gr.update(visible=loader_name in GPU_LAYER_LOADERS)
+        if not name:
+            return [gr.skip(), *[gr.skip()] * len(loader_ui.inputs), *loader_ui.visibility(loader_name), fit_visible,
+                    gr.skip()]  # fmt: skip
+        try:
+            return view_updates(state.models.inspect(name, loader=loader_name))
+        except CorralError as error:
+            return error_updates(error)
 
     def on_load(name: str | None, confirm: bool, loader_name: str, *values):
         if not name:
-            return "⚠️ Pick a model first."
+            yield f"⚠️ Pick a model first. {state.models.empty_message() or ''}".strip()
+            return
+        yield f"⏳ Loading **{name}** with **{loader_name}**…"
         try:
             settings = loader_ui.collect(loader_name, list(values))
             state.models.load(name, loader=loader_name, loader_settings=settings, confirm_memory=confirm)
         except InsufficientMemoryError as error:
-            return f"⚠️ {error}\n\nTick **Load even if the estimate says it won't fit** to try anyway."
-        except (CorralError, ValueError) as error:
-            return f"⚠️ {error}"
-        return _status(state)
+            yield f"⚠️ {error}\n\nTick **Load even if the memory estimate says it won't fit** to try anyway."
+            return
+        except LOAD_ERRORS as error:
+            yield f"⚠️ Could not load **{name}** with {loader_name}: {error}\n\n{_status(state)}"
+            return
+        yield _status(state)
+
+    def on_autoload(name: str | None, auto: bool, confirm: bool, *rest):
+        if not auto:
+            yield gr.skip()
+            return
+        yield from on_load(name, confirm, *rest)
 
     def on_unload():
         state.models.unload()
@@ -86,20 +119,10 @@ def build_tab(state: AppState, controls: ParamControls, chat: ChatControls) -> N
     def on_save(name: str | None, template: str, preset: str, loader_name: str, *values):
         if not name:
             return "⚠️ Pick a model first."
-        loader_settings = loader_ui.collect(loader_name, list(values))
-        context = loader_settings.get("n_ctx") or loader_settings.get("context_length") or None
         try:
-            warnings = state.settings.save(
-                name,
-                ModelSettings(
-                    loader=loader_name,
-                    loader_settings=loader_settings,
-                    template=template,
-                    preset=preset,
-                    context_length=context,
-                ),
-            )
-        except CorralError as error:
+            settings = loader_ui.collect(loader_name, list(values))
+            warnings = state.models.save_settings(name, loader_name, settings, template=template, preset=preset)
+        except (CorralError, ValueError) as error:
             return f"⚠️ {error}"
         notes = "".join(f"\n\n⚠️ {w}" for w in warnings)
         return f"Saved settings for **{name}**. Click **Reload the model** to apply them.{notes}"
@@ -110,37 +133,45 @@ def build_tab(state: AppState, controls: ParamControls, chat: ChatControls) -> N
         try:
             settings = settings_for(loader_name, loader_ui.collect(loader_name, list(values)))
             est = estimate.estimate_local(state.models.path_of(name), loader_name, settings)
-        except (CorralError, ValueError) as error:
-            return f"⚠️ {error}"
+        except (CorralError, ValueError, OSError) as error:
+            return f"⚠️ No estimate: {error}"
         return format_estimate(est, hardware.snapshot())
 
     def on_fit(name: str | None, loader_name: str, *values):
         if not name:
-            return gr.skip(), "⚠️ Pick a model first."
+            return gr.skip(), gr.skip(), "⚠️ Pick a model first."
+        if loader_name not in GPU_LAYER_LOADERS:
+            return gr.skip(), gr.skip(), f"⚠️ {loader_name} has no GPU-layer setting: pick its device instead."
         try:
             settings = settings_for(loader_name, loader_ui.collect(loader_name, list(values)))
-            n = estimate.best_gpu_layers(state.models.path_of(name), loader_name, settings, hardware.snapshot())
-        except (CorralError, ValueError, AttributeError) as error:
-            return gr.skip(), f"⚠️ {error}"
-        return n, f"{n} layers fit in free VRAM at this context length."
+            hw = hardware.snapshot()
+            path = state.models.path_of(name)
+            n = estimate.best_gpu_layers(path, loader_name, settings, hw)
+            ctx = estimate.best_context(path, loader_name, settings, hw, n_gpu_layers=n)
+        except (CorralError, ValueError, OSError) as error:
+            return gr.skip(), gr.skip(), f"⚠️ {error}"
+        updates = [n if loader_name == x else gr.skip() for x in GPU_LAYER_LOADERS]
+        return *updates, _fit_text(n, ctx, hw)
 
-    select_outputs = [loader, *loader_ui.inputs, *loader_ui.groups.values(), details, chat.template, controls.preset]
+    def on_page_load():
+        return gr.update(choices=_names(state)), _status(state)
+
+    select_outputs = [*view_outputs, chat.template, controls.preset]
     selected = model_name.input(on_select, model_name, select_outputs)
-    selected.then(
-        lambda name, auto, confirm, *rest: on_load(name, confirm, *rest) if auto else gr.skip(),
-        [model_name, autoload, force, *settings_inputs],
-        status,
-        concurrency_id="model",
-    )
-    loader.input(loader_ui.visibility, loader, list(loader_ui.groups.values()))
+    selected.then(on_autoload, [model_name, autoload, force, *settings_inputs], status, concurrency_id="model")
+    loader.input(on_loader, [model_name, loader], view_outputs)
     refresh.click(lambda: gr.update(choices=_names(state)), None, model_name)
-    load.click(on_load, [model_name, force, *settings_inputs], status, concurrency_id="model")
-    reload.click(lambda *a: on_load(*a), [model_name, force, *settings_inputs], status, concurrency_id="model")
+    gr.on(None, on_page_load, inputs=None, outputs=[model_name, status])  # a reload of the page sees new models
+    for button in (load, reload):
+        button.click(on_load, [model_name, force, *settings_inputs], status, concurrency_id="model")
     unload.click(on_unload, None, status, concurrency_id="model")
     save.click(on_save, [model_name, chat.template, controls.preset, *settings_inputs], status)
     estimate_btn.click(on_estimate, [model_name, *settings_inputs], details)
-    gpu_layer_fields = [loader_ui.fields[x]["n_gpu_layers"] for x in ("llama.cpp", "gguf")]
-    fit_btn.click(on_fit, [model_name, *settings_inputs], [gpu_layer_fields[0], details])
+    gpu_layer_fields = [loader_ui.fields[x]["n_gpu_layers"] for x in GPU_LAYER_LOADERS]
+    fit_btn.click(on_fit, [model_name, *settings_inputs], [*gpu_layer_fields, details])
+
+
+GPU_LAYER_LOADERS = ("llama.cpp", "gguf")
 
 
 def _names(state: AppState) -> list[str]:
@@ -150,47 +181,62 @@ def _names(state: AppState) -> list[str]:
 def _status(state: AppState) -> str:
     info = state.models.current_info
     if info is None:
-        return "No model loaded."
+        return state.models.empty_message() or "No model loaded: pick one above."
     model = info.model
     text = (
         f"**{model.name}** loaded with **{model.loader}** on {model.device} in {model.load_seconds:.1f} s — "
-        f"RAM {model.memory.ram_bytes / GB:.2f} GB"
+        f"context {model.context_length} tokens, RAM {model.memory.ram_bytes / GB:.2f} GB"
     )
     if model.memory.total_vram:
         text += f", VRAM {model.memory.total_vram / GB:.2f} GB"
     if info.estimate is not None:
-        text += f" (estimated RAM {info.estimate.ram / GB:.2f} GB, VRAM {info.estimate.vram / GB:.2f} GB)"
-    return text + f"; context {model.context_length} tokens."
+        text += f" (estimated {info.estimate.ram / GB:.2f} GB RAM"
+        text += f", {info.estimate.vram / GB:.2f} GB VRAM)" if info.estimate.vram else ")"
+    return text + "."
 
 
-def _describe(view: Any) -> str:
+def _describe(view: ModelView) -> str:
+    """The detection and where each non-default setting came from, as Markdown."""
     d = view.detection
-    lines = [f"**Detected:** loader `{d.loader}`" + (f", {d.quant}" if d.quant else "")]
-    if d.model_type:
-        lines.append(
-            f"Architecture `{d.architecture or d.model_type}`, context {d.context_length}, "
-            f"RoPE base {d.rope_theta}, {(d.n_params or 0) / 1e9:.2f} B parameters"
-        )
-    lines.append(f"Chat template: {d.chat_template_source or 'none in the model files'}")
+    facts = [f"loader **{d.loader}**", d.quant, d.architecture or d.model_type]
+    if d.n_params:
+        facts.append(f"{d.n_params / 1e9:.2f} B parameters")
+    if d.context_length:
+        facts.append(f"context {d.context_length}")
+    if d.rope_theta:
+        facts.append(f"RoPE base {d.rope_theta:g}")
+    facts.append(f"chat template: {d.chat_template_source or 'none in the model files'}")
+    lines = ["**Detected:** " + " · ".join(f for f in facts if f), "", "**Why:**"]
     lines += [f"- {reason}" for reason in d.reasons]
-    sources = getattr(view.resolved, "sources", {}) or {}
-    if sources:
-        lines.append("**Settings:** " + ", ".join(f"`{k}` {v}" for k, v in sources.items()))
-    lines += [f"⚠️ {w}" for w in view.warnings]
+    chosen = {k: v for k, v in view.resolved.sources.items() if v.layer != "default"}
+    if chosen:
+        lines += ["", "**Settings:** " + "; ".join(f"`{k}` {v}" for k, v in chosen.items())]
+    lines += [f"\n⚠️ {w}" for w in view.warnings]
     return "\n".join(lines)
+
+
+def _fit_text(n: int, ctx: int, hw: hardware.Hardware) -> str:
+    if not hw.gpus:
+        return f"No GPU on this machine: n_gpu_layers 0. The longest context that fits in RAM is {ctx} tokens."
+    return f"{n} layers fit in free VRAM at this context length; with {n} layers, up to {ctx} tokens of context fit."
 
 
 def format_estimate(est: estimate.Estimate, hw: hardware.Hardware) -> str:
     fit = est.fit(hw)
-    rows = ["| device | weights | KV cache | buffers | overhead | total | free |", "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| device | weights | KV cache | buffers | overhead | total | free |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for device, parts in est.parts.items():
         need, free = fit.devices[device]
         rows.append(
-            f"| {device} | {parts['weights'] / GB:.2f} | {parts['kv_cache'] / GB:.2f} | {parts['buffers'] / GB:.2f} "
-            f"| {parts['overhead'] / GB:.2f} | {need / GB:.2f} | {free / GB:.2f} |"
+            f"| {'RAM' if device == 'ram' else device} | {_gb(parts['weights'])} | {_gb(parts['kv_cache'])} "
+            f"| {_gb(parts['buffers'])} | {_gb(parts['overhead'])} | **{_gb(need)}** | {_gb(free)} |"
         )
     mark = {"fits": "✅ fits", "tight": "🟡 tight", "won't fit": "❌ won't fit"}[fit.verdict]
-    return (
-        f"**Estimate ({est.loader}, context {est.ctx}, {est.n_gpu_layers} GPU layers): {mark}** (GB)\n\n"
-        + "\n".join(rows)
-    )
+    gpu = f", {est.n_gpu_layers} of {est.n_layers} layers on the GPU" if est.vram else ""
+    return f"**Memory estimate ({est.loader}, context {est.ctx}{gpu}): {mark}**\n\n" + "\n".join(rows)
+
+
+def _gb(n: int) -> str:
+    return f"{n / GB:.2f} GB"
