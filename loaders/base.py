@@ -2,7 +2,8 @@
 
 A loader turns a model on disk into a `LoadedModel`. The engine (`webui/engine.py`) only ever talks to that
 interface: it encodes the prompt with `model.tokenizer`, pulls token ids from `model.generate_tokens`, and does
-detokenization, stop strings, cancellation and accounting itself, once, for every backend.
+detokenization, stop strings, cancellation and accounting itself, once, for every backend. A model that cannot
+give token ids (a remote engine) also implements `TextStreamingModel.stream_text`, and the engine uses that instead.
 """
 
 from __future__ import annotations
@@ -103,4 +104,26 @@ class LoadedModel(Protocol):
         ...
 
     def unload(self) -> None:
+        ...
+
+
+@dataclass
+class TextUsage:
+    """What a text-streaming model reports about one reply (filled in as the server tells; 0 / "" = not told)."""
+
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    stop_reason: str = ""  # eos | max_tokens | stop_string, as the engine's stats name them
+    chunks: int = 0  # text chunks received (counted by the engine)
+
+
+@runtime_checkable
+class TextStreamingModel(Protocol):
+    """Optional: a `LoadedModel` that streams text, not token ids. The engine sends it the prompt as text."""
+
+    def stream_text(
+        self, prompt: str, params: GenerationParams, cancel: threading.Event, usage: TextUsage
+    ) -> Iterator[str]:
+        """Yield text deltas (about one token each) until the reply ends or `cancel` is set; fill `usage`.
+        Raises `GenerationError` (with what to do) when the engine fails or goes away mid-reply."""
         ...

@@ -2,7 +2,9 @@
 
 The loader yields token ids (`LoadedModel.generate_tokens`); this module does everything else once for all
 backends: prompt encoding (BOS rule, left truncation), incremental detokenization, stop strings, cancellation and
-the statistics shown after each reply. It imports neither gradio nor torch.
+the statistics shown after each reply. It imports neither gradio nor torch. A model that can only stream text (a
+remote engine: `TextStreamingModel.stream_text`) gets the prompt as text and skips the token steps; stop strings,
+cancellation and statistics stay shared.
 
 Detokenization decodes a sliding window of a few tokens, as text-generation-inference does (`prefix`/`read`
 offsets), so each token costs two tiny decodes whatever the reply's length; a window ending in U+FFFD (an
@@ -16,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from loaders.base import GenerationParams, LoadedModel, ModelTokenizer
+from loaders.base import GenerationParams, LoadedModel, ModelTokenizer, TextStreamingModel, TextUsage
 from webui.errors import GenerationError
 
 REPLACEMENT_CHAR = "\ufffd"
@@ -38,6 +40,10 @@ def generate(
     model: LoadedModel, prompt: str, params: GenerationParams, *, cancel: threading.Event | None = None
 ) -> Generation:
     """Start a generation: iterate the result for text deltas. Raises `GenerationError` for an unusable prompt."""
+    if isinstance(model, TextStreamingModel):
+        if not prompt:
+            raise GenerationError("The prompt is empty: write something for the model to continue.")
+        return Generation(model, [], params, cancel or threading.Event(), prompt_text=prompt)
     return generate_ids(model, encode_prompt(model, prompt, params), params, cancel=cancel)
 
 
@@ -92,10 +98,13 @@ class Generation:
     reply's tokens, `.stats` is set once the iteration is over. Cancel with the event given to `generate`."""
 
     def __init__(
-        self, model: LoadedModel, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event
+        self, model: LoadedModel, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event, *,
+        prompt_text: str | None = None,
     ) -> None:
         self.model = model
         self.prompt_ids = prompt_ids
+        self.prompt_text = prompt_text  # set for a text-streaming model: the prompt is sent as text
+        self.usage = TextUsage()  # what a text-streaming model reports
         self.params = params
         self.cancel = cancel
         self.text = ""
@@ -111,9 +120,14 @@ class Generation:
         start = time.perf_counter()
         detokenizer = Detokenizer(self.model.tokenizer, skip_special_tokens=self.params.skip_special_tokens)
         stops = StopStrings(self.params.stop)
-        tokens = self.model.generate_tokens(self.prompt_ids, self.params, self.cancel)
+        if self.prompt_text is None:
+            tokens = self.model.generate_tokens(self.prompt_ids, self.params, self.cancel)
+            pieces = self._deltas(tokens, detokenizer, stops)
+        else:
+            tokens = self.model.stream_text(self.prompt_text, self.params, self.cancel, self.usage)
+            pieces = self._text_deltas(tokens, stops)
         try:
-            for delta, stopped in self._deltas(tokens, detokenizer, stops):
+            for delta, stopped in pieces:
                 if delta:
                     self.text += delta
                     yield delta
@@ -124,7 +138,8 @@ class Generation:
             if close is not None:
                 close()  # ends the model's loop (and frees its cache) when we stop early
             self.stats = GenerationStats(
-                len(self.prompt_ids), len(self.token_ids), time.perf_counter() - start, self._reason
+                len(self.prompt_ids) or self.usage.prompt_tokens, len(self.token_ids) or self.usage.new_tokens,
+                time.perf_counter() - start, self._reason,
             )
 
     def _deltas(
@@ -149,6 +164,23 @@ class Generation:
             yield text, True
             return
         yield text + stops.flush(), False
+
+    def _text_deltas(self, chunks: Iterator[str], stops: StopStrings) -> Iterator[tuple[str, bool]]:
+        """As `_deltas`, for text streamed by the model (one chunk per server event, about one token each)."""
+        while not self.cancel.is_set():
+            chunk = next(chunks, None)
+            if chunk is None:
+                self._reason = "cancelled" if self.cancel.is_set() else self.usage.stop_reason or "eos"
+                break
+            self.usage.chunks += 1
+            text, stopped = stops.push(chunk)
+            if stopped:
+                self._reason = "stop_string"
+                yield text, True
+                return
+            yield text, False
+        self.usage.new_tokens = self.usage.new_tokens or self.usage.chunks
+        yield stops.flush(), False
 
     def _end_reason(self) -> str:
         if self.cancel.is_set():

@@ -1,0 +1,608 @@
+"""The OpenAI-compatible HTTP API (`--api`): routes, request validation, the OpenAI error shape, and serving.
+
+Owns `/v1/models`, `/v1/completions`, `/v1/chat/completions` (server-sent events or one JSON reply),
+`/v1/internal/model/{load,unload,info}` and `/v1/internal/token-count`. Generation goes through the same
+`GenerationService` as the UI, so API and UI requests share one first-come-first-served line for the one model.
+Each request runs in its own worker thread and is cancelled the moment its client goes away, which frees the
+engine within one token. Every failure is an `{"error": {"message", "type", "param", "code"}}` body with the
+status an OpenAI client expects. Flags are parsed in `app.py`; this module gets plain values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import hmac
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import uvicorn
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.types import Receive, Scope, Send
+
+from loaders.base import GenerationParams, LoadedModel
+from webui.engine import GenerationStats
+from webui.errors import (
+    CorralError,
+    GenerationError,
+    InsufficientMemoryError,
+    ModelNotFoundError,
+    ModelNotLoadedError,
+    TemplateNotFoundError,
+    TemplateRenderError,
+)
+from webui.generation import StreamUpdate
+from webui.state import AppState
+from webui.templates import AUTO_TEMPLATE, Message
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = "127.0.0.1"
+DISCONNECT_POLL_SECONDS = 0.1  # while a request waits in line, how often we look for its client having gone
+FINISH_REASONS = {"eos": "stop", "stop_string": "stop", "max_tokens": "length", "cancelled": "stop"}
+ROLE_ALIASES = {"developer": "system"}
+
+
+# --- errors -------------------------------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An error answered in the OpenAI shape."""
+
+    def __init__(
+        self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status)
+
+
+def api_error(error: CorralError) -> ApiError:
+    """Our exceptions -> HTTP: the one place where the mapping lives."""
+    if isinstance(error, ModelNotLoadedError):
+        return ApiError(503, str(error), type="server_error", code="model_not_loaded")
+    if isinstance(error, ModelNotFoundError):
+        return ApiError(404, str(error), param="model", code="model_not_found")
+    if isinstance(error, InsufficientMemoryError):
+        return ApiError(400, str(error), code="insufficient_memory")
+    if isinstance(error, (TemplateNotFoundError, TemplateRenderError)):
+        return ApiError(400, str(error), param="messages", code="template_error")
+    if isinstance(error, GenerationError):
+        return ApiError(400, str(error), code="generation_error")
+    return ApiError(400, str(error))
+
+
+def _validation_error(error: RequestValidationError) -> ApiError:
+    first = error.errors()[0] if error.errors() else {"msg": "invalid request", "loc": ()}
+    if first.get("type") == "json_invalid":
+        return ApiError(400, f"The request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}.")
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    message = first["msg"].removeprefix("Value error, ")
+    if param is None:
+        return ApiError(400, f"The request body must be a JSON object ({message}).")
+    if first.get("type") == "missing":
+        return ApiError(400, f"'{param}' is a required property.", param=param)
+    return ApiError(400, f"Invalid value for '{param}': {message}.", param=param)
+
+
+# --- requests -----------------------------------------------------------------------------------------------------
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingRequest(BaseModel):
+    """Fields shared by both completion endpoints; our extra samplers are extra body fields."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = ""
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    typical_p: float | None = Field(None, gt=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    ignore_eos: bool | None = None  # as vLLM spells it: keep going past the end-of-sequence token
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError("only n=1 is supported")
+        return n
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > 16:
+            raise ValueError("at most 16 stop strings")
+        return stop
+
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and len(prompt) != 1:
+            raise ValueError("give one prompt (a string); batches are not supported")
+        return prompt
+
+    @property
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+    def to_message(self) -> Message:
+        content = self.content or ""
+        text = content if isinstance(content, str) else "".join(part.text for part in content)
+        return Message(ROLE_ALIASES.get(self.role, self.role), text)
+
+
+class ChatRequest(SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class LoadRequest(BaseModel):
+    model_name: str = Field(min_length=1)
+    loader: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    confirm_memory: bool = False
+
+
+class TokenCountRequest(BaseModel):
+    text: str
+
+
+# --- from a request to a prompt and parameters ----------------------------------------------------------------------
+
+
+def _loaded(state: AppState, requested: str) -> tuple[Any, LoadedModel]:
+    """The loaded model's info, refusing a request that names a different model."""
+    info = state.models.current_info
+    if requested and (info is None or requested != info.view.name):
+        if requested not in state.models.names():
+            raise ApiError(404, f"The model '{requested}' does not exist. GET /v1/models lists the models.",
+                           param="model", code="model_not_found")
+        if info is not None:
+            raise ApiError(400, f"The model '{requested}' is not loaded ('{info.view.name}' is). Load it with "
+                           "POST /v1/internal/model/load, or ask for the loaded model.", param="model",
+                           code="model_not_loaded")
+    if info is None:
+        raise ApiError(503, "No model is loaded. Load one with POST /v1/internal/model/load or in the web UI.",
+                       type="server_error", code="model_not_loaded")
+    return info, info.model
+
+
+def _chat_prompt(state: AppState, info: Any, messages: list[ChatMessage]) -> tuple[str, tuple[str, ...]]:
+    """The prompt in the loaded model's template (the one resolved for it, else its own / picked by name)."""
+    tokenizer = info.model.tokenizer
+    template = state.templates.resolve(
+        info.view.resolved.template or AUTO_TEMPLATE, model_name=info.view.name,
+        model_chat_template=tokenizer.chat_template,
+    )
+    prompt = template.render(
+        [message.to_message() for message in messages], add_generation_prompt=True,
+        bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "",
+    )
+    return prompt, template.stop
+
+
+def _params(state: AppState, info: Any, body: SamplingRequest, extra_stops: tuple[str, ...] = ()) -> GenerationParams:
+    """The model's preset, overridden by the request; temperature 0 means greedy."""
+    base = state.presets.load(info.view.resolved.preset or state.config.default_preset)
+    sampler_fields = set(GenerationParams.field_names()) - {"stop"}
+    asked = {k: v for k, v in body.model_dump(include=sampler_fields).items() if v is not None}
+    max_tokens = getattr(body, "max_completion_tokens", None) or body.max_tokens
+    if max_tokens is not None:
+        asked["max_new_tokens"] = max_tokens
+    if body.ignore_eos is not None:
+        asked["ban_eos_token"] = body.ignore_eos
+    if body.temperature == 0:
+        asked["do_sample"] = False
+    elif body.temperature is not None:
+        asked["do_sample"] = True
+    stops = tuple(dict.fromkeys((*base.stop, *body.stop_strings(), *extra_stops)))
+    context = info.model.context_length or base.truncation_length
+    return dataclasses.replace(base, **asked, stop=stops, truncation_length=context)
+
+
+def _context_check(prompt: str, params: GenerationParams, param: str) -> Callable[[LoadedModel], None]:
+    """Refuse (rather than silently cut) a prompt that does not fit the context with max_tokens."""
+
+    def check(model: LoadedModel) -> None:
+        if model.context_length <= 0:
+            return  # a remote engine: it answers for its own context
+        prompt_tokens = len(model.tokenizer.encode(prompt, add_bos=params.add_bos_token))
+        if prompt_tokens + params.max_new_tokens > model.context_length:
+            raise ApiError(
+                400, f"This model's maximum context length is {model.context_length} tokens. However, you "
+                f"requested {prompt_tokens + params.max_new_tokens} tokens ({prompt_tokens} in the prompt, "
+                f"{params.max_new_tokens} for the completion). Shorten the prompt or lower max_tokens.",
+                param=param, code="context_length_exceeded",
+            )
+
+    return check
+
+
+# --- running one request ------------------------------------------------------------------------------------------
+
+_DONE = object()
+
+
+class Job:
+    """One generation on a worker thread, its updates handed to the event loop through a queue."""
+
+    def __init__(self, state: AppState, prompt: str, params: GenerationParams, *, prompt_param: str) -> None:
+        self.id = uuid.uuid4().hex
+        self.created = int(time.time())
+        self._state = state
+        self._cancel = threading.Event()
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._check = _context_check(prompt, params, prompt_param)
+        self._prompt, self._params = prompt, params
+        threading.Thread(target=self._run, name=f"api-{self.id[:8]}", daemon=True).start()
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    async def next(self) -> StreamUpdate | None:
+        """The next update (None at the end); raises the request's `ApiError`."""
+        item = await self._queue.get()
+        if item is _DONE:
+            return None
+        if isinstance(item, ApiError):
+            raise item
+        return item
+
+    async def next_watching(self, request: Request) -> StreamUpdate | None:
+        """`next`, cancelling the job if the client goes away while we wait (in line, or for a slow token)."""
+        pending = asyncio.ensure_future(self.next())
+        try:
+            while True:
+                done, _ = await asyncio.wait({pending}, timeout=DISCONNECT_POLL_SECONDS)
+                if done:
+                    return pending.result()
+                if await request.is_disconnected():
+                    self.cancel()
+        finally:
+            pending.cancel()
+
+    def _run(self) -> None:
+        try:
+            stream = self._state.generation.stream(
+                f"api-{self.id}", self._prompt, self._params, check=self._check, cancel=self._cancel
+            )
+            for update in stream:
+                self._put(update)
+        except ApiError as error:
+            self._put(error)
+        except CorralError as error:
+            self._put(api_error(error))
+        except Exception:  # a bug: keep the traceback in the log, give the client a 500 in the OpenAI shape
+            log.exception("API generation failed")
+            self._put(ApiError(500, "Internal error while generating; see the server log.", type="server_error"))
+        finally:
+            self._put(_DONE)
+
+    def _put(self, item: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is closed: the server is shutting down
+            self._cancel.set()
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How one endpoint spells its replies."""
+
+    model: str
+    chat: bool
+
+    def chunk(self, job: Job, text: str, finish: str | None, *, first: bool = False) -> dict[str, Any]:
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
+            choice = {"index": 0, "delta": delta if finish is None or text else {}, "finish_reason": finish,
+                      "logprobs": None}
+            return self._envelope(job, "chat.completion.chunk", choice)
+        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+        return self._envelope(job, "text_completion", choice)
+
+    def whole(self, job: Job, text: str, stats: GenerationStats) -> dict[str, Any]:
+        finish = FINISH_REASONS[stats.stop_reason]
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                      "logprobs": None}
+            body = self._envelope(job, "chat.completion", choice)
+        else:
+            body = self._envelope(job, "text_completion", {"index": 0, "text": text, "finish_reason": finish,
+                                                            "logprobs": None})
+        return body | {"usage": usage(stats)}
+
+    def usage_chunk(self, job: Job, stats: GenerationStats) -> dict[str, Any]:
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        return {"id": self._id(job), "object": kind, "created": job.created, "model": self.model, "choices": [],
+                "usage": usage(stats)}
+
+    def _envelope(self, job: Job, kind: str, choice: dict[str, Any]) -> dict[str, Any]:
+        return {"id": self._id(job), "object": kind, "created": job.created, "model": self.model,
+                "choices": [choice]}
+
+    def _id(self, job: Job) -> str:
+        return ("chatcmpl-" if self.chat else "cmpl-") + job.id
+
+
+def usage(stats: GenerationStats) -> dict[str, int]:
+    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.new_tokens,
+            "total_tokens": stats.prompt_tokens + stats.new_tokens}
+
+
+def _sse(data: dict[str, Any] | str) -> str:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events that cancel their job however the response ends (done, client gone, server stopping)."""
+
+    def __init__(self, content: AsyncIterator[str], job: Job) -> None:
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self._job = job
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._job.cancel()
+
+
+async def _respond(job: Job, request: Request, shape: Shape, *, stream: bool, include_usage: bool) -> Any:
+    try:
+        first = await job.next_watching(request)  # waits in line; an error here is still an HTTP status
+    except BaseException:
+        job.cancel()
+        raise
+    if not stream:
+        return await _whole(job, request, shape, first)
+    return EventStream(_events(job, request, shape, first, include_usage), job)
+
+
+async def _whole(job: Job, request: Request, shape: Shape, update: StreamUpdate | None) -> dict[str, Any]:
+    try:
+        while update is not None and update.stats is None:
+            update = await job.next_watching(request)
+    finally:
+        job.cancel()
+    if update is None or update.stats is None:
+        raise ApiError(500, "The generation ended without a result; see the server log.", type="server_error")
+    return shape.whole(job, update.text, update.stats)
+
+
+async def _events(
+    job: Job, request: Request, shape: Shape, update: StreamUpdate | None, include_usage: bool
+) -> AsyncIterator[str]:
+    sent, first = 0, True
+    try:
+        while update is not None:
+            if update.stats is not None:
+                finish = FINISH_REASONS[update.stats.stop_reason]
+                if len(update.text) > sent or first:
+                    yield _sse(shape.chunk(job, update.text[sent:], None, first=first))
+                yield _sse(shape.chunk(job, "", finish))
+                if include_usage:
+                    yield _sse(shape.usage_chunk(job, update.stats))
+                break
+            if len(update.text) > sent:
+                yield _sse(shape.chunk(job, update.text[sent:], None, first=first))
+                sent, first = len(update.text), False
+            update = await job.next_watching(request)
+        yield _sse("[DONE]")
+    except ApiError as error:  # after the headers went out: the error travels as an event
+        body = {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
+        yield _sse(body)
+    finally:
+        job.cancel()
+
+
+# --- the app ------------------------------------------------------------------------------------------------------
+
+
+def create_app(state: AppState, *, api_key: str | None = None) -> FastAPI:
+    """The API for `state`; with `api_key`, every request needs `Authorization: Bearer <api_key>`."""
+    app = FastAPI(title="Corral API", dependencies=[Depends(_key_checker(api_key))], docs_url=None, redoc_url=None)
+    app.add_exception_handler(ApiError, lambda _request, error: error.response())
+    app.add_exception_handler(RequestValidationError, lambda _r, error: _validation_error(error).response())
+    app.add_exception_handler(CorralError, lambda _request, error: api_error(error).response())
+    _add_model_routes(app, state)
+    _add_generation_routes(app, state)
+    return app
+
+
+def _key_checker(api_key: str | None) -> Callable[[Request], None]:
+    def check(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
+            raise ApiError(401, "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'.",
+                           code="invalid_api_key")
+
+    return check
+
+
+def _add_model_routes(app: FastAPI, state: AppState) -> None:
+    @app.get("/v1/models")
+    def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [_model_card(name) for name in state.models.names()]}
+
+    @app.get("/v1/models/{name:path}")
+    def get_model(name: str) -> dict[str, Any]:
+        if name not in state.models.names():
+            raise ApiError(404, f"The model '{name}' does not exist.", param="model", code="model_not_found")
+        return _model_card(name)
+
+    @app.get("/v1/internal/model/info")
+    def model_info() -> dict[str, Any]:
+        info = state.models.current_info
+        if info is None:
+            return {"model_name": None, "loader": None}
+        tokenizer = info.model.tokenizer
+        return {"model_name": info.view.name, "loader": info.model.loader, "context_length": info.model.context_length,
+                "chat_template": tokenizer.chat_template, "bos_token": tokenizer.bos_token,
+                "eos_token": tokenizer.eos_token, "template": info.view.resolved.template}
+
+    @app.post("/v1/internal/model/load")
+    def load(body: LoadRequest) -> dict[str, Any]:
+        try:
+            info = state.models.load(body.model_name, loader=body.loader, loader_settings=body.settings,
+                                     confirm_memory=body.confirm_memory)
+        except (KeyError, TypeError) as error:  # unknown loader name / setting of the wrong type
+            raise ApiError(400, f"Cannot load '{body.model_name}': {error}", param="loader") from error
+        return {"model_name": info.view.name, "loader": info.model.loader, "load_seconds": info.model.load_seconds}
+
+    @app.post("/v1/internal/model/unload")
+    def unload() -> dict[str, Any]:
+        state.models.unload()
+        return {"model_name": None}
+
+    @app.post("/v1/internal/token-count")
+    def token_count(body: TokenCountRequest) -> dict[str, int]:
+        return {"length": state.generation.count_tokens(body.text)}
+
+
+def _model_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "corral"}
+
+
+def _add_generation_routes(app: FastAPI, state: AppState) -> None:
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        info, _model = _loaded(state, body.model)
+        job = Job(state, body.text, _params(state, info, body), prompt_param="prompt")
+        return await _respond(job, request, Shape(info.view.name, chat=False), stream=body.stream,
+                              include_usage=body.include_usage)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest, request: Request) -> Any:
+        info, _model = _loaded(state, body.model)
+        prompt, stops = _chat_prompt(state, info, body.messages)
+        job = Job(state, prompt, _params(state, info, body, stops), prompt_param="messages")
+        return await _respond(job, request, Shape(info.view.name, chat=True), stream=body.stream,
+                              include_usage=body.include_usage)
+
+
+# --- serving ------------------------------------------------------------------------------------------------------
+
+
+def bind_address(args: argparse.Namespace) -> str:
+    """127.0.0.1 unless `--listen`; beyond loopback the API needs `--api-key` (no exception: a key is cheap)."""
+    if not args.listen:
+        return LOOPBACK
+    if not args.api_key:
+        raise SystemExit("--listen exposes the API to your network: add --api-key KEY (clients send it as a Bearer "
+                         "token).")
+    return args.listen_host or "0.0.0.0"
+
+
+class ApiServer:
+    """uvicorn serving `create_app(state)`, in the foreground (`run`) or on a daemon thread (`start`)."""
+
+    def __init__(self, state: AppState, *, host: str, port: int, api_key: str | None = None) -> None:
+        config = uvicorn.Config(create_app(state, api_key=api_key), host=host, port=port, log_level="warning",
+                                timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.state, self.host, self.port = state, host, port
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> None:
+        self._announce()
+        self.server.run()
+
+    def start(self, *, timeout: float = 10.0) -> ApiServer:
+        self._thread = threading.Thread(target=self.server.run, name="corral-api", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise SystemExit(f"The API could not start on {self.host}:{self.port} (is the port in use?).")
+            time.sleep(0.05)
+        self._announce()
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _announce(self) -> None:
+        print(f"Corral API at http://{self.host}:{self.port}/v1", flush=True)
+
+
+def api_server(state: AppState, args: argparse.Namespace) -> ApiServer:
+    """The server `--api` asks for (raises `SystemExit` for an unsafe `--listen`)."""
+    return ApiServer(state, host=bind_address(args), port=args.api_port, api_key=args.api_key)
+
+
+def launch_api(state: AppState, args: argparse.Namespace, *, foreground: bool) -> int:
+    """`--api`: beside the web UI (a daemon thread), or alone (`--nowebui`: load `--model`, then serve until
+    interrupted)."""
+    server = api_server(state, args)
+    if not foreground:
+        server.start()
+        return 0
+    if args.model:
+        try:
+            state.models.load(args.model, loader=args.loader, confirm_memory=args.yes)
+        except CorralError as error:
+            log.error("Could not load %s: %s", args.model, error)
+    server.run()
+    return 0
