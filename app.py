@@ -4,7 +4,6 @@
     python app.py                                  # the web UI on http://127.0.0.1:7860
     python app.py --model NAME --prompt "Hi" --chat  # one reply on stdout, no server
     python app.py --api --nowebui --model NAME       # only the OpenAI-compatible API on http://127.0.0.1:5000/v1
-    python app.py --api --nowebui --model NAME       # only the OpenAI-compatible API on http://127.0.0.1:5000/v1
 """
 
 from __future__ import annotations
@@ -32,11 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=7860, help="port of the web UI (default 7860)")
     server.add_argument("--gradio-auth", default=None, metavar="USER:PASS", help="require this login for the UI")
     server.add_argument("--insecure-listen", action="store_true", help="allow --listen without --gradio-auth")
-    api = parser.add_argument_group("OpenAI-compatible API")
-    api.add_argument("--api", action="store_true", help="serve the API too (bound like the UI: see --listen)")
-    api.add_argument("--api-port", type=int, default=5000, help="port of the API (default 5000)")
-    api.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (needed with --listen)")
-    api.add_argument("--nowebui", action="store_true", help="serve only the API, no web UI (implies --api)")
     api = parser.add_argument_group("OpenAI-compatible API")
     api.add_argument("--api", action="store_true", help="serve the API too (bound like the UI: see --listen)")
     api.add_argument("--api-port", type=int, default=5000, help="port of the API (default 5000)")
@@ -86,12 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         from webui.cli import run_once
 
         return run_once(state, args)
-    if args.api or args.nowebui:
-        from webui.api import launch_api
-
-        if args.nowebui:
-            return launch_api(state, args, foreground=True)
-        launch_api(state, args, foreground=False)
     if args.api or args.nowebui:
         from webui.api import launch_api
 
