@@ -4,6 +4,8 @@ snapshot with a timer, and the model list refreshes when a download finishes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import gradio as gr
 
 from webui import estimate, hardware
@@ -16,7 +18,11 @@ GB = 1024**3
 MARK = {"fits": "✅ fits", "tight": "🟡 tight", "won't fit": "❌ won't fit", "unknown": "?"}
 
 
-def build(state: AppState, *, on_models_changed: gr.Dropdown) -> None:
+def build(
+    state: AppState, *, on_models_changed: gr.Dropdown, status: gr.Markdown, status_text: Callable[[], str]
+) -> None:
+    """The download box; when a download ends, `on_models_changed` gets the new model list and `status` is redrawn
+    with `status_text()` (an empty models folder's "download one" hint goes away)."""
     with gr.Row():
         repo = gr.Textbox(
             label="Hugging Face repo",
@@ -28,8 +34,9 @@ def build(state: AppState, *, on_models_changed: gr.Dropdown) -> None:
     with gr.Row():
         list_btn = gr.Button("Get file list", elem_id="download-list")
         gguf_file = gr.Dropdown(
-            choices=[], label="GGUF file (one per download)", allow_custom_value=True, elem_id="download-gguf-file"
-        )
+            choices=[], label="GGUF file (one per download)", allow_custom_value=True, visible=False,
+            elem_id="download-gguf-file",
+        )  # fmt: skip
         start = gr.Button("Download", variant="primary", elem_id="download-start")
         cancel = gr.Button("Cancel", variant="stop", elem_id="download-cancel")
     files = gr.Markdown(elem_id="download-files")
@@ -42,11 +49,11 @@ def build(state: AppState, *, on_models_changed: gr.Dropdown) -> None:
             ref = parse_repo(text)
             plan = choose_files(list_files(ref))
         except CorralError as error:
-            return f"⚠️ {error}", gr.update(choices=[], value=None)
+            return f"⚠️ {error}", gr.update(choices=[], value=None, visible=False)
         table = _plan_table(plan)
         table += "\n\n" + _estimates(text, int(context or 4096), plan.gguf_choices)
         choices = list(plan.gguf_choices)
-        return table, gr.update(choices=choices, value=plan.gguf_file if choices else None)
+        return table, gr.update(choices=choices, value=plan.gguf_file if choices else None, visible=bool(choices))
 
     def on_start(text: str, file: str | None):
         try:
@@ -58,11 +65,11 @@ def build(state: AppState, *, on_models_changed: gr.Dropdown) -> None:
     def on_tick(key: str | None):
         job = _job(state, key)
         if job is None:
-            return gr.skip(), gr.Timer(active=False), gr.skip()
+            return gr.skip(), gr.Timer(active=False), gr.skip(), gr.skip()
         snap = job.snapshot()
         if not job.finished:
-            return _progress_text(snap), gr.skip(), gr.skip()
-        return _progress_text(snap), gr.Timer(active=False), gr.update(choices=state.models.names())
+            return _progress_text(snap), gr.skip(), gr.skip(), gr.skip()
+        return _progress_text(snap), gr.Timer(active=False), gr.update(choices=state.models.names()), status_text()
 
     def on_cancel(key: str | None):
         job = _job(state, key)
@@ -72,7 +79,7 @@ def build(state: AppState, *, on_models_changed: gr.Dropdown) -> None:
 
     list_btn.click(on_list, [repo, ctx], [files, gguf_file])
     start.click(on_start, [repo, gguf_file], [job_key, progress, timer])
-    timer.tick(on_tick, job_key, [progress, timer, on_models_changed])
+    timer.tick(on_tick, job_key, [progress, timer, on_models_changed, status])
     cancel.click(on_cancel, job_key, progress)
 
 
@@ -82,12 +89,21 @@ def _job(state: AppState, key: str | None) -> DownloadJob | None:
 
 def _plan_table(plan) -> str:
     rows = ["| file | size | |", "|---|---|---|"]
-    rows += [f"| {f.path} | {f.size / MB:,.1f} MB | download |" for f in plan.chosen]
-    rows += [f"| {f.path} | {f.size / MB:,.1f} MB | skipped: {why} |" for f, why in plan.skipped]
+    rows += [f"| {f.path} | {_size(f.size)} | download |" for f in plan.chosen]
+    rows += [f"| {s.file.path} | {_size(s.file.size)} | skipped: {s.reason} |" for s in plan.skipped]
     return (
         f"**{plan.listing.ref.repo_id}** @ `{plan.listing.ref.branch}` — {plan.total_bytes / GB:.2f} GB to download\n\n"
         + "\n".join(rows)
     )
+
+
+def _size(n: int) -> str:
+    """Bytes as the model cards write them: 13.5 MB, 7.26 GB, 712 KB."""
+    if n >= GB:
+        return f"{n / GB:,.2f} GB"
+    if n >= MB:
+        return f"{n / MB:,.1f} MB"
+    return f"{n / 1024:,.0f} KB" if n >= 1024 else f"{n} B"
 
 
 def _estimates(text: str, ctx: int, gguf_choices) -> str:
@@ -119,12 +135,12 @@ def _progress_text(snap: DownloadProgress) -> str:
         "running": "Downloading",
         "queued": "Queued",
     }.get(snap.state, snap.state)
-    total = f"{snap.done_bytes / MB:,.1f} / {snap.total_bytes / MB:,.1f} MB ({snap.fraction:.0%})"
+    total = f"{_size(snap.done_bytes)} / {_size(snap.total_bytes)} ({snap.fraction:.0%})"
     speed = f", {snap.speed_bps / MB:.1f} MB/s" if snap.speed_bps else ""
     eta = f", ETA {snap.eta_s:.0f} s" if snap.eta_s and snap.state == "running" else ""
     lines = [f"**{head}** — {total}{speed}{eta}. {snap.message or ''}"]
     lines += [
-        f"- {f.name}: {f.done / MB:,.1f} / {f.total / MB:,.1f} MB — {f.state}" + (f" ({f.error})" if f.error else "")
+        f"- {f.name}: {_size(f.done)} / {_size(f.total)} — {f.state}" + (f" ({f.error})" if f.error else "")
         for f in snap.files
     ]
     lines += [f"- ⚠️ {e}" for e in snap.errors]

@@ -45,7 +45,7 @@ def build_tab(state: AppState, controls: ParamControls, chat: ChatControls) -> N
         fit_btn = gr.Button("Fit GPU layers to free VRAM", visible=False, elem_id="model-fit")
     details = gr.Markdown(elem_id="model-details")
     with gr.Accordion("Download a model", open=True):
-        downloads.build(state, on_models_changed=model_name)
+        downloads.build(state, on_models_changed=model_name, status=status, status_text=lambda: _status(state))
 
     settings_inputs = [loader, *loader_ui.inputs]
     view_outputs = [loader, *loader_ui.inputs, *loader_ui.groups.values(), fit_btn, details]
