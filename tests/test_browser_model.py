@@ -101,7 +101,7 @@ def test_a_folder_without_weights_is_a_message_not_a_crash(app, browser_page) ->
     text = wait_status(page, "Could not load", NO_WEIGHTS)
     screenshot(page, "model-no-weights")
     assert "Traceback" not in text and "weights are missing" in text
-    assert not page.locator("#loader-transformers").is_visible()  # no stale controls of another model
+    assert not page.locator("#loader-transformers").first.is_visible()  # no stale controls of another model
     assert app.process.poll() is None
     select_dropdown(page, "model-dropdown", GGUF)  # the app still works
     wait_status(page, f"{GGUF} loaded with")
