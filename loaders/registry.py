@@ -20,6 +20,7 @@ LOADER_MODULES: dict[str, str] = {
     "gptq": "loaders.gptq",
     "llama.cpp": "loaders.llamacpp",
     "gguf": "loaders.gguf",
+    "remote": "loaders.remote",
 }
 
 

@@ -57,14 +57,23 @@ class NativeGGUFSettings:
     dtype: str = "auto"  # activations: auto | float32 | float16 | bfloat16
 
 
+@dataclass
+class RemoteSettings:
+    url: str = ""  # http://host:port of the server
+    api_key: str = ""  # sent as a Bearer token; "" = none
+    model: str = ""  # the server's model id; "" = the first it lists
+    kind: str = "openai"  # openai (OpenAI-compatible /v1/completions) | tgi (Text Generation Inference)
+
+
 SETTINGS_CLASSES: dict[str, type] = {
     "transformers": TransformersSettings,
     "gptq": GPTQSettings,
     "llama.cpp": LlamaCppSettings,
     "gguf": NativeGGUFSettings,
+    "remote": RemoteSettings,
 }
 
-LoaderSettings = TransformersSettings | GPTQSettings | LlamaCppSettings | NativeGGUFSettings
+LoaderSettings = TransformersSettings | GPTQSettings | LlamaCppSettings | NativeGGUFSettings | RemoteSettings
 
 
 def settings_for(loader: str, values: dict[str, Any] | None = None) -> LoaderSettings:

@@ -43,7 +43,7 @@ from webui.errors import (
 )
 from webui.generation import StreamUpdate
 from webui.state import AppState
-from webui.templates import AUTO_TEMPLATE, Message
+from webui.templates import AUTO_TEMPLATE, Message, PromptTemplate
 
 log = logging.getLogger(__name__)
 
@@ -223,13 +223,18 @@ def _loaded(state: AppState, requested: str) -> tuple[Any, LoadedModel]:
     return info, info.model
 
 
-def _chat_prompt(state: AppState, info: Any, messages: list[ChatMessage]) -> tuple[str, tuple[str, ...]]:
-    """The prompt in the loaded model's template (the one resolved for it, else its own / picked by name)."""
-    tokenizer = info.model.tokenizer
-    template = state.templates.resolve(
+def _template(state: AppState, info: Any) -> PromptTemplate:
+    """The loaded model's template: the one resolved for it (settings), else its own, else picked by name."""
+    return state.templates.resolve(
         info.view.resolved.template or AUTO_TEMPLATE, model_name=info.view.name,
-        model_chat_template=tokenizer.chat_template,
+        model_chat_template=info.model.tokenizer.chat_template,
     )
+
+
+def _chat_prompt(state: AppState, info: Any, messages: list[ChatMessage]) -> tuple[str, tuple[str, ...]]:
+    """The prompt for `messages` in the loaded model's template, and the template's stop strings."""
+    tokenizer = info.model.tokenizer
+    template = _template(state, info)
     prompt = template.render(
         [message.to_message() for message in messages], add_generation_prompt=True,
         bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "",
@@ -495,10 +500,11 @@ def _add_model_routes(app: FastAPI, state: AppState) -> None:
         info = state.models.current_info
         if info is None:
             return {"model_name": None, "loader": None}
-        tokenizer = info.model.tokenizer
+        tokenizer, template = info.model.tokenizer, _template(state, info)
+        # `chat_template` is the Jinja the chat endpoint renders with, so a remote Corral builds the same prompts
         return {"model_name": info.view.name, "loader": info.model.loader, "context_length": info.model.context_length,
-                "chat_template": tokenizer.chat_template, "bos_token": tokenizer.bos_token,
-                "eos_token": tokenizer.eos_token, "template": info.view.resolved.template}
+                "template": template.name, "chat_template": template.source, "stop": list(template.stop),
+                "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
 
     @app.post("/v1/internal/model/load")
     def load(body: LoadRequest) -> dict[str, Any]:

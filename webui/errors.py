@@ -38,6 +38,10 @@ class LoaderUnavailableError(CorralError, ImportError):
     """The loader's library is not installed (e.g. llama-cpp-python)."""
 
 
+class RemoteEngineError(CorralError, ConnectionError):
+    """A remote engine (loader `remote`) cannot be reached, refuses our key, or is misconfigured."""
+
+
 class ModelNotLoadedError(CorralError, RuntimeError):
     """An action needs a loaded model and none is loaded."""
 

@@ -18,6 +18,7 @@ from loaders.detect import Detection, detect, list_models
 from loaders.registry import load_model
 from loaders.settings import LoaderSettings, settings_for
 from webui.errors import CorralError, ModelNotFoundError
+from webui.remote_models import RemoteCatalog, RemoteEndpoint
 
 if TYPE_CHECKING:
     from webui.settings import ResolvedSettings
@@ -48,6 +49,7 @@ class ModelService:
     def __init__(self, state: AppState) -> None:
         self._state = state
         self._loaded: LoadedInfo | None = None
+        self.remote = RemoteCatalog(state.config.models_dir)  # named remote engines (models/remote.yaml)
 
     # --- what is on disk ----------------------------------------------------------------------------------------
 
@@ -56,9 +58,9 @@ class ModelService:
         return self._state.config.models_dir
 
     def names(self) -> list[str]:
-        if not self.models_dir.is_dir():
-            return []
-        return list_models(self.models_dir)
+        """Local models, then the remote engines of models/remote.yaml (a local model wins a shared name)."""
+        local = list_models(self.models_dir) if self.models_dir.is_dir() else []
+        return local + [name for name in self.remote.names() if name not in local]
 
     def path_of(self, name: str) -> Path:
         path = (self.models_dir / name).resolve()
@@ -74,6 +76,11 @@ class ModelService:
         return f"No models in {self.models_dir}: download one below (**Download a model**), or copy one there."
 
     def inspect(self, name: str, *, loader: str | None = None) -> ModelView:
+        endpoint = self._remote_endpoint(name)
+        if endpoint is not None:
+            return self.remote.view(endpoint)
+        if loader == "remote":
+            raise CorralError("The remote loader is for the engines listed in models/remote.yaml; pick one of those.")
         detection = detect(self.path_of(name))
         resolved = self._state.settings.resolve(name, detection, loader=loader)
         return ModelView(name=name, detection=detection, resolved=resolved, warnings=tuple(resolved.warnings))
@@ -86,6 +93,8 @@ class ModelService:
         from webui.settings import CONTEXT_FIELDS, ModelSettings
         from webui.templates import AUTO_TEMPLATE
 
+        if self._remote_endpoint(name) is not None:
+            raise CorralError(f"{name} is a remote engine: its settings live in models/remote.yaml; edit them there.")
         self.path_of(name)  # a model that is gone gets "not found", not a saved entry
         values = dict(loader_settings)
         context = values.pop(CONTEXT_FIELDS.get(loader, ""), None) or None
@@ -118,7 +127,11 @@ class ModelService:
         if self._state.config.force_cpu:
             values.update({"device": "cpu", "n_gpu_layers": 0})
         settings = settings_for(chosen_loader, values)
-        estimate = self._check_memory(view, chosen_loader, settings, confirm_memory)
+        endpoint = self._remote_endpoint(name)
+        if endpoint is not None:  # no memory here to check; the key comes from the file, not the UI
+            settings, estimate = self.remote.settings(endpoint, loader_settings), None
+        else:
+            estimate = self._check_memory(view, chosen_loader, settings, confirm_memory)
         with self._state.model_lock:
             self.unload()
             started = time.monotonic()
@@ -137,6 +150,11 @@ class ModelService:
             if self._loaded is not None:
                 self._loaded.model.unload()
                 self._loaded = None
+
+    def _remote_endpoint(self, name: str) -> RemoteEndpoint | None:
+        if self.models_dir.is_dir() and name in list_models(self.models_dir):
+            return None
+        return self.remote.get(name)
 
     def _check_memory(self, view: ModelView, loader: str, settings: LoaderSettings, confirmed: bool) -> Any | None:
         """Estimate before loading; raise `InsufficientMemoryError` (with numbers) unless the user confirmed."""

@@ -20,6 +20,7 @@ CHOICES = {
     "device": ["auto", "cpu", "cuda", "cuda:0", "cuda:1"],
     "dequantize_cache": ["auto", "on", "off"],
     "checkpoint_format": ["gptq", "gptq_v2"],
+    "kind": ["openai", "tgi"],
 }
 PER_ROW = 5  # controls per row: labels stay readable at a laptop's width
 HELP = {
@@ -38,6 +39,8 @@ HELP = {
     "dtype": "auto = bf16/fp16 where fast, else fp32",
     "file": "which .gguf file",
     "max_memory_gib": 'JSON, e.g. {"0": 20, "cpu": 60}',
+    "url": "http://host:port of the remote engine",
+    "api_key": "empty = the key in models/remote.yaml",
 }
 
 
@@ -113,6 +116,8 @@ def _control(loader: str, f) -> gr.components.Component:
         return gr.Number(value=default, precision=0, **common)
     if isinstance(default, float):
         return gr.Number(value=default, **common)
+    if f.name == "api_key":  # typed by the user, never filled from the server
+        return gr.Textbox(value="", type="password", **common)
     return gr.Textbox(value=_to_control(f.name, default), **common)
 
 
