@@ -261,9 +261,9 @@ def test_requests_are_served_in_arrival_order(server: ApiServer, client: openai.
         thread = threading.Thread(target=_first_token_time, args=(client, prompt, 40 if i == 0 else 6, times))
         thread.start()
         threads.append(thread)
-        deadline = time.monotonic() + 10
-        while server.state.generation.waiting < i and time.monotonic() < deadline:
-            time.sleep(0.005)  # the next request arrives once this one is in line
+        deadline = time.monotonic() + 30
+        while (prompts[0] not in times or server.state.generation.waiting < i) and time.monotonic() < deadline:
+            time.sleep(0.005)  # the next request arrives once the first is running and this one is in line
     for thread in threads:
         thread.join(timeout=120)
     firsts = [times[p] for p in prompts]
@@ -303,3 +303,45 @@ def test_killed_client_frees_the_engine_within_a_token(server: ApiServer, client
     # its own prompt and first token (with slack for a shared machine)
     assert waited < 10 * per_token + 1.0, (waited, per_token)
     assert server.state.generation.waiting == 0
+
+
+def test_ui_and_api_share_the_line_and_stop_is_per_session(server: ApiServer, client: openai.OpenAI) -> None:
+    from loaders.base import GenerationParams
+
+    times: dict[str, float] = {}
+    api = threading.Thread(target=_first_token_time, args=(client, "API request:", 60, times))
+    api.start()
+    generation = server.state.generation
+    deadline = time.monotonic() + 30
+    while "API request:" not in times and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ui_updates: list[str] = []
+
+    def ui_user() -> None:
+        ui_updates.extend(u.text for u in generation.stream("ui-user", "Hello", GenerationParams(max_new_tokens=5)))
+
+    ui = threading.Thread(target=ui_user)
+    ui.start()
+    while generation.waiting < 1 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert generation.waiting == 1  # the UI user waits behind the API request
+    generation.stop("ui-user")  # Stop in the UI: only that user's request goes
+    ui.join(timeout=5)
+    assert not ui.is_alive() and ui_updates == []
+    api.join(timeout=120)
+    assert "API request::end" in times and times["API request::end"] > times["API request:"]
+
+
+def test_listen_needs_an_api_key() -> None:
+    import argparse
+
+    from webui.api import bind_address
+
+    def args(**kw: object) -> argparse.Namespace:
+        return argparse.Namespace(**({"listen": False, "listen_host": None, "api_key": None} | kw))
+
+    assert bind_address(args()) == "127.0.0.1"
+    with pytest.raises(SystemExit, match="--api-key"):
+        bind_address(args(listen=True))
+    assert bind_address(args(listen=True, api_key="k")) == "0.0.0.0"
+    assert bind_address(args(listen=True, api_key="k", listen_host="10.0.0.2")) == "10.0.0.2"

@@ -6,6 +6,7 @@ engine, and killing the server mid-reply gives a clear `GenerationError` while t
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -159,3 +160,46 @@ def test_wrong_key_and_unknown_model_are_refused_at_load(tmp_path: Path, smollm2
     with pytest.raises(ModelNotFoundError, match="not 'nope'"):
         state.models.load(REMOTE)
     assert state.models.current is None
+
+
+def _tgi_server(events: list[dict], seen: list[dict]) -> httpx.Client:
+    """Text Generation Inference's `/generate_stream` wire format (`data:` events), replayed."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/generate_stream"
+        seen.append(json.loads(request.content))
+        body = "".join(f"data:{json.dumps(event)}\n\n" for event in events)
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    return httpx.Client(transport=httpx.MockTransport(handler), base_url="http://tgi.test")
+
+
+def _tgi_token(text: str, *, special: bool = False, details: dict | None = None) -> dict:
+    return {"token": {"id": 1, "text": text, "logprob": -0.1, "special": special}, "generated_text": None,
+            "details": details}
+
+
+def test_tgi_stream_through_the_engine() -> None:
+    from loaders.remote import RemoteModel, RemoteTokenizer
+    from loaders.settings import RemoteSettings
+    from webui.engine import generate
+
+    pieces = ["Hel", "lo", " wor", "ld"]
+    events = [_tgi_token(p) for p in pieces]
+    events.append(_tgi_token("</s>", special=True, details={"finish_reason": "eos_token", "generated_tokens": 5}))
+    seen: list[dict] = []
+    model = RemoteModel(name="tgi", path=Path("."), settings=RemoteSettings(url="http://tgi.test", kind="tgi"),
+                        served_model="m", client=_tgi_server(events, seen), tokenizer=RemoteTokenizer(),
+                        load_seconds=0.0)
+    params = GenerationParams(max_new_tokens=8, temperature=0.5, top_p=1.0, top_k=0, seed=7)
+    generation = generate(model, "Say hello", params)
+    assert "".join(generation) == "".join(pieces) and generation.text == "Hello world"
+    assert generation.stats.stop_reason == "eos" and generation.stats.new_tokens == 5
+    sent = seen[0]["parameters"]
+    assert seen[0]["inputs"] == "Say hello" and sent["seed"] == 7 and sent["max_new_tokens"] == 8
+    assert "top_p" not in sent and "top_k" not in sent  # TGI refuses top_p 1 / top_k 0: left out
+    stopped = generate(model, "Say hello", dataclasses.replace(params, stop=("o w",)))
+    assert "".join(stopped) == "Hell" and stopped.stats.stop_reason == "stop_string"
+    cut_model = dataclasses.replace(model, client=_tgi_server(events[:2], []))  # the server died after 2 tokens
+    with pytest.raises(GenerationError, match="closed the reply before its end"):
+        list(generate(cut_model, "Say hello", params))
