@@ -150,3 +150,17 @@ def test_sampling_is_seeded_and_stays_in_the_support(logits: torch.Tensor) -> No
     assert first == draws(1)
     assert first != draws(2)
     assert set(first) == set(torch.topk(logits, 3).indices.tolist())
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 8.0])  # flat (full sort) to peaked (only the head is sorted)
+@pytest.mark.parametrize("chosen", [{"top_p": 0.9}, {"min_p": 0.05}, {"top_p": 0.95, "min_p": 0.02, "typical_p": 0.9},
+                                    {"top_p": 0.3, "temperature": 0.5}])
+def test_full_vocabulary_matches_transformers(scale: float, chosen: dict[str, float]) -> None:
+    logits = torch.randn(49152, generator=torch.Generator().manual_seed(1)) * scale
+    warpers = [TemperatureLogitsWarper(chosen.get("temperature", 1.0))]
+    warpers += [TopPLogitsWarper(chosen["top_p"])] if "top_p" in chosen else []
+    warpers += [MinPLogitsWarper(chosen["min_p"])] if "min_p" in chosen else []
+    warpers += [TypicalLogitsWarper(chosen["typical_p"])] if "typical_p" in chosen else []
+    probs = token_distribution(logits, EMPTY, params(**chosen))
+    assert support(probs) == hf_support(logits, *warpers)
+    assert torch.isclose(probs.sum(), torch.tensor(1.0))
