@@ -10,6 +10,7 @@ INSTALL_DIR="${CORRAL_INSTALL_DIR:-$CORRAL_ROOT/installer_files}"
 ENV_DIR="$INSTALL_DIR/env"
 LOG_FILE="$INSTALL_DIR/install.log"
 STAMP_FILE="$INSTALL_DIR/installed.stamp"
+WHEEL_CACHE="${CORRAL_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/corral/wheels}"
 TORCH_VERSION="${CORRAL_TORCH_VERSION:-2.13.0}"
 LLAMA_CPP_VERSION="${CORRAL_LLAMA_CPP_VERSION:-0.3.36}"
 CUDA_TAG="${CORRAL_CUDA_TAG:-cu128}"
@@ -88,8 +89,17 @@ plan() {
     case "$VARIANT" in
         cuda) TORCH_INDEX="$TORCH_CUDA_INDEX"; LLAMA_CMAKE_ARGS="-DGGML_CUDA=on" ;;
         metal) TORCH_INDEX="pypi"; LLAMA_CMAKE_ARGS="-DGGML_METAL=on" ;;
-        *) TORCH_INDEX="$TORCH_CPU_INDEX" ;;
+        *) TORCH_INDEX="$TORCH_CPU_INDEX"; LLAMA_CMAKE_ARGS="$(portable_cpu_flags)" ;;
     esac
+}
+
+portable_cpu_flags() {
+    # llama.cpp's default -march=native build crashes on CPUs with AMX (Sapphire Rapids and later) and a wheel built
+    # on one machine may reach another through a cache: on x86-64, build for AVX2 instead, which every CPU of the last
+    # ten years runs at nearly the same speed for batch-1 decode.
+    if [ "$(uname -m)" = x86_64 ]; then
+        echo "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+    fi
 }
 
 wanted_stamp() {
@@ -114,10 +124,16 @@ print_plan() {
 }
 
 pip_install() {
-    # pip_install STEP ARGS... : run pip in the env, log everything, fail with the step's name.
+    # pip_install STEP ARGS... : run `pip install` in the env, log everything, fail with the step's name.
+    local step="$1"; shift
+    pip_run "$step" install "$@"
+}
+
+pip_run() {
+    # pip_run STEP COMMAND ARGS... : run pip COMMAND in the env, log everything, fail with the step's name.
     local step="$1"; shift
     log_step "$step"
-    if ! "$ENV_DIR/bin/python" -m pip install --disable-pip-version-check "$@" >>"$LOG_FILE" 2>&1; then
+    if ! "$ENV_DIR/bin/python" -m pip "$@" --disable-pip-version-check >>"$LOG_FILE" 2>&1; then
         fail "$step" "pip exited with an error (last lines below)$(printf '\n'; tail -n 5 "$LOG_FILE")" \
             "check your network or disk space, then run again with --reinstall"
     fi
@@ -139,14 +155,28 @@ install_all() {
         pip_install "install PyTorch ($VARIANT)" "$TORCH_SPEC" --index-url "$TORCH_INDEX" --extra-index-url https://pypi.org/simple
     fi
     if [ "$OPT_LLAMA_CPP" = 1 ]; then
-        # Built from source the first time (minutes); pip keeps the built wheel in its cache.
-        CMAKE_ARGS="$LLAMA_CMAKE_ARGS" pip_install "install llama-cpp-python ($VARIANT)" "llama-cpp-python==$LLAMA_CPP_VERSION"
+        install_llama_cpp
     fi
     pip_install "install requirements.txt" -r "$CORRAL_ROOT/requirements.txt"
     if [ "$OPT_DEV" = 1 ]; then
         pip_install "install requirements-dev.txt" -r "$CORRAL_ROOT/requirements-dev.txt"
     fi
     wanted_stamp >"$STAMP_FILE"
+}
+
+install_llama_cpp() {
+    # Built from source once per version and build flags (minutes), kept as a wheel under ~/.cache/corral/wheels.
+    # pip's own wheel cache is not used: it ignores CMAKE_ARGS and would hand back a build made with other flags.
+    local flags_sum wheels
+    flags_sum="$(printf '%s' "$LLAMA_CMAKE_ARGS" | cksum | cut -d' ' -f1)"
+    wheels="$WHEEL_CACHE/llama-cpp-python-$LLAMA_CPP_VERSION-$VARIANT-$flags_sum"
+    if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+        CMAKE_ARGS="$LLAMA_CMAKE_ARGS" pip_run "build llama-cpp-python ($VARIANT; minutes, once)" wheel --no-deps \
+            --no-cache-dir --wheel-dir "$wheels" "llama-cpp-python==$LLAMA_CPP_VERSION"
+    fi
+    # A build with other flags may be installed already; pip would keep it as "already satisfied".
+    pip_run "remove any other llama-cpp-python build" uninstall --yes llama-cpp-python
+    pip_install "install llama-cpp-python ($VARIANT)" --only-binary llama-cpp-python --find-links "$wheels" "llama-cpp-python==$LLAMA_CPP_VERSION"
 }
 
 ensure_installed() {

@@ -29,7 +29,17 @@ def _rss() -> int:
 
 
 def _peak() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """The process's high-water resident memory since exec.
+
+    Not `getrusage().ru_maxrss`: Linux keeps that across exec, so a probe started from a large pytest process would
+    report the parent's size. `VmHWM` belongs to the new address space.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def _prompt_ids(n: int) -> list[int]:

@@ -27,6 +27,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
 
 from loaders.settings import LoaderSettings, settings_for
+from webui.download import hub_endpoint
 from webui.errors import InsufficientMemoryError, ModelFormatError, UnsupportedModelError
 from webui.hardware import Hardware, snapshot
 
@@ -810,14 +811,15 @@ def list_remote_files(repo: str, revision: str | None, *, token: str | bool | No
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
-    entries = HfApi().list_repo_tree(repo, revision=revision, recursive=True, token=token)
+    entries = HfApi(endpoint=hub_endpoint()).list_repo_tree(repo, revision=revision, recursive=True, token=token)
     return [RemoteFile(e.path, e.size) for e in entries if isinstance(e, RepoFile)]
 
 
 def _remote_json(repo: str, name: str, revision: str | None, token: str | bool | None) -> dict[str, Any]:
     from huggingface_hub import hf_hub_download
 
-    return json.loads(Path(hf_hub_download(repo, name, revision=revision, token=token)).read_text())
+    path = hf_hub_download(repo, name, revision=revision, token=token, endpoint=hub_endpoint())
+    return json.loads(Path(path).read_text())
 
 
 def _remote_hf_weights(
@@ -837,7 +839,7 @@ def _remote_hf_weights(
     if any(f.name.endswith(".safetensors") for f in weight_files):
         from huggingface_hub import HfApi
 
-        meta = HfApi().get_safetensors_metadata(repo, revision=revision, token=token)
+        meta = HfApi(endpoint=hub_endpoint()).get_safetensors_metadata(repo, revision=revision, token=token)
         tensors = [
             TensorInfo.named(name, _st_nbytes(info), SAFETENSORS_ITEMSIZE.get(info.dtype, 0))
             for file_meta in meta.files_metadata.values()
@@ -859,7 +861,7 @@ def fetch_gguf_header(
     from huggingface_hub import hf_hub_url
     from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-    url = hf_hub_url(repo, name, revision=revision)
+    url = hf_hub_url(repo, name, revision=revision, endpoint=hub_endpoint())
     size = first
     while True:
         headers = {**build_hf_headers(token=token), "range": f"bytes=0-{size - 1}"}
