@@ -77,7 +77,7 @@ LoaderSettings = TransformersSettings | GPTQSettings | LlamaCppSettings | Native
 
 
 def settings_for(loader: str, values: dict[str, Any] | None = None) -> LoaderSettings:
-    """The settings object of `loader` with `values` applied; unknown keys are ignored (they belong to another loader)."""
+    """The settings object of `loader` with `values` applied; unknown keys are ignored (other loaders own them)."""
     try:
         cls = SETTINGS_CLASSES[loader]
     except KeyError:

@@ -14,7 +14,7 @@ from webui import chat_prompt, chat_service
 from webui.errors import CorralError
 from webui.history import CHAT_MODES, Chat
 from webui.state import AppState
-from webui.templates import AUTO_TEMPLATE, MODEL_TEMPLATE
+from webui.templates import AUTO_TEMPLATE
 from webui.ui.common import format_stats, session_id, stopper
 from webui.ui.parameters import ParamControls
 
