@@ -193,6 +193,22 @@ ensure_installed() {
     say "installed."
 }
 
+update_all() {
+    # The update scripts: pull the code when this is a git clone, then install only what changed.
+    if [ "$OPT_DRY_RUN" = 1 ]; then
+        say "plan: git pull --ff-only, then install what changed"
+    elif git -C "$CORRAL_ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        log_step "updating the code (git pull)"
+        git -C "$CORRAL_ROOT" pull --ff-only >>"$LOG_FILE" 2>&1 ||
+            fail "git pull" "the pull did not fast-forward (local changes?)" "commit or stash your changes, then run the update again"
+    else
+        say "not a git clone: download the new release by hand, then run this script to install what changed."
+    fi
+    OPT_INSTALL_ONLY=1
+    ensure_installed
+    say "up to date."
+}
+
 start_app() {
     [ "$OPT_INSTALL_ONLY" = 1 ] && return 0
     cd "$CORRAL_ROOT" || exit 1

@@ -55,6 +55,8 @@ if (-not $Variant) {
 }
 $TorchSpec = "torch==$TorchVersion"; $LlamaCmake = ""
 if ($Variant -eq "cuda") { $TorchIndex = $CudaIndex; $LlamaCmake = "-DGGML_CUDA=on" } else { $TorchIndex = $CpuIndex }
+# As in common.sh: a portable AVX2 build, not -march=native (crashes on AMX CPUs; unsafe to reuse from a cache).
+if ($Variant -ne "cuda") { $LlamaCmake = "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" }
 
 $Plan = @("plan: hardware=$Variant", "plan: python=$($Python -join ' ') env=$EnvDir", "plan: torch=$TorchSpec from $TorchIndex",
     $(if ($LlamaCpp) { "plan: llama-cpp-python==$LlamaVersion CMAKE_ARGS='$LlamaCmake'" } else { "plan: llama-cpp-python skipped (--no-llama-cpp)" }),
@@ -84,7 +86,11 @@ if ($Reinstall -or -not (Test-Path $Py) -or $Current -ne $WantedHash) {
     }
     if ($TorchIndex -eq "pypi") { PipInstall "install PyTorch ($Variant)" @($TorchSpec) }
     else { PipInstall "install PyTorch ($Variant)" @($TorchSpec, "--index-url", $TorchIndex, "--extra-index-url", "https://pypi.org/simple") }
-    if ($LlamaCpp) { $env:CMAKE_ARGS = $LlamaCmake; PipInstall "install llama-cpp-python ($Variant)" @("llama-cpp-python==$LlamaVersion") }
+    if ($LlamaCpp) {
+        $env:CMAKE_ARGS = $LlamaCmake
+        # --force-reinstall --no-cache-dir: a build with other flags may be installed or cached already
+        PipInstall "install llama-cpp-python ($Variant)" @("llama-cpp-python==$LlamaVersion", "--force-reinstall", "--no-cache-dir")
+    }
     PipInstall "install requirements.txt" @("-r", (Join-Path $Root "requirements.txt"))
     if ($Dev) { PipInstall "install requirements-dev.txt" @("-r", (Join-Path $Root "requirements-dev.txt")) }
     Set-Content $StampFile $WantedHash

@@ -27,8 +27,8 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
 
 from loaders.settings import LoaderSettings, settings_for
-from webui.download import hub_endpoint
-from webui.errors import InsufficientMemoryError, ModelFormatError, UnsupportedModelError
+from webui.download import RemoteFile, hub_endpoint, list_files, parse_repo
+from webui.errors import CorralError, InsufficientMemoryError, ModelFormatError, UnsupportedModelError
 from webui.hardware import Hardware, snapshot
 
 MIB = 1024**2
@@ -748,12 +748,6 @@ def _fit_inputs(
 
 
 @dataclass(frozen=True)
-class RemoteFile:
-    name: str
-    size: int
-
-
-@dataclass(frozen=True)
 class FileEstimate:
     """One row of the Model tab's file list: a .gguf file or a branch, its RAM / VRAM and the fit mark."""
 
@@ -774,45 +768,19 @@ def estimate_remote(
     Uses the file list with sizes, config.json / quantize_config.json, safetensors headers, and the first bytes of
     a GGUF file (HTTP Range), never the weights.
     """
-    repo, revision = parse_repo_ref(repo_ref)
-    files = list_remote_files(repo, revision, token=token)
-    gguf_names = [f.name for f in files if f.name.endswith(".gguf")]
-    if file or (gguf_names and not any(f.name == "config.json" for f in files)):
+    ref = parse_repo(repo_ref)
+    files = list_files(ref, token=token).files
+    gguf_names = [f.path for f in files if f.path.endswith(".gguf")]
+    if file or (gguf_names and not any(f.path == "config.json" for f in files)):
         name = file or next((g for g in gguf_names if "q4_k_m" in g.lower()), gguf_names[0])
-        size = next((f.size for f in files if f.name == name), 0)
-        header = fetch_gguf_header(repo, name, revision=revision, token=token)
+        size = next((f.size for f in files if f.path == name), 0)
+        header = fetch_gguf_header(ref.repo_id, name, revision=ref.branch, token=token)
         shape, weights = gguf_shape_weights(header, size)
         loader = loader or "llama.cpp"
     else:
-        shape, weights, detected = _remote_hf_weights(repo, revision, files, token=token)
+        shape, weights, detected = _remote_hf_weights(ref.repo_id, ref.branch, files, token=token)
         loader = loader or detected
     return estimate(shape, weights, loader=loader, ctx=ctx, n_gpu_layers=n_gpu_layers, **options)
-
-
-def parse_repo_ref(text: str) -> tuple[str, str | None]:
-    """`owner/repo[:branch]` -> (repo_id, branch or None); `webui.download.parse_repo` when it exists."""
-    try:
-        from webui.download import parse_repo  # optional: written alongside this module
-    except ImportError:
-        parse_repo = None
-    if parse_repo is not None:
-        ref = parse_repo(text)
-        if isinstance(ref, tuple):
-            return ref[0], ref[1] or None
-        return ref.repo_id, getattr(ref, "branch", None) or getattr(ref, "revision", None) or None
-    from huggingface_hub.utils import validate_repo_id
-
-    repo, _, branch = text.strip().partition(":")
-    validate_repo_id(repo)
-    return repo, branch or None
-
-
-def list_remote_files(repo: str, revision: str | None, *, token: str | bool | None = None) -> list[RemoteFile]:
-    from huggingface_hub import HfApi
-    from huggingface_hub.hf_api import RepoFile
-
-    entries = HfApi(endpoint=hub_endpoint()).list_repo_tree(repo, revision=revision, recursive=True, token=token)
-    return [RemoteFile(e.path, e.size) for e in entries if isinstance(e, RepoFile)]
 
 
 def _remote_json(repo: str, name: str, revision: str | None, token: str | bool | None) -> dict[str, Any]:
@@ -825,18 +793,18 @@ def _remote_json(repo: str, name: str, revision: str | None, token: str | bool |
 def _remote_hf_weights(
     repo: str, revision: str | None, files: Sequence[RemoteFile], *, token: str | bool | None
 ) -> tuple[ModelShape, WeightsInfo, str]:
-    names = {f.name for f in files}
+    names = {f.path for f in files}
     if "config.json" not in names:
         raise ModelFormatError(f"{repo} has neither a .gguf file nor a config.json: cannot estimate it")
     config = _remote_json(repo, "config.json", revision, token)
     shape = ModelShape.from_config(config)
     quant_cfg = _remote_json(repo, "quantize_config.json", revision, token) if "quantize_config.json" in names else None
     quant = gptq_config(config, quant_cfg)
-    weight_files = [f for f in files if f.name.endswith((".safetensors", ".bin", ".pt")) and "/" not in f.name]
+    weight_files = [f for f in files if f.path.endswith((".safetensors", ".bin", ".pt")) and "/" not in f.path]
     file_bytes = sum(f.size for f in weight_files)
     if quant is not None:
         return shape, WeightsInfo(tuple(gptq_tensors(shape, quant)), "gptq config", file_bytes), "gptq"
-    if any(f.name.endswith(".safetensors") for f in weight_files):
+    if any(f.path.endswith(".safetensors") for f in weight_files):
         from huggingface_hub import HfApi
 
         meta = HfApi(endpoint=hub_endpoint()).get_safetensors_metadata(repo, revision=revision, token=token)
@@ -882,13 +850,12 @@ def per_file(
 ) -> list[FileEstimate]:  # fmt: skip
     """One row per .gguf file of the repo (or per branch in `branches` for a GPTQ/Transformers repo)."""
     hw = hw or snapshot()
-    repo, revision = parse_repo_ref(repo_ref)
+    ref = parse_repo(repo_ref)
     if branches:
-        refs = [(f"{repo}:{b}", None, b) for b in branches]
+        refs = [(f"{ref.repo_id}:{b}", None, b) for b in branches]
     else:
-        files = list_remote_files(repo, revision, token=token)
-        ggufs = [f.name for f in files if f.name.endswith(".gguf")]
-        refs = [(repo_ref, g, g) for g in ggufs] or [(repo_ref, None, revision or "main")]
+        ggufs = [f.path for f in list_files(ref, token=token).files if f.path.endswith(".gguf")]
+        refs = [(repo_ref, g, g) for g in ggufs] or [(repo_ref, None, ref.branch)]
     return [_row(ref, file, label, ctx, n_gpu_layers, hw, token) for ref, file, label in refs]
 
 
@@ -899,7 +866,7 @@ def _row(
 
     try:
         est = estimate_remote(ref, file=file, ctx=ctx, n_gpu_layers=n_gpu_layers, token=token)
-    except (HfHubHTTPError, ModelFormatError, OSError) as error:
+    except (HfHubHTTPError, CorralError, OSError) as error:
         return FileEstimate(label, 0, 0, "unknown", None, str(error))
     return FileEstimate(label, est.ram, est.vram, est.fit(hw).verdict, est)
 
