@@ -473,7 +473,7 @@ def estimate(
     parts[embed_dev]["weights"] += loaded.embed_bytes()
     parts[head_dev]["weights"] += loaded.output_bytes()
     for device in parts:
-        parts[device]["buffers"] = _buffers(shape, loader, ctx, batch, act_bytes)
+        parts[device]["buffers"] = _buffers(shape, loader, ctx, batch, act_bytes, on_cpu=device == "ram")
     parts["ram"]["overhead"] += RUNTIME_RAM.get(loader, RUNTIME_RAM["transformers"])
     return Estimate(loader, ctx, n_gpu_layers, shape.n_layers, parts, weights.file_bytes, weights.source)
 
@@ -485,12 +485,14 @@ def _gpu_layers(loader: str, n_layers: int, n_gpu_layers: int) -> set[int]:
     return set(range(count))
 
 
-def _buffers(shape: ModelShape, loader: str, ctx: int, batch: int, act_bytes: int) -> int:
+def _buffers(shape: ModelShape, loader: str, ctx: int, batch: int, act_bytes: int, *, on_cpu: bool = False) -> int:
     """Compute/activation buffers at a full context.
 
     llama.cpp evaluates the prompt `batch` tokens at a time: the attention scores of the last batch against the
     whole context (KQ and its softmax, f32) plus the feed-forward activations. Torch loaders run the whole prompt
-    at once (SDPA keeps scores per block, not ctx × ctx): hidden states and the MLP of every prompt token.
+    at once: hidden states and the MLP of every prompt token, and on the CPU, where SDPA with Transformers' mask
+    takes its math path, one layer's ctx × ctx scores of every head (measured: +150 MB for SmolLM2 at 2048).
+    On CUDA the fused kernels keep scores per block.
     """
     if loader == "llama.cpp":
         kq = ctx * batch * shape.n_heads * 4
@@ -498,7 +500,8 @@ def _buffers(shape: ModelShape, loader: str, ctx: int, batch: int, act_bytes: in
         return kq + ffn + shape.vocab * 4
     tokens = ctx
     mlp = tokens * (3 * shape.ffn + 6 * shape.hidden) * act_bytes
-    return mlp + shape.vocab * 4 * 2
+    scores = shape.n_heads * tokens * tokens * act_bytes if on_cpu else 0
+    return mlp + scores + shape.vocab * 4 * 2
 
 
 def _layers_within(
