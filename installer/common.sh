@@ -94,9 +94,9 @@ plan() {
 }
 
 portable_cpu_flags() {
-    # llama.cpp's default -march=native build crashes on CPUs with AMX (Sapphire Rapids and later) and a wheel built
-    # on one machine may reach another through a cache: on x86-64, build for AVX2 instead, which every CPU of the last
-    # ten years runs at nearly the same speed for batch-1 decode.
+    # llama.cpp's default -march=native build segfaulted in llama_decode on our CI machines (Xeon VMs with AMX), and a
+    # wheel built on one machine may reach another through a cache: on x86-64, build for AVX2 instead, which every
+    # x86-64 CPU of the last ten years runs, at nearly the same batch-1 decode speed.
     if [ "$(uname -m)" = x86_64 ]; then
         echo "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
     fi
