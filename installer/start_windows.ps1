@@ -55,7 +55,7 @@ if (-not $Variant) {
 }
 $TorchSpec = "torch==$TorchVersion"; $LlamaCmake = ""
 if ($Variant -eq "cuda") { $TorchIndex = $CudaIndex; $LlamaCmake = "-DGGML_CUDA=on" } else { $TorchIndex = $CpuIndex }
-# As in common.sh: a portable AVX2 build, not -march=native (crashes on AMX CPUs; unsafe to reuse from a cache).
+# As in common.sh: named instruction sets (the AVX2 floor here), never -march=native (it crashed on AMX CPUs).
 if ($Variant -ne "cuda") { $LlamaCmake = "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON" }
 
 $Plan = @("plan: hardware=$Variant", "plan: python=$($Python -join ' ') env=$EnvDir", "plan: torch=$TorchSpec from $TorchIndex",
