@@ -855,11 +855,11 @@ def per_file(
     hw = hw or snapshot()
     ref = parse_repo(repo_ref)
     if branches:
-        refs = [(f"{ref.repo_id}:{b}", None, b) for b in branches]
+        rows = [(f"{ref.repo_id}:{b}", None, b) for b in branches]
     else:
         ggufs = [f.path for f in list_files(ref, token=token).files if f.path.endswith(".gguf")]
-        refs = [(repo_ref, g, g) for g in ggufs] or [(repo_ref, None, ref.branch)]
-    return [_row(ref, file, label, ctx, n_gpu_layers, hw, token) for ref, file, label in refs]
+        rows = [(repo_ref, g, g) for g in ggufs] or [(repo_ref, None, ref.branch)]
+    return [_row(target, file, label, ctx, n_gpu_layers, hw, token) for target, file, label in rows]
 
 
 def _row(
