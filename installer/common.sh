@@ -89,11 +89,11 @@ plan() {
     case "$VARIANT" in
         cuda) TORCH_INDEX="$TORCH_CUDA_INDEX"; LLAMA_CMAKE_ARGS="-DGGML_CUDA=on" ;;
         metal) TORCH_INDEX="pypi"; LLAMA_CMAKE_ARGS="-DGGML_METAL=on" ;;
-        *) TORCH_INDEX="$TORCH_CPU_INDEX"; LLAMA_CMAKE_ARGS="$(portable_cpu_flags)" ;;
+        *) TORCH_INDEX="$TORCH_CPU_INDEX"; LLAMA_CMAKE_ARGS="$(cpu_build_flags)" ;;
     esac
 }
 
-portable_cpu_flags() {
+cpu_build_flags() {
     # llama.cpp's default -march=native build segfaulted in llama_decode on our CI machines (Xeon VMs with AMX), and
     # pip's wheel cache would hand a native build from one machine to another. On x86-64: name the instruction sets
     # instead, from what this CPU has (AVX2 as the floor; AVX-512 adds ~8% to SmolLM2 decode), never AMX. The wheel
