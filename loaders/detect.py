@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from loaders import registry
-from webui.errors import CorralError, ModelFormatError, ModelNotFoundError, UnsupportedModelError
+from loaders.errors import CorralError, ModelFormatError, ModelNotFoundError, UnsupportedModelError
 
 GPTQ_BITS = (2, 3, 4, 8)
 GPTQ_FORMATS = ("gptq", "gptq_v2")

@@ -24,8 +24,8 @@ from torch import nn
 from kernels import gguf_torch
 from kernels.gguf_linear import GGUFEmbedding, GGUFLinear
 from loaders.base import LoadedModel, MemoryReport
+from loaders.errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
 from loaders.settings import NativeGGUFSettings
-from webui.errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
 
 ARCHITECTURES = ("llama",)  # Mistral/Mixtral-style dense GQA files are written as "llama" by the converter
 LINEARS = {  # GGUF tensor (after blk.N.) -> attribute path in a transformers LlamaDecoderLayer

@@ -26,8 +26,8 @@ from torch import nn
 from kernels import gptq_torch
 from kernels.gptq import GPTQLinear
 from loaders.base import LoadedModel, MemoryReport
+from loaders.errors import ModelFormatError, UnsupportedModelError
 from loaders.settings import GPTQSettings
-from webui.errors import ModelFormatError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
 

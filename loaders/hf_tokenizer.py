@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from webui.errors import ModelFormatError
+from loaders.errors import ModelFormatError
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import llama_cpp
 import psutil
 
 from loaders.base import GenerationParams, MemoryReport
+from loaders.errors import GenerationError, ModelFormatError, ModelNotFoundError, ModelNotLoadedError
 from loaders.settings import LlamaCppSettings
-from webui.errors import GenerationError, ModelFormatError, ModelNotFoundError, ModelNotLoadedError
 
 logger = logging.getLogger(__name__)
 

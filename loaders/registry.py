@@ -12,8 +12,8 @@ from pathlib import Path
 from types import ModuleType
 
 from loaders.base import LoadedModel
+from loaders.errors import LoaderUnavailableError
 from loaders.settings import LoaderSettings
-from webui.errors import LoaderUnavailableError
 
 LOADER_MODULES: dict[str, str] = {
     "transformers": "loaders.transformers_loader",

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 
 from loaders.base import GenerationParams, MemoryReport, TextUsage
+from loaders.errors import GenerationError, ModelNotFoundError, RemoteEngineError
 from loaders.settings import RemoteSettings
-from webui.errors import GenerationError, ModelNotFoundError, RemoteEngineError
 
 LOADER_NAME = "remote"
 KINDS = ("openai", "tgi")

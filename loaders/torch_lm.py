@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from loaders.base import GenerationParams, MemoryReport, ModelTokenizer
+from loaders.errors import ModelNotLoadedError
 from loaders.sampling import sample_next
-from webui.errors import ModelNotLoadedError
 
 
 @dataclass

@@ -16,10 +16,10 @@ import psutil
 import torch
 
 from loaders.base import MemoryReport
+from loaders.errors import ModelFormatError, SettingsError, UnsupportedModelError
 from loaders.hf_tokenizer import HFTokenizer
 from loaders.settings import TransformersSettings
 from loaders.torch_lm import TorchCausalLM
-from webui.errors import ModelFormatError, SettingsError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
 

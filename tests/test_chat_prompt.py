@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from loaders.errors import GenerationError, TemplateNotFoundError
 from webui import chat_prompt as cp
-from webui.errors import GenerationError, TemplateNotFoundError
 from webui.history import Chat
 from webui.templates import Message, TemplateRegistry
 

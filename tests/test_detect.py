@@ -17,9 +17,9 @@ from safetensors.numpy import save_file
 
 from loaders import detect as detect_module
 from loaders.detect import GGML_MAGICS, detect, list_models
+from loaders.errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
 from tests.conftest import link_tree
 from tests.gptq_fixtures import BRANCHES, smollm2_gptq
-from webui.errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GPTQ_BRANCHES = ("main", "gptq-4bit-32g-actorder_True", "gptq-8bit--1g-actorder_True")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub import HfApi
 
+from loaders.errors import BranchNotFoundError, DiskSpaceError, GatedRepoError, RepoNotFoundError, UnsafePathError
 from tests.hubserver import (  # noqa: F401 - fixtures
     GGUF_REPO,
     GPTQ_BRANCH,
@@ -35,7 +36,6 @@ from webui.download import (
     destination,
     list_files,
 )
-from webui.errors import BranchNotFoundError, DiskSpaceError, GatedRepoError, RepoNotFoundError, UnsafePathError
 
 ROOT = Path(__file__).resolve().parents[1]
 Q4_K_M = "SmolLM2-135M-Instruct.Q4_K_M.gguf"

@@ -16,11 +16,11 @@ import gguf
 import numpy as np
 import pytest
 
+from loaders.errors import InsufficientMemoryError, ModelFormatError
+from loaders.hardware import GIB, fake
 from loaders.settings import settings_for
 from tests.hubserver import GGUF_REPO, HubServer, hub_fixture, hub_root_fixture, hub_server_fixture  # noqa: F401
 from webui import estimate as E
-from webui.errors import InsufficientMemoryError, ModelFormatError
-from webui.hardware import GIB, fake
 
 ROOT = Path(__file__).resolve().parents[1]
 GB = 1e9  # the cards' sizes are decimal gigabytes

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from loaders.hardware import GIB, GPU, Hardware, fake
 from loaders.settings import settings_for
 from webui import estimate as E
-from webui.hardware import GIB, GPU, Hardware, fake
 
 
 def gpu_of(size: int, ram_gib: float = 32) -> Hardware:

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from loaders import gguf as native
+from loaders.errors import UnsupportedModelError
 from loaders.settings import NativeGGUFSettings
-from webui.errors import UnsupportedModelError
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIED_TEXT = (

@@ -13,10 +13,10 @@ from safetensors.torch import load_file, save_file
 from kernels import gptq_torch
 from kernels.gptq import GPTQLinear
 from loaders import gptq
+from loaders.errors import ModelFormatError
 from loaders.settings import GPTQSettings
 from tests import gptq_fixtures
 from tests.conftest import link_tree
-from webui.errors import ModelFormatError
 
 TEXT = (
     "The history of the printing press begins in the middle of the fifteenth century, when Johannes Gutenberg, a "

@@ -1,4 +1,4 @@
-"""webui.hardware: the snapshot of this machine, and the faked machines the estimator's tests use."""
+"""loaders.hardware: the snapshot of this machine, and the faked machines the estimator's tests use."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psutil
 
-from webui import hardware
+from loaders import hardware
 
 
 def test_snapshot_matches_this_machine() -> None:

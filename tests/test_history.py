@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from webui.errors import HistoryError
+from loaders.errors import HistoryError
 from webui.history import Chat, HistoryStore
 from webui.templates import Message
 

@@ -19,9 +19,9 @@ import gguf  # noqa: E402
 
 from loaders import llamacpp  # noqa: E402
 from loaders.base import GenerationParams, LoadedModel  # noqa: E402
+from loaders.errors import GenerationError, ModelFormatError, ModelNotLoadedError  # noqa: E402
 from loaders.settings import LlamaCppSettings  # noqa: E402
 from webui.engine import generate  # noqa: E402
-from webui.errors import GenerationError, ModelFormatError, ModelNotLoadedError  # noqa: E402
 
 N_CTX = 512
 PROMPT = "<|im_start|>user\nWrite a short poem about the sea.<|im_end|>\n<|im_start|>assistant\n"

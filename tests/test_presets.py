@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from loaders.base import GenerationParams
-from webui.errors import PresetError
+from loaders.errors import PresetError
 from webui.presets import PresetStore
 
 SHIPPED = Path(__file__).resolve().parent.parent / "presets"

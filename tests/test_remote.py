@@ -20,10 +20,10 @@ import openai
 import pytest
 
 from loaders.base import GenerationParams
+from loaders.errors import GenerationError, ModelNotFoundError, RemoteEngineError
 from tests.conftest import link_tree
 from tests.test_api import free_port
 from webui import chat_service
-from webui.errors import GenerationError, ModelNotFoundError, RemoteEngineError
 from webui.history import Chat
 from webui.state import AppConfig, AppState
 

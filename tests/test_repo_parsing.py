@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from loaders.errors import DownloadError, RepoNameError, UnsafePathError
 from webui.download import RemoteFile, RepoListing, RepoRef, choose_files, destination, parse_repo
-from webui.errors import DownloadError, RepoNameError, UnsafePathError
 
 
 @pytest.mark.parametrize(

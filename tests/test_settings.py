@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from loaders.detect import detect
+from loaders.errors import SettingsError
 from loaders.settings import GPTQSettings, LlamaCppSettings, NativeGGUFSettings, TransformersSettings
 from tests.conftest import link_tree
 from tests.gptq_fixtures import smollm2_gptq
-from webui.errors import SettingsError
 from webui.settings import ModelSettings, SettingsStore
 
 HF_NAME = "SmolLM2-135M-Instruct"

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from transformers import AutoTokenizer
 
-from webui.errors import TemplateNotFoundError, TemplateRenderError
+from loaders.errors import TemplateNotFoundError, TemplateRenderError
 from webui.templates import (
     DEFAULT_TEMPLATE,
     MODEL_TEMPLATE,

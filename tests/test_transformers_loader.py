@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from loaders.base import GenerationParams, LoadedModel
+from loaders.errors import ModelFormatError, SettingsError, UnsupportedModelError
 from loaders.settings import TransformersSettings
 from loaders.transformers_loader import load, load_config, resolve_device, resolve_dtype, weights_format
 from tests.conftest import link_tree
-from webui.errors import ModelFormatError, SettingsError, UnsupportedModelError
 
 FEW = GenerationParams(do_sample=False, max_new_tokens=4, ban_eos_token=True)
 

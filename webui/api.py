@@ -31,8 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.types import Receive, Scope, Send
 
 from loaders.base import GenerationParams, LoadedModel
-from webui.engine import GenerationStats
-from webui.errors import (
+from loaders.errors import (
     CorralError,
     GenerationError,
     InsufficientMemoryError,
@@ -41,6 +40,7 @@ from webui.errors import (
     TemplateNotFoundError,
     TemplateRenderError,
 )
+from webui.engine import GenerationStats
 from webui.generation import StreamUpdate
 from webui.state import AppState
 from webui.templates import AUTO_TEMPLATE, Message, PromptTemplate

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from webui.errors import GenerationError
+from loaders.errors import GenerationError
 from webui.history import Chat
 from webui.templates import Message, PromptTemplate, TemplateRegistry
 

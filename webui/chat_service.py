@@ -11,8 +11,8 @@ import dataclasses
 from collections.abc import Iterator
 
 from loaders.base import GenerationParams
+from loaders.errors import ModelNotLoadedError
 from webui import chat_prompt
-from webui.errors import ModelNotLoadedError
 from webui.generation import StreamUpdate
 from webui.history import Chat
 from webui.state import AppState

@@ -11,7 +11,7 @@ import dataclasses
 import sys
 
 from loaders.base import GenerationParams
-from webui.errors import CorralError
+from loaders.errors import CorralError
 from webui.history import Chat
 from webui.state import AppState
 from webui.templates import AUTO_TEMPLATE, Message

@@ -40,7 +40,7 @@ from huggingface_hub import errors as hub_errors
 from huggingface_hub.hf_api import RepoSibling
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status, validate_repo_id
 
-from webui.errors import (
+from loaders.errors import (
     BranchNotFoundError,
     CorralError,
     DiskSpaceError,

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from loaders.base import GenerationParams, LoadedModel, ModelTokenizer, TextStreamingModel, TextUsage
-from webui.errors import GenerationError
+from loaders.errors import GenerationError
 
 REPLACEMENT_CHAR = "\ufffd"
 

@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
 
+from loaders.errors import CorralError, InsufficientMemoryError, ModelFormatError, UnsupportedModelError
+from loaders.hardware import Hardware, snapshot
 from loaders.settings import LoaderSettings, settings_for
 from webui.download import RemoteFile, hub_endpoint, list_files, parse_repo
-from webui.errors import CorralError, InsufficientMemoryError, ModelFormatError, UnsupportedModelError
-from webui.hardware import Hardware, snapshot
 
 MIB = 1024**2
 GIB = 1024**3

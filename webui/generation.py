@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from loaders.base import GenerationParams, LoadedModel
+from loaders.errors import ModelNotLoadedError
 from webui.engine import Generation, GenerationStats, generate
-from webui.errors import ModelNotLoadedError
 
 WAIT_POLL_SECONDS = 0.05  # how often a waiter re-checks its cancel event (Stop while queued)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from webui.errors import HistoryError
+from loaders.errors import HistoryError
 from webui.fileio import atomic_write_text, quarantine
 from webui.templates import AUTO_TEMPLATE, ROLES, Message
 

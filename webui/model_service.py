@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from loaders.base import LoadedModel
 from loaders.detect import Detection, detect, list_models
+from loaders.errors import CorralError, ModelNotFoundError
 from loaders.registry import load_model
 from loaders.settings import LoaderSettings, settings_for
-from webui.errors import CorralError, ModelNotFoundError
 from webui.remote_models import RemoteCatalog, RemoteEndpoint
 
 if TYPE_CHECKING:
@@ -158,7 +158,8 @@ class ModelService:
 
     def _check_memory(self, view: ModelView, loader: str, settings: LoaderSettings, confirmed: bool) -> Any | None:
         """Estimate before loading; raise `InsufficientMemoryError` (with numbers) unless the user confirmed."""
-        from webui import estimate, hardware
+        from loaders import hardware
+        from webui import estimate
 
         try:
             result = estimate.estimate_local(view.detection.path, loader, settings)

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from loaders.base import GenerationParams
-from webui.errors import PresetError
+from loaders.errors import PresetError
 from webui.fileio import atomic_write_yaml, read_yaml
 
 _SUFFIX = ".yaml"

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from loaders.detect import Detection
+from loaders.errors import SettingsError
 from loaders.remote import KINDS
 from loaders.settings import RemoteSettings
-from webui.errors import SettingsError
 from webui.fileio import read_yaml
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from webui.errors import CorralError
+from loaders.errors import CorralError
 from webui.state import AppState
 
 log = logging.getLogger(__name__)

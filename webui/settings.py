@@ -23,9 +23,9 @@ from typing import Any
 import yaml
 
 from loaders.detect import Detection, detect
+from loaders.errors import SettingsError
 from loaders.settings import SETTINGS_CLASSES, LoaderSettings, settings_for
 from webui import fileio
-from webui.errors import SettingsError
 from webui.templates import AUTO_TEMPLATE, MODEL_TEMPLATE, TemplateRegistry
 
 SHIPPED_DEFAULTS = Path(__file__).resolve().parent.parent / "models" / "config.yaml"

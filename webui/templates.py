@@ -24,7 +24,7 @@ import jinja2.ext
 import yaml
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from webui.errors import TemplateNotFoundError, TemplateRenderError
+from loaders.errors import TemplateNotFoundError, TemplateRenderError
 from webui.fileio import read_yaml
 
 Role = Literal["system", "user", "assistant"]

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from loaders.errors import CorralError
 from webui import chat_prompt, chat_service
-from webui.errors import CorralError
 from webui.history import CHAT_MODES, Chat
 from webui.state import AppState
 from webui.templates import AUTO_TEMPLATE

@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 import gradio as gr
 
-from webui import estimate, hardware
+from loaders import hardware
+from loaders.errors import CorralError
+from webui import estimate
 from webui.download import DownloadJob, DownloadProgress, choose_files, list_files, parse_repo
-from webui.errors import CorralError
 from webui.state import AppState
 
 MB = 1024**2

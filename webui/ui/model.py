@@ -11,9 +11,10 @@ from typing import Any
 
 import gradio as gr
 
+from loaders import hardware
+from loaders.errors import CorralError, InsufficientMemoryError
 from loaders.settings import SETTINGS_CLASSES, settings_for
-from webui import estimate, hardware
-from webui.errors import CorralError, InsufficientMemoryError
+from webui import estimate
 from webui.model_service import ModelView
 from webui.state import AppState
 from webui.templates import AUTO_TEMPLATE

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from webui.errors import CorralError
+from loaders.errors import CorralError
 from webui.state import AppState
 from webui.ui.common import format_stats, session_id, stopper
 from webui.ui.parameters import ParamControls

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 import gradio as gr
 
 from loaders.base import GenerationParams
-from webui.errors import PresetError
+from loaders.errors import PresetError
 from webui.state import AppState
 
 
