@@ -5,7 +5,7 @@ the Triton GEMV kernels' bandwidth at Llama-2-13B shapes.
 
 Rows: (a) raw `llama_cpp.Llama.generate`, (b0) Corral's llama.cpp loader alone (`generate_tokens`), (b) llama.cpp
 through Corral's engine (`webui.engine.generate` over `loaders.llamacpp`), (c) the native GGUF loader
-(`loaders.gguf`), (d) `transformers` loading the GGUF with `gguf_file=` (dequantized to fp32).
+(`loaders.gguf_native`), (d) `transformers` loading the GGUF with `gguf_file=` (dequantized to fp32).
 Same ChatML prompt, greedy, one warm-up then the best of `--repeats` runs.
 Prefill tokens/s = prompt tokens / time to the first new token; decode tokens/s = (new tokens - 1) / time from
 the first to the last new token. Token times are taken where each backend hands a token over (for (b): where the
@@ -213,7 +213,7 @@ def print_profile(once: Callable[[], Run]) -> None:
 
 def bench_native(path: Path, tokens: int, repeats: int) -> Result:
     try:
-        from loaders import gguf as native
+        from loaders import gguf_native as native
         from loaders.settings import NativeGGUFSettings
     except ImportError as error:
         return Result("(c) native GGUF loader", None, None, note=f"not available ({error})")

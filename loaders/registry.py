@@ -19,7 +19,7 @@ LOADER_MODULES: dict[str, str] = {
     "transformers": "loaders.transformers_loader",
     "gptq": "loaders.gptq",
     "llama.cpp": "loaders.llamacpp",
-    "gguf": "loaders.gguf",
+    "gguf": "loaders.gguf_native",
     "remote": "loaders.remote",
 }
 

@@ -93,7 +93,7 @@ def measure(
         "transformers": "loaders.transformers_loader",
         "gptq": "loaders.gptq",
         "llama.cpp": "loaders.llamacpp",
-        "gguf": "loaders.gguf",
+        "gguf": "loaders.gguf_native",
     }[loader]
     if _has_module(module):
         via, generated = module, _via_registry(loader, path, ctx, prompt, new_tokens, dtype)

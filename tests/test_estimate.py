@@ -302,7 +302,7 @@ def test_cli_remote(hub: HubServer, smollm2_gguf: Path) -> None:
 def _cases() -> list[tuple[str, str, int, dict]]:
     cases = [("transformers", "hf", ctx, {"dtype": "float32"}) for ctx in (1024, 2048)]
     cases += [("llama.cpp", "gguf", ctx, {}) for ctx in (1024, 2048)]
-    if importlib.util.find_spec("loaders.gguf") is not None:
+    if importlib.util.find_spec("loaders.gguf_native") is not None:
         cases += [("gguf", "gguf", ctx, {}) for ctx in (1024, 2048)]
     if importlib.util.find_spec("loaders.gptq") is not None:
         branches = ("main", "gptq-8bit--1g-actorder_True")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from loaders import gguf as native
+from loaders import gguf_native as native
 from loaders.errors import UnsupportedModelError
 from loaders.settings import NativeGGUFSettings
 
@@ -138,7 +138,7 @@ RSS_PROBE = textwrap.dedent("""
     import json, sys, psutil, torch
     torch.set_num_threads(1)
     from transformers import AutoTokenizer, LlamaForCausalLM  # imports are the baseline, not the model
-    from loaders import gguf
+    from loaders import gguf_native as gguf
     from loaders.settings import NativeGGUFSettings
     before = psutil.Process().memory_info().rss
     built = gguf.build_module(gguf.Path(sys.argv[1]), NativeGGUFSettings(n_ctx=512))

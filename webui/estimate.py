@@ -685,7 +685,7 @@ def settings_options(loader: str, settings: LoaderSettings, hw: Hardware) -> dic
 def _dtype_bytes(dtype: str, on_gpu: bool, hw: Hardware, loader: str) -> int:
     if dtype != "auto":
         return DTYPE_BYTES.get(dtype, 4)
-    if loader in ("gptq", "gguf"):  # loaders/gptq.py and loaders/gguf.py: fp16 on CUDA, fp32 on CPU
+    if loader in ("gptq", "gguf"):  # loaders/gptq.py and loaders/gguf_native.py: fp16 on CUDA, fp32 on CPU
         return 2 if on_gpu else 4
     return 2 if on_gpu or hw.cpu_bf16 else 4  # bf16 on a GPU or a bf16-capable CPU, else fp32
 
