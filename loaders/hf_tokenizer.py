@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from loaders.bos import hf_adds_bos, prepend_bos
 from loaders.errors import ModelFormatError
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 class HFTokenizer:
     """Wraps a transformers tokenizer.
 
-    BOS follows the tokenizer, as llama.cpp and text-generation-webui do: `encode(add_bos=True)` prepends BOS only
+    BOS follows the tokenizer (`loaders.bos`, the rule of every loader): `encode(add_bos=True)` prepends BOS only
     for tokenizers that add one themselves (Llama, Mistral), never for those that do not (SmolLM2, Qwen), whose
     `bos_token` may be a chat marker such as `<|im_start|>`.
     """
@@ -37,7 +38,7 @@ class HFTokenizer:
         self.bos_token_id = tokenizer.bos_token_id
         self.eos_token_ids = _unique_ids([tokenizer.eos_token_id, *extra_eos_ids])
         self.chat_template = chat_template or _template_text(tokenizer.chat_template)
-        self.adds_bos = _tokenizer_adds_bos(tokenizer) if adds_bos is None else adds_bos
+        self.adds_bos = hf_adds_bos(tokenizer) if adds_bos is None else adds_bos
         # The Rust tokenizer decodes ~6x faster than the Python wrapper; the engine decodes every token.
         self._fast_decode = getattr(tokenizer, "backend_tokenizer", None)
 
@@ -61,9 +62,7 @@ class HFTokenizer:
 
     def encode(self, text: str, *, add_bos: bool) -> list[int]:
         ids = self.hf(text, add_special_tokens=False)["input_ids"]
-        if add_bos and self.adds_bos and self.bos_token_id is not None:
-            ids = [self.bos_token_id, *ids]
-        return ids
+        return prepend_bos(ids, self.bos_token_id, add=add_bos and self.adds_bos)
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         if self._fast_decode is not None:
@@ -92,10 +91,3 @@ def _template_text(template: str | dict[str, str] | None) -> str | None:
     if isinstance(template, dict):
         return template.get("default") or next(iter(template.values()), None)
     return template or None
-
-
-def _tokenizer_adds_bos(tokenizer: Any) -> bool:
-    if tokenizer.bos_token_id is None:
-        return False
-    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return bool(ids) and ids[0] == tokenizer.bos_token_id

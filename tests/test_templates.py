@@ -1,4 +1,5 @@
-"""Prompt templates: exact reference strings, the SmolLM2 model's own template against transformers, auto-selection."""
+"""Prompt templates: exact reference strings, the SmolLM2 model's own template against transformers, auto-selection
+from the name rules of models/config.yaml."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ import yaml
 from transformers import AutoTokenizer
 
 from loaders.errors import TemplateNotFoundError, TemplateRenderError
+from webui.settings import SettingsStore
 from webui.templates import (
     DEFAULT_TEMPLATE,
     MODEL_TEMPLATE,
-    NAME_RULES,
     Message,
     PromptTemplate,
     TemplateRegistry,
     auto_select,
+    config_path,
+    name_rules,
 )
 
 S, U, A = "system", "user", "assistant"
@@ -448,11 +451,60 @@ def test_models_config_patterns_pick_the_template_auto_select_picks() -> None:
     # Both are name rules for the same models: they must not send one model to two different formats.
     data = yaml.safe_load((REPO / "models" / "config.yaml").read_text(encoding="utf-8"))
     for model_name in ("meta-llama-3-8b-instruct", "zephyr-7b-beta", "gemma-7b-it", "phi-3-mini-4k-instruct",
-                       "mistral-7b-instruct-v0.2", "llama-2-7b-chat-hf", "codellama-7b-instruct-hf"):
+                       "mistral-7b-instruct-v0.2", "llama-2-7b-chat-hf", "codellama-7b-instruct-hf",
+                       "openhermes-2.5-mistral-7b-instruct"):  # two patterns match that one: the later wins
         templates = [v["template"] for k, v in data.items() if "template" in v and re.match(k, model_name, re.I)]
         assert templates and templates[-1] == auto_select(model_name, None), model_name
 
 
-def test_name_rules_and_default_name_existing_templates(registry) -> None:
-    named = {name for _, name in NAME_RULES} | {DEFAULT_TEMPLATE}
-    assert named - set(registry.names()) == set()
+def test_name_rules_are_the_template_values_of_models_config(registry) -> None:
+    data = yaml.safe_load((REPO / "models" / "config.yaml").read_text(encoding="utf-8"))
+    expected = [(k, v["template"]) for k, v in data.items() if isinstance(v, dict) and "template" in v]
+    assert name_rules() == expected and len(expected) >= 10
+    assert {name for _, name in expected} | {DEFAULT_TEMPLATE} <= set(registry.names())
+
+
+# --- a models folder's own config.yaml: the file settings read is the file "auto" reads -----------------------------
+
+
+def test_auto_select_reads_the_models_folders_own_config(tmp_path: Path) -> None:
+    assert config_path(tmp_path) == config_path(None) == REPO / "models" / "config.yaml"
+    (tmp_path / "config.yaml").write_text(".*smol:\n  template: zephyr\n'(bad':\n  template: gemma\n")
+    assert config_path(tmp_path) == tmp_path / "config.yaml" == SettingsStore(tmp_path).defaults_path
+    assert auto_select("SmolLM2-135M-Instruct", None, models_dir=tmp_path) == "zephyr"  # the bad pattern is skipped
+    assert auto_select("SmolLM2-135M-Instruct", None) == "chatml"  # the shipped file
+    assert auto_select("Llama-2-7b-chat-hf", None, models_dir=tmp_path) == DEFAULT_TEMPLATE  # not in that file
+    registry = TemplateRegistry(TEMPLATES_DIR, models_dir=tmp_path)
+    assert registry.resolve("auto", model_name="SmolLM2-135M-Instruct", model_chat_template=None).name == "zephyr"
+    assert TemplateRegistry(TEMPLATES_DIR).resolve("", model_name="smollm2", model_chat_template=None).name == "chatml"
+
+
+@pytest.mark.parametrize("content", ["[unclosed\n", "- a list\n", ".*smol: chatml\n"])
+def test_an_unusable_config_gives_the_default_template(tmp_path: Path, content: str) -> None:
+    (tmp_path / "config.yaml").write_text(content)
+    assert auto_select("SmolLM2-135M-Instruct", None, models_dir=tmp_path) == DEFAULT_TEMPLATE
+
+
+# --- rendering is transformers' --------------------------------------------------------------------------------------
+
+
+def test_extra_variables_reach_the_template() -> None:
+    template = PromptTemplate("t", "{{ bos_token }}{% if enable_thinking %}<think>{% endif %}{{ messages[0].content }}")
+    assert template.render(msgs((U, "x")), bos_token="<B>", variables={"enable_thinking": True}) == "<B><think>x"
+    assert template.render(msgs((U, "x")), bos_token="<B>") == "<B>x"
+
+
+def test_transformers_globals_are_there() -> None:
+    source = "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}"
+    assert PromptTemplate("t", source).render(msgs((U, "a"), (A, "b"))) == "2"
+
+
+def test_continue_errors_name_the_template() -> None:
+    with pytest.raises(TemplateRenderError, match="no message to continue"):
+        PromptTemplate("t", "{{ messages }}").render([], continue_last=True)
+    dropping = PromptTemplate("drops", "{% for m in messages %}{{ m.role }}{% if m.content %}.{% endif %}{% endfor %}")
+    with pytest.raises(TemplateRenderError, match="'drops' drops or rewrites the last message"):
+        dropping.render(msgs((U, "Hi"), (A, "Ahoy")), continue_last=True)
+    failing = PromptTemplate("fails", "{{ raise_exception('no way') }}{{ messages[0].content }}")
+    with pytest.raises(TemplateRenderError, match="'fails' failed to render: no way"):
+        failing.render(msgs((U, "Hi")), continue_last=True)

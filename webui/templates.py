@@ -2,27 +2,24 @@
 
 Owns the `Message` record, the `PromptTemplate` (a Jinja chat template plus its stop strings), the registry of
 templates shipped as YAML in `webui/templates/` (one file per template), the model's own `chat_template`
-(registry name `"model"`), and the rules that pick a template for a model. Every template, shipped or the model's
-own, is rendered the way transformers' `apply_chat_template` renders: an `ImmutableSandboxedEnvironment` with
-`trim_blocks` / `lstrip_blocks`, `raise_exception`, `strftime_now`, a `tojson` that does not escape HTML, and the
-variables `messages`, `add_generation_prompt`, `bos_token`, `eos_token`.
+(registry name `"model"`), and `auto_select`, which picks a template for a model. Every template, shipped or the
+model's own, is rendered by transformers' own chat-template renderer (the one `apply_chat_template` calls), so
+Corral keeps no copy of its Jinja setup.
+
+The name rules are not kept here: they are the `template:` values of `models/config.yaml` (the models folder's own
+`config.yaml` when it has one), the file `webui/settings.py` applies, read the same way.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal, get_args
 
 import jinja2
-import jinja2.ext
 import yaml
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from loaders.errors import TemplateNotFoundError, TemplateRenderError
 from webui.fileio import read_yaml
@@ -32,27 +29,10 @@ ROLES: tuple[str, ...] = get_args(Role)
 
 MODEL_TEMPLATE = "model"  # registry name of the model's own chat_template
 AUTO_TEMPLATE = "auto"  # `TemplateRegistry.resolve`: pick with `auto_select`
-DEFAULT_TEMPLATE = "alpaca"
+DEFAULT_TEMPLATE = "alpaca"  # when the model has no chat template and no name rule matches
 _SUFFIX = ".yaml"
-
-# First match wins (re.search, case-insensitive, on the model's folder / repo name). Every name here is a file in
-# webui/templates/, as is every `template:` in models/config.yaml (tests/test_templates.py checks both).
-NAME_RULES: tuple[tuple[str, str], ...] = (
-    (r"code-?llama.*instruct", "codellama-instruct"),
-    (r"llama-?2.*chat", "llama-2-chat"),
-    (r"llama-?3(?!\d).*(instruct|chat)", "llama-3-instruct"),  # Llama-3, Llama-3.1..., not llama-30b
-    (r"zephyr", "zephyr"),
-    (r"gemma.*(-it\b|instruct)", "gemma"),
-    (r"phi-?3(?!\d)", "phi-3"),
-    (r"mi[sx]tral.*instruct", "mistral"),
-    (r"vicuna", "vicuna"),
-    (r"alpaca", "alpaca"),
-    (r"chatml|qwen|smol|hermes|dolphin|openchat-?3\.6|tinyllama.*chat", "chatml"),
-)
-
-# Appended to the message being continued; the rendered prompt is cut where it appears (the method of
-# transformers' `continue_final_message`, so templates that strip or re-wrap content still work).
-_CONTINUE_TAG = "CORRAL_CONTINUE_MARKER "
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "models" / "config.yaml"
+CONFIG_NAME = "config.yaml"  # a models folder's own copy of the name patterns, used instead of the shipped one
 
 
 @dataclass(frozen=True)
@@ -74,16 +54,12 @@ class PromptTemplate:
     description: str = ""
     stop: tuple[str, ...] = ()
 
-    @cached_property
-    def _compiled(self) -> jinja2.Template:
-        try:
-            return _environment().from_string(self.source)
-        except jinja2.TemplateError as error:
-            raise TemplateRenderError(f"Prompt template '{self.name}' is not valid Jinja: {error}") from error
-
     def check(self) -> None:
         """Raise `TemplateRenderError` now if the Jinja text does not compile."""
-        self._compiled  # noqa: B018 - compiling is the check
+        try:
+            _compile(self.source)
+        except jinja2.TemplateError as error:
+            raise TemplateRenderError(f"Prompt template '{self.name}' is not valid Jinja: {error}") from error
 
     def render(
         self,
@@ -93,100 +69,117 @@ class PromptTemplate:
         bos_token: str = "<s>",
         eos_token: str = "</s>",
         continue_last: bool = False,
+        variables: Mapping[str, Any] | None = None,
     ) -> str:
         """The prompt for `messages`. With `continue_last`, the prompt ends with the last message's text (no
-        end-of-turn, no generation prompt) so the model goes on writing it."""
-        plain = [asdict(message) for message in messages]
-        if not continue_last:
-            return self._render(plain, add_generation_prompt, bos_token, eos_token)
-        if not plain:
+        end-of-turn, no generation prompt) so the model goes on writing it. `variables` are further names the
+        template may read (`enable_thinking`, `unk_token`...), as `apply_chat_template`'s keyword arguments."""
+        if continue_last and not messages:
             raise TemplateRenderError("There is no message to continue.")
-        original = plain[-1]["content"]
-        plain[-1]["content"] = original + _CONTINUE_TAG
-        rendered = self._render(plain, False, bos_token, eos_token)
-        return self._cut_at_tag(rendered, original)
-
-    def _render(self, messages: list[dict[str, str]], add_generation_prompt: bool, bos: str, eos: str) -> str:
+        self.check()  # a syntax error is "not valid Jinja", not "failed to render"
         try:
-            return self._compiled.render(
-                messages=messages,
-                add_generation_prompt=add_generation_prompt,
-                bos_token=bos,
-                eos_token=eos,
-                tools=None,
-                documents=None,
-            )
+            return _render(
+                self.source, [asdict(message) for message in messages],
+                add_generation_prompt=add_generation_prompt and not continue_last, continue_last=continue_last,
+                variables={**(variables or {}), "bos_token": bos_token, "eos_token": eos_token},
+            )  # fmt: skip
         except (jinja2.TemplateError, TypeError, ValueError) as error:
-            raise TemplateRenderError(f"Prompt template '{self.name}' failed to render: {error}") from error
+            raise self._render_error(error, continue_last) from error
 
-    def _cut_at_tag(self, rendered: str, original: str) -> str:
-        tag = _CONTINUE_TAG.strip()
-        if tag not in rendered or original.strip() not in rendered:
-            raise TemplateRenderError(
+    def _render_error(self, error: Exception, continue_last: bool) -> TemplateRenderError:
+        # transformers words every failure of continue_final_message this way (the last message is missing from
+        # the rendered text, or the template never reads `content`); anything else is the template's own error.
+        if continue_last and isinstance(error, ValueError) and str(error).startswith("continue_final_message"):
+            return TemplateRenderError(
                 f"Prompt template '{self.name}' drops or rewrites the last message, so it cannot be continued."
             )
-        at = rendered.rindex(tag)
-        if rendered[at : at + len(_CONTINUE_TAG)] == _CONTINUE_TAG:
-            return rendered[:at]
-        return rendered[:at].rstrip()  # the template trimmed the message: trailing spaces are gone too
+        return TemplateRenderError(f"Prompt template '{self.name}' failed to render: {error}")
 
 
-class _GenerationTag(jinja2.ext.Extension):
-    """`{% generation %}...{% endgeneration %}` (used by some Hub templates to mark assistant text): rendered as is."""
-
-    tags = {"generation"}
-
-    def parse(self, parser: Any) -> jinja2.nodes.Node:
-        lineno = next(parser.stream).lineno
-        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-        return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
-
-    def _body(self, caller: Any) -> str:
-        return caller()
+# --- rendering: transformers' renderer ------------------------------------------------------------------------------
+# `render_jinja_template` is what `PreTrainedTokenizerBase.apply_chat_template` calls once it has the template
+# string: it takes that string rather than a tokenizer, which the llama.cpp and native GGUF loaders do not have, and
+# brings the whole setup (sandboxed, immutable environment, trim/lstrip blocks, `raise_exception`, `strftime_now`,
+# the non-escaping `tojson`, `{% generation %}`, safe `dict` / `namespace`) and `continue_final_message`.
+# `_compile_jinja_template` is the cached compile it starts with: the only way to check a template's syntax exactly
+# as transformers will parse it, without rendering it. Both are imported on first use: transformers takes ~0.7 s to
+# import and most of the app (settings, CLI) never renders a prompt.
 
 
-def _raise_exception(message: str) -> None:
-    raise jinja2.exceptions.TemplateError(message)
+def _compile(source: str) -> object:
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    return _compile_jinja_template(source)
 
 
-def _tojson(
-    value: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None, sort_keys: bool = False
+def _render(
+    source: str,
+    messages: list[dict[str, str]],
+    *,
+    add_generation_prompt: bool,
+    continue_last: bool,
+    variables: Mapping[str, Any],
 ) -> str:
-    # Jinja's own tojson escapes HTML characters; chat templates expect plain JSON (as in transformers).
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, _ = render_jinja_template(
+        conversations=[messages], chat_template=source, add_generation_prompt=add_generation_prompt,
+        continue_final_message=continue_last, **variables,
+    )  # fmt: skip
+    return rendered[0]
 
 
-def _strftime_now(format: str) -> str:
-    return datetime.now().strftime(format)
+# --- auto-selection: the name rules of models/config.yaml -----------------------------------------------------------
 
 
-def _environment() -> ImmutableSandboxedEnvironment:
-    # Chat templates from the Hub are untrusted code: sandboxed, immutable, as transformers does it.
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
-    )
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    return env
+def config_path(models_dir: Path | None) -> Path:
+    """The name-pattern file for `models_dir`: its own `config.yaml` if it has one, else the shipped
+    `models/config.yaml` (also for None). `SettingsStore.defaults_path` names the same file."""
+    own = Path(models_dir) / CONFIG_NAME if models_dir is not None else None
+    return own if own is not None and own.is_file() else SHIPPED_CONFIG
 
 
-def auto_select(model_name: str, model_chat_template: str | None) -> str:
-    """Template name for a model: its own chat_template if it has one, else the first `NAME_RULES` match on its name,
-    else `DEFAULT_TEMPLATE`."""
+def name_rules(models_dir: Path | None = None) -> list[tuple[str, str]]:
+    """(pattern, template) of every entry of the name-pattern file that sets `template`, in file order. A file that
+    cannot be read gives none (webui/settings.py reports it when it applies the same file)."""
+    try:
+        data = read_yaml(config_path(models_dir))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    entries = ((str(pattern), values) for pattern, values in data.items() if isinstance(values, dict))
+    return [(pattern, values["template"]) for pattern, values in entries if isinstance(values.get("template"), str)]
+
+
+def auto_select(model_name: str, model_chat_template: str | None, *, models_dir: Path | None = None) -> str:
+    """Template name for a model: its own chat_template if it has one, else the template the name rules give its
+    folder / repo name, else `DEFAULT_TEMPLATE`. The rules are matched as webui/settings.py matches them (`re.match`,
+    case-insensitive, every matching pattern applied in file order), so the later of two matches wins and "auto"
+    never disagrees with the template the Model tab shows from the same file."""
     if model_chat_template:
         return MODEL_TEMPLATE
-    for pattern, name in NAME_RULES:
-        if re.search(pattern, model_name, flags=re.IGNORECASE):
-            return name
-    return DEFAULT_TEMPLATE
+    chosen = DEFAULT_TEMPLATE
+    for pattern, template in name_rules(models_dir):
+        if _matches(pattern, model_name):
+            chosen = template
+    return chosen
+
+
+def _matches(pattern: str, model_name: str) -> bool:
+    try:
+        return re.match(pattern, model_name.lower(), flags=re.IGNORECASE) is not None
+    except re.error:
+        return False  # reported by webui/settings.py, which reads the same file
 
 
 @dataclass(frozen=True)
 class TemplateRegistry:
-    """The templates in `directory` (`<name>.yaml`), read when asked for, so edits to the files take effect."""
+    """The templates in `directory` (`<name>.yaml`), read when asked for, so edits to the files take effect.
+    `models_dir` is the models folder whose name rules (`config_path`) "auto" applies; None: the shipped ones."""
 
     directory: Path
+    models_dir: Path | None = None
 
     def names(self) -> list[str]:
         """Shipped template names, sorted; `"model"` (the model's own template) is not among them."""
@@ -211,7 +204,7 @@ class TemplateRegistry:
     def resolve(self, name: str, *, model_name: str, model_chat_template: str | None) -> PromptTemplate:
         """Like `get`, and `"auto"` (or an empty name) picks the template with `auto_select`."""
         if name in ("", AUTO_TEMPLATE):
-            name = auto_select(model_name, model_chat_template)
+            name = auto_select(model_name, model_chat_template, models_dir=self.models_dir)
         return self.get(name, model_chat_template=model_chat_template)
 
     def _model_template(self, source: str | None) -> PromptTemplate:
