@@ -109,7 +109,12 @@ def _gguf_meta(path: Path) -> dict[str, int]:
 
 @dataclass
 class LlamaCppTokenizer:
-    """`ModelTokenizer` over llama.cpp's vocabulary; special-token strings in text are parsed as tokens."""
+    """`ModelTokenizer` over llama.cpp's vocabulary; special-token strings in text are parsed as tokens.
+
+    BOS follows `loaders.bos`, the rule of every loader: `adds_bos` is llama.cpp's own answer for the file
+    (`llama_vocab_get_add_bos`: `tokenizer.ggml.add_bos_token`, else the vocabulary's default, which is what
+    `bos.gguf_adds_bos` writes out), and `encode` applies the shared prepend step.
+    """
 
     llm: llama_cpp.Llama = field(repr=False)
     bos_token: str | None
@@ -117,6 +122,7 @@ class LlamaCppTokenizer:
     bos_token_id: int | None
     eos_token_ids: tuple[int, ...]
     chat_template: str | None
+    adds_bos: bool
 
     @classmethod
     def from_llama(cls, llm: llama_cpp.Llama) -> LlamaCppTokenizer:
@@ -132,11 +138,16 @@ class LlamaCppTokenizer:
             bos_token_id=bos if bos >= 0 else None,
             eos_token_ids=tuple(eos_ids),
             chat_template=llm.metadata.get("tokenizer.chat_template") or None,
+            adds_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
         )
 
     def encode(self, text: str, *, add_bos: bool) -> list[int]:
-        # add_bos follows llama.cpp: BOS is added only if the model asks for one (tokenizer.ggml.add_bos_token).
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+        from loaders.bos import prepend_bos  # local import: only the tokenizer needs it
+
+        # Without llama.cpp's own special tokens (add_bos=False) and then the shared step: the same BOS as with
+        # add_bos=True, but never doubled and no EOS appended, as the other loaders' tokenizers do.
+        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+        return prepend_bos(ids, self.bos_token_id, add=add_bos and self.adds_bos)
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return self.detokenize_bytes(ids, skip_special_tokens=skip_special_tokens).decode("utf-8", errors="replace")
