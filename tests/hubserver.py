@@ -447,6 +447,8 @@ TRANSFORMERS_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_REPO = "corral-test/SmolLM2-135M-Instruct-GGUF"
 GPTQ_REPO = "corral-test/SmolLM2-135M-Instruct-GPTQ"
 GPTQ_BRANCH = "gptq-4bit-32g-actorder_True"
+QUANTS_REPO = "corral-test/tiny-quants-GGUF"  # synthetic: three small fake GGUF quants, for choosing among them
+QUANT_FILES = {"tiny.Q2_K.gguf": 1_000_000, "tiny.Q4_K_M.gguf": 1_500_000, "tiny.Q8_0.gguf": 2_500_000}
 SMALL_FILES = (
     "config.json",
     "generation_config.json",
@@ -465,7 +467,7 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def build_repos(root: Path, smollm2_hf: Path, smollm2_gguf: Path) -> None:
-    """The three fixture repos: Transformers (main), multi-GGUF, and GPTQ-style branches."""
+    """The fixture repos: Transformers (main), multi-GGUF, GPTQ-style branches, and tiny synthetic quants."""
     hf_main = root / TRANSFORMERS_REPO / "main"
     for item in smollm2_hf.iterdir():
         _link(item, hf_main / item.name)
@@ -481,6 +483,16 @@ def build_repos(root: Path, smollm2_hf: Path, smollm2_gguf: Path) -> None:
     (gguf / ".gitattributes").write_text("*.gguf filter=lfs diff=lfs merge=lfs -text\n")
 
     _build_gptq_repo(root / GPTQ_REPO, smollm2_hf)
+    _build_quants_repo(root / QUANTS_REPO / "main")
+
+
+def _build_quants_repo(folder: Path) -> None:
+    """Files named like quants, GGUF magic and filler bytes: downloads only need names, sizes and hashes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, size in QUANT_FILES.items():
+        filler = name.encode() * (size // len(name) + 1)
+        (folder / name).write_bytes((b"GGUF" + filler)[:size])
+    (folder / "README.md").write_text("# Tiny fake GGUF quants\n")
 
 
 def _build_gptq_repo(repo: Path, smollm2_hf: Path) -> None:

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import pytest
 
+from loaders.units import format_bytes
 from tests.browser import screenshot, start_app, stop_app
 from tests.hubserver import GGUF_REPO, GPTQ_BRANCH, GPTQ_REPO, Fault, HubServer, hub_root_fixture, hub_server_fixture  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
 Q4_K_M = "SmolLM2-135M-Instruct.Q4_K_M.gguf"
+Q8_0 = "SmolLM2-135M-Instruct.Q8_0.gguf"
 FOLDER = f"{GPTQ_REPO.replace('/', '_')}_{GPTQ_BRANCH}"
 
 
@@ -51,16 +53,16 @@ def test_download_a_branch_from_the_model_tab(app, hub: HubServer, browser_page)
     page = browser_page
     open_model_tab(page, app.url)
     weights = hub.branch_dir(GPTQ_REPO, GPTQ_BRANCH) / "model.safetensors"
-    size_mb = weights.stat().st_size / 1024**2
+    size = format_bytes(weights.stat().st_size)
     table = list_files(page, f"  {GPTQ_REPO}:{GPTQ_BRANCH} ")
     assert GPTQ_REPO in table and GPTQ_BRANCH in table
-    assert "model.safetensors" in table and f"{size_mb:,.1f} MB" in table, table
+    assert "model.safetensors" in table and size in table, table
     assert "quantize_config.json" in table and not (app.models_dir / FOLDER).exists()  # listing downloads nothing
 
     # Throttled so the progress is seen moving: about 3 s for the weights.
     hub.state.faults[(GPTQ_REPO, "model.safetensors")] = Fault(bytes_per_s=weights.stat().st_size / 3)
     page.locator("#download-start").click()
-    page.wait_for_function("() => document.querySelector('#download-progress').innerText.includes('MB/s')")
+    page.wait_for_function("() => document.querySelector('#download-progress').innerText.includes('B/s')")
     progress = page.locator("#download-progress").inner_text()
     screenshot(page, "download-progress")
     assert "Downloading" in progress and "model.safetensors" in progress, progress
@@ -85,6 +87,18 @@ def test_a_multi_gguf_repo_offers_one_file(app, hub: HubServer, browser_page) ->
     assert row.endswith("download"), table  # the default quant, and only it
     assert table.count("skipped: another GGUF quant") == 2, table
     assert page.locator("#download-gguf-file input").input_value() == Q4_K_M
+
+    # Another pick redraws the table from the plan for that pick: Q8_0 downloaded, Q4_K_M skipped.
+    page.locator("#download-gguf-file input").click()
+    page.get_by_role("option", name=Q8_0, exact=True).click()
+    page.wait_for_function(
+        f"() => document.querySelector('#download-files').innerText.includes('{Q8_0} chosen')", timeout=30_000
+    )
+    table = page.locator("#download-files").inner_text()
+    rows = {line.split("\t")[0]: line for line in table.splitlines() if ".gguf\t" in line}
+    assert rows[Q8_0].endswith("download"), table
+    assert f"another GGUF quant ({Q8_0} chosen)" in rows[Q4_K_M], table
+    assert "Q4_K_M.gguf chosen" not in table, table
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,10 +16,12 @@ import pytest
 from huggingface_hub import HfApi
 
 from loaders.errors import BranchNotFoundError, DiskSpaceError, GatedRepoError, RepoNotFoundError, UnsafePathError
+from loaders.files.gguf_choice import choose_gguf, group_gguf
 from tests.hubserver import (  # noqa: F401 - fixtures
     GGUF_REPO,
     GPTQ_BRANCH,
     GPTQ_REPO,
+    QUANTS_REPO,
     TRANSFORMERS_REPO,
     Fault,
     HubServer,
@@ -40,6 +44,7 @@ from webui.download import (
 ROOT = Path(__file__).resolve().parents[1]
 Q4_K_M = "SmolLM2-135M-Instruct.Q4_K_M.gguf"
 Q8_0 = "SmolLM2-135M-Instruct.Q8_0.gguf"
+TINY_Q2_K, TINY_Q4_K_M, TINY_Q8_0 = "tiny.Q2_K.gguf", "tiny.Q4_K_M.gguf", "tiny.Q8_0.gguf"
 
 
 def sha256(path: Path) -> str:
@@ -57,6 +62,10 @@ def run_job(models: Path, ref: str, **options) -> download.DownloadProgress:
 
 def final_files(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir() if p.is_file()}
+
+
+def source_record(folder: Path) -> dict:
+    return json.loads((folder / METADATA_NAME).read_text())
 
 
 def test_server_speaks_the_client_calls(hub: HubServer) -> None:
@@ -123,6 +132,54 @@ def test_multi_gguf_repo_gets_one_file_and_file_picks_another(hub: HubServer, tm
     assert final_files(folder) == {Q4_K_M, Q8_0, "README.md", METADATA_NAME}
     assert hub.gets(GGUF_REPO, "SmolLM2-135M-Instruct.Q4_1.gguf") == 0
     assert hub.gets(GGUF_REPO, "README.md") == 1
+
+
+def test_the_picked_quant_alone_is_downloaded_and_the_folder_remembers_it(hub: HubServer, tmp_path: Path) -> None:
+    result = run_job(tmp_path, QUANTS_REPO, gguf_file=TINY_Q8_0)
+    assert result.state == "done", result.message
+    folder = destination(tmp_path, RepoRef(QUANTS_REPO))
+    assert final_files(folder) == {TINY_Q8_0, "README.md", METADATA_NAME}
+    assert hub.gets(QUANTS_REPO, TINY_Q4_K_M) == hub.gets(QUANTS_REPO, TINY_Q2_K) == 0
+    record = source_record(folder)
+    assert record["gguf_file"] == TINY_Q8_0
+    assert record["repo"] == QUANTS_REPO and set(record["files"]) == {TINY_Q8_0, "README.md"}
+
+    gets = dict(hub.state.requests)
+    again = run_job(tmp_path, QUANTS_REPO)  # no pick: the folder's quant, not the default Q4_K_M
+    assert again.state == "done", again.message
+    assert {f.name: f.state for f in again.files} == {TINY_Q8_0: "present", "README.md": "present"}
+    assert dict(hub.state.requests) == gets and TINY_Q4_K_M not in final_files(folder)
+
+    other = run_job(tmp_path, QUANTS_REPO, gguf_file=TINY_Q2_K)  # an explicit other pick is allowed...
+    assert other.state == "done", other.message
+    assert final_files(folder) == {TINY_Q8_0, TINY_Q2_K, "README.md", METADATA_NAME}
+    assert source_record(folder)["gguf_file"] == TINY_Q2_K  # ...and becomes the folder's pick
+
+
+def test_with_no_pick_the_shared_gguf_rule_chooses_q4_k_m(hub: HubServer, tmp_path: Path) -> None:
+    listing = list_files(RepoRef(QUANTS_REPO))
+    shared, _reason = choose_gguf(group_gguf((f.path, f.size) for f in listing.files))
+    assert choose_files(listing).gguf_file == shared.name == TINY_Q4_K_M
+    result = run_job(tmp_path, QUANTS_REPO)
+    assert result.state == "done", result.message
+    folder = destination(tmp_path, RepoRef(QUANTS_REPO))
+    assert final_files(folder) == {TINY_Q4_K_M, "README.md", METADATA_NAME}
+    assert source_record(folder)["gguf_file"] == TINY_Q4_K_M
+
+
+def test_a_record_from_before_gguf_file_is_read_and_its_fields_kept(hub: HubServer, tmp_path: Path) -> None:
+    assert run_job(tmp_path, QUANTS_REPO).state == "done"
+    folder = destination(tmp_path, RepoRef(QUANTS_REPO))
+    older = source_record(folder)
+    del older["gguf_file"]
+    (folder / METADATA_NAME).write_text(json.dumps(dict(older, note="written by hand")))
+    gets = dict(hub.state.requests)
+    again = run_job(tmp_path, QUANTS_REPO)
+    assert again.state == "done", again.message
+    assert dict(hub.state.requests) == gets  # the verified stats of the older record still hold
+    record = source_record(folder)
+    assert record["note"] == "written by hand" and record["gguf_file"] == TINY_Q4_K_M
+    assert record["files"] == older["files"]
 
 
 def test_cut_connection_is_resumed_within_the_run(hub: HubServer, tmp_path: Path) -> None:
@@ -233,12 +290,12 @@ def test_cancel_stops_promptly_keeps_no_half_file_and_a_later_run_completes(hub:
 
 
 def test_not_enough_disk_is_refused_with_numbers(hub: HubServer, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(download.shutil, "disk_usage", lambda _path: type("U", (), {"free": 10_000_000})())
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: type("U", (), {"free": 10_000_000})())
     listing = list_files(RepoRef(GGUF_REPO))
     plan = choose_files(listing)
     tracker = download.ProgressTracker(listing.ref, tmp_path)
     with pytest.raises(DiskSpaceError, match=r"needs 98\.4 MB, 10\.0 MB free"):
-        download.run_plan(plan, tmp_path / "g", tracker, download.threading.Event())
+        download.run_plan(plan, tmp_path / "g", tracker, threading.Event())
     assert hub.gets(GGUF_REPO, Q4_K_M) == 0
 
 

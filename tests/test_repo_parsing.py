@@ -146,3 +146,25 @@ def test_without_q4_k_m_the_smallest_sensible_gguf_is_chosen() -> None:
 def test_unsafe_names_are_refused(name: str) -> None:
     with pytest.raises(UnsafePathError, match="escape"):
         choose_files(_listing(("config.json", 10), (name, 10)))
+
+
+def test_the_folder_s_remembered_gguf_is_kept_unless_another_is_asked_for() -> None:
+    listing = _listing(
+        ("m.Q2_K.gguf", 2_000_000_000),
+        ("m.Q4_K_M-00001-of-00002.gguf", 3_000_000_000),
+        ("m.Q4_K_M-00002-of-00002.gguf", 1_000_000_000),
+        ("m.Q8_0.gguf", 7_000_000_000),
+    )
+    assert choose_files(listing, remembered="m.Q8_0.gguf").gguf_file == "m.Q8_0.gguf"
+    assert choose_files(listing, gguf_file="m.Q2_K.gguf", remembered="m.Q8_0.gguf").gguf_file == "m.Q2_K.gguf"
+    assert choose_files(listing, remembered="m.Q5_K_M.gguf").gguf_file == "m.Q4_K_M.gguf"  # gone: the default
+    plan = choose_files(listing, remembered="m.Q4_K_M-00001-of-00002.gguf")
+    assert plan.gguf is not None and plan.gguf.name == "m.Q4_K_M-00001-of-00002.gguf"  # what the record stores
+    assert plan.gguf.parts == ("m.Q4_K_M-00001-of-00002.gguf", "m.Q4_K_M-00002-of-00002.gguf")
+
+
+def test_a_remembered_gguf_beside_safetensors_is_still_the_folder_s_pick() -> None:
+    listing = _listing(("config.json", 700), ("model.safetensors", 500_000_000), ("m.Q4_K_M.gguf", 90_000_000))
+    assert choose_files(listing).gguf_file is None
+    plan = choose_files(listing, remembered="m.Q4_K_M.gguf")
+    assert _names(plan.chosen) == {"config.json", "m.Q4_K_M.gguf"}

@@ -1,6 +1,10 @@
 """The Model tab's download box: `owner/repo[:branch]` → file list with sizes and memory estimates → Download with
 live progress (per file and total, speed, ETA) → Cancel. Downloads run in the background; the tab polls a progress
-snapshot with a timer, and the model list refreshes when a download finishes."""
+snapshot with a timer, and the model list refreshes when a download finishes.
+
+The file table is always the download plan's own chosen and skipped rows for the GGUF pick in the dropdown (picking
+another quant redraws it from the listing kept in the session), so what it shows is what Download fetches.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,21 @@ import gradio as gr
 
 from loaders import hardware
 from loaders.errors import CorralError
+from loaders.units import format_bytes
 from webui import estimate
-from webui.download import DownloadJob, DownloadProgress, choose_files, list_files, parse_repo
+from webui.download import (
+    DownloadJob,
+    DownloadPlan,
+    DownloadProgress,
+    RepoListing,
+    choose_files,
+    destination,
+    list_files,
+    parse_repo,
+    remembered_gguf,
+)
 from webui.state import AppState
 
-MB = 1024**2
-GB = 1024**3
 MARK = {"fits": "✅ fits", "tight": "🟡 tight", "won't fit": "❌ won't fit", "unknown": "?"}
 
 
@@ -41,20 +54,29 @@ def build(
         start = gr.Button("Download", variant="primary", elem_id="download-start")
         cancel = gr.Button("Cancel", variant="stop", elem_id="download-cancel")
     files = gr.Markdown(elem_id="download-files")
+    estimates = gr.Markdown(elem_id="download-estimates")
     progress = gr.Markdown(elem_id="download-progress")
+    listing = gr.State(None)  # the last listing, so a new GGUF pick redraws the table without asking the Hub again
     job_key = gr.State(None)  # the folder of this session's current job
     timer = gr.Timer(1.0, active=False)
 
     def on_list(text: str, context: float):
         try:
-            ref = parse_repo(text)
-            plan = choose_files(list_files(ref))
+            listed = list_files(parse_repo(text))
+            plan = _plan(state, listed, None)
         except CorralError as error:
-            return f"⚠️ {error}", gr.update(choices=[], value=None, visible=False)
-        table = _plan_table(plan)
-        table += "\n\n" + _estimates(text, int(context or 4096), plan.gguf_choices)
+            return f"⚠️ {error}", "", gr.update(choices=[], value=None, visible=False), None
         choices = list(plan.gguf_choices)
-        return table, gr.update(choices=choices, value=plan.gguf_file if choices else None, visible=bool(choices))
+        pick = gr.update(choices=choices, value=plan.gguf_file if choices else None, visible=bool(choices))
+        return _plan_table(plan), _estimates(text, int(context or 4096)), pick, listed
+
+    def on_pick(listed: RepoListing | None, file: str | None):
+        if listed is None:
+            return gr.skip()
+        try:
+            return _plan_table(_plan(state, listed, file or None))
+        except CorralError as error:
+            return f"⚠️ {error}"
 
     def on_start(text: str, file: str | None):
         try:
@@ -78,51 +100,48 @@ def build(
             job.cancel()
         return "Cancelling… (what was downloaded is kept for resuming)"
 
-    list_btn.click(on_list, [repo, ctx], [files, gguf_file])
+    list_btn.click(on_list, [repo, ctx], [files, estimates, gguf_file, listing])
+    gguf_file.change(on_pick, [listing, gguf_file], files)
     start.click(on_start, [repo, gguf_file], [job_key, progress, timer])
     timer.tick(on_tick, job_key, [progress, timer, on_models_changed, status])
     cancel.click(on_cancel, job_key, progress)
+
+
+def _plan(state: AppState, listed: RepoListing, file: str | None) -> DownloadPlan:
+    """The plan Download would carry out: the picked GGUF, else the one already downloaded into the folder."""
+    folder = destination(state.downloads.models_dir, listed.ref)
+    return choose_files(listed, gguf_file=file, remembered=remembered_gguf(folder, listed.ref))
 
 
 def _job(state: AppState, key: str | None) -> DownloadJob | None:
     return next((j for j in state.downloads.jobs() if str(j.folder) == key), None) if key else None
 
 
-def _plan_table(plan) -> str:
+def _plan_table(plan: DownloadPlan) -> str:
     rows = ["| file | size | |", "|---|---|---|"]
-    rows += [f"| {f.path} | {_size(f.size)} | download |" for f in plan.chosen]
-    rows += [f"| {s.file.path} | {_size(s.file.size)} | skipped: {s.reason} |" for s in plan.skipped]
-    return (
-        f"**{plan.listing.ref.repo_id}** @ `{plan.listing.ref.branch}` — {plan.total_bytes / GB:.2f} GB to download\n\n"
-        + "\n".join(rows)
-    )
+    rows += [f"| {f.path} | {format_bytes(f.size)} | download |" for f in plan.chosen]
+    rows += [f"| {s.file.path} | {format_bytes(s.file.size)} | skipped: {s.reason} |" for s in plan.skipped]
+    ref = plan.listing.ref
+    head = f"**{ref.repo_id}** @ `{ref.branch}` — {format_bytes(plan.total_bytes)} to download"
+    return head + (f" ({plan.gguf_reason})" if plan.gguf_reason else "") + "\n\n" + "\n".join(rows)
 
 
-def _size(n: int) -> str:
-    """Bytes as the model cards write them: 13.5 MB, 7.26 GB, 712 KB."""
-    if n >= GB:
-        return f"{n / GB:,.2f} GB"
-    if n >= MB:
-        return f"{n / MB:,.1f} MB"
-    return f"{n / 1024:,.0f} KB" if n >= 1024 else f"{n} B"
-
-
-def _estimates(text: str, ctx: int, gguf_choices) -> str:
+def _estimates(text: str, ctx: int) -> str:
     hw = hardware.snapshot()
     try:
         rows = estimate.per_file(text, ctx=ctx, hw=hw)
     except CorralError as error:
         return f"Memory estimate unavailable: {error}"
     lines = [
-        f"**Memory at context {ctx}** (this machine: {hw.ram_available / GB:.1f} GB RAM free"
-        + "".join(f", GPU {g.index} {g.free / GB:.1f} GB free" for g in hw.gpus)
+        f"**Memory at context {ctx}** (this machine: {format_bytes(hw.ram_available)} RAM free"
+        + "".join(f", GPU {g.index} {format_bytes(g.free)} free" for g in hw.gpus)
         + ")",
         "",
         "| file / branch | RAM | VRAM | |",
         "|---|---|---|---|",
     ]
     lines += [
-        f"| {r.name} | {r.ram / GB:.2f} GB | {r.vram / GB:.2f} GB | {MARK.get(r.verdict, r.verdict)} {r.error} |"
+        f"| {r.name} | {format_bytes(r.ram)} | {format_bytes(r.vram)} | {MARK.get(r.verdict, r.verdict)} {r.error} |"
         for r in rows
     ]
     return "\n".join(lines)
@@ -136,12 +155,13 @@ def _progress_text(snap: DownloadProgress) -> str:
         "running": "Downloading",
         "queued": "Queued",
     }.get(snap.state, snap.state)
-    total = f"{_size(snap.done_bytes)} / {_size(snap.total_bytes)} ({snap.fraction:.0%})"
-    speed = f", {snap.speed_bps / MB:.1f} MB/s" if snap.speed_bps else ""
+    total = f"{format_bytes(snap.done_bytes)} / {format_bytes(snap.total_bytes)} ({snap.fraction:.0%})"
+    speed = f", {format_bytes(snap.speed_bps)}/s" if snap.speed_bps else ""
     eta = f", ETA {snap.eta_s:.0f} s" if snap.eta_s and snap.state == "running" else ""
     lines = [f"**{head}** — {total}{speed}{eta}. {snap.message or ''}"]
     lines += [
-        f"- {f.name}: {_size(f.done)} / {_size(f.total)} — {f.state}" + (f" ({f.error})" if f.error else "")
+        f"- {f.name}: {format_bytes(f.done)} / {format_bytes(f.total)} — {f.state}"
+        + (f" ({f.error})" if f.error else "")
         for f in snap.files
     ]
     lines += [f"- ⚠️ {e}" for e in snap.errors]

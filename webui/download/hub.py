@@ -1,0 +1,196 @@
+"""The Hub side of a download: the text a user pastes, listing a branch through `HfApi`, and the Hub's errors.
+
+`parse_repo` turns `owner/repo`, `owner/repo:branch` or a Hub URL into a `RepoRef`; `list_files` lists a branch
+(sizes, hashes, commit) without downloading; `hub_errors_as_corral` is the one place where huggingface_hub's
+exceptions become Corral errors; `safe_name` refuses server file names that would escape the model folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+import httpx2
+from huggingface_hub import HfApi, constants, hf_hub_url
+from huggingface_hub import errors as hub_errors
+from huggingface_hub.hf_api import RepoSibling
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status, validate_repo_id
+
+from loaders.errors import (
+    BranchNotFoundError,
+    DownloadError,
+    GatedRepoError,
+    RepoNameError,
+    RepoNotFoundError,
+    UnsafePathError,
+)
+
+REPO_FORM = "owner/repo, owner/repo:branch or https://huggingface.co/owner/repo/tree/branch"
+_HUB_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")
+# git check-ref-format: no spaces, control characters, ~ ^ : ? * [ \ , "..", "@{", leading "/" or "-".
+_BAD_BRANCH = re.compile(r"[\s~^:?*\[\\\x00-\x1f\x7f]|\.\.|@\{|^[/-]|/$|\.lock$|^$")
+
+
+@dataclass(frozen=True)
+class RepoRef:
+    """A repository and branch on the Hub."""
+
+    repo_id: str
+    branch: str = "main"
+
+    def __str__(self) -> str:
+        return self.repo_id if self.branch == "main" else f"{self.repo_id}:{self.branch}"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file of a branch as the Hub lists it: `sha256` for LFS files, `blob_id` (git sha1) for the others."""
+
+    path: str
+    size: int
+    sha256: str | None = None
+    blob_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RepoListing:
+    ref: RepoRef
+    commit: str
+    files: tuple[RemoteFile, ...]
+    endpoint: str
+
+
+# --- parsing ------------------------------------------------------------------------------------------------------
+
+
+def parse_repo(text: str) -> RepoRef:
+    """`owner/repo`, `owner/repo:branch` or a Hub URL (`.../owner/repo[/tree/branch]`) -> RepoRef."""
+    cleaned = text.strip()
+    if cleaned.startswith(("http://", "https://")):
+        repo_id, branch = _split_url(cleaned)
+    else:
+        repo_id, _, branch = cleaned.partition(":")
+        branch = branch if ":" in cleaned else "main"
+    _validate_ref(repo_id, branch, text)
+    return RepoRef(repo_id, branch)
+
+
+def _split_url(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    segments = [unquote(s) for s in parts.path.split("/") if s]
+    if parts.hostname not in _HUB_HOSTS or len(segments) < 2:
+        raise RepoNameError(f"Not a Hugging Face model URL: {url!r}. Expected {REPO_FORM}.")
+    repo_id = "/".join(segments[:2])
+    if len(segments) == 2:
+        return repo_id, "main"
+    if segments[2] in ("tree", "blob", "resolve") and len(segments) >= 4:
+        return repo_id, segments[3]
+    raise RepoNameError(f"Cannot read a repository and branch from {url!r}. Expected {REPO_FORM}.")
+
+
+def _validate_ref(repo_id: str, branch: str, text: str) -> None:
+    if repo_id.count("/") != 1:
+        raise RepoNameError(f"{text.strip()!r} is not a model name. Expected {REPO_FORM}.")
+    try:
+        validate_repo_id(repo_id)
+    except hub_errors.HFValidationError as error:
+        raise RepoNameError(f"{repo_id!r} is not a valid repository name ({error}). Expected {REPO_FORM}.") from error
+    if _BAD_BRANCH.search(branch):
+        raise RepoNameError(f"{branch!r} is not a valid branch name. Expected {REPO_FORM}.")
+
+
+def safe_name(name: str) -> str:
+    """A file name from the server, refused if it could land outside the model folder."""
+    pure = PurePosixPath(name)
+    if (
+        not name
+        or "\\" in name
+        or "\x00" in name
+        or pure.is_absolute()
+        or re.match(r"^[A-Za-z]:", name)
+        or any(part in ("..", ".", "") for part in name.split("/"))
+    ):
+        raise UnsafePathError(f"The server listed a file named {name!r}, which would escape the model folder; refused.")
+    return name
+
+
+# --- talking to the Hub ---------------------------------------------------------------------------------------------
+
+
+def hub_endpoint() -> str:
+    """HF_ENDPOINT as it is now (huggingface_hub reads it once at import; a test server sets it later)."""
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+@contextmanager
+def hub_errors_as_corral(ref: RepoRef, *, endpoint: str, token: str | None) -> Iterator[None]:
+    """The one place where the Hub's exceptions become Corral's."""
+    try:
+        yield
+    except hub_errors.GatedRepoError as error:  # subclass of RepositoryNotFoundError: first
+        raise GatedRepoError(
+            f"{ref.repo_id} is gated: accept its license on https://huggingface.co/{ref.repo_id} and set HF_TOKEN "
+            "to a token of that account (or enter it in the token box)."
+        ) from error
+    except hub_errors.RepositoryNotFoundError as error:
+        raise RepoNotFoundError(
+            f"No repository {ref.repo_id} on {endpoint}. Check the name on its model card; if it is private, "
+            "set HF_TOKEN to a token that can read it."
+        ) from error
+    except hub_errors.RevisionNotFoundError as error:
+        branches = _branches(ref, endpoint=endpoint, token=token)
+        raise BranchNotFoundError(
+            f"{ref.repo_id} has no branch {ref.branch!r}. Branches: {', '.join(branches) or 'none found'}.",
+            branches=branches,
+        ) from error
+    except hub_errors.RemoteEntryNotFoundError as error:
+        raise DownloadError(
+            f"A file of {ref} vanished from the Hub while downloading; list the files again."
+        ) from error
+    except hub_errors.HfHubHTTPError as error:
+        status = error.response.status_code if error.response is not None else "?"
+        raise DownloadError(f"The Hub answered HTTP {status} for {ref}: {error.server_message or error}") from error
+    except httpx2.TransportError as error:
+        raise DownloadError(f"Cannot reach {endpoint} ({error}). Check the connection and try again.") from error
+
+
+def _branches(ref: RepoRef, *, endpoint: str, token: str | None) -> list[str]:
+    try:
+        refs = HfApi(endpoint=endpoint, token=token).list_repo_refs(ref.repo_id)
+    except (hub_errors.HfHubHTTPError, httpx2.TransportError):
+        return []
+    return sorted(b.name for b in refs.branches)
+
+
+def list_files(ref: RepoRef, *, token: str | None = None) -> RepoListing:
+    """The files of `ref`'s branch with sizes and hashes, and its commit; nothing is downloaded."""
+    endpoint = hub_endpoint()
+    api = HfApi(endpoint=endpoint, token=token)
+    with hub_errors_as_corral(ref, endpoint=endpoint, token=token):
+        info = api.model_info(ref.repo_id, revision=ref.branch, files_metadata=True)
+        files = tuple(_remote_file(s) for s in info.siblings or [])
+        if info.gated and files:
+            _probe_access(ref, info.sha or ref.branch, files[0].path, endpoint=endpoint, token=token)
+    return RepoListing(ref=ref, commit=info.sha or ref.branch, files=files, endpoint=endpoint)
+
+
+def _remote_file(sibling: RepoSibling) -> RemoteFile:
+    lfs = sibling.lfs
+    return RemoteFile(
+        path=safe_name(sibling.rfilename),
+        size=int(lfs.size if lfs else sibling.size or 0),
+        sha256=lfs.sha256 if lfs else None,
+        blob_id=None if lfs else sibling.blob_id,
+    )
+
+
+def _probe_access(ref: RepoRef, revision: str, path: str, *, endpoint: str, token: str | None) -> None:
+    """Model info of a gated repo is public; its files are not. A HEAD tells us before the user clicks Download."""
+    url = hf_hub_url(ref.repo_id, path, revision=revision, endpoint=endpoint)
+    response = get_session().head(url, headers=build_hf_headers(token=token), follow_redirects=False)
+    hf_raise_for_status(response)

@@ -1,0 +1,116 @@
+"""Downloads in the background: `plan_download` (list a branch and choose its files for a folder), `DownloadJob`
+(one download in its own thread, polled and cancelled by the UI and the CLI) and `DownloadManager` (starts jobs
+into the models folder, one per destination folder at a time)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from loaders.errors import CorralError, DownloadCancelled, DownloadError
+from webui.download.choose import DownloadPlan, choose_files
+from webui.download.hub import RepoRef, list_files, parse_repo
+from webui.download.progress import DownloadProgress, ProgressTracker
+from webui.download.record import destination, remembered_gguf
+from webui.download.transfer import DEFAULT_RETRIES, DEFAULT_THREADS, run_plan
+
+
+def plan_download(
+    ref: RepoRef, folder: Path, *, gguf_file: str | None = None, token: str | None = None
+) -> DownloadPlan:
+    """What a download of `ref` into `folder` would fetch: with no `gguf_file`, the GGUF already downloaded there."""
+    return choose_files(list_files(ref, token=token), gguf_file=gguf_file, remembered=remembered_gguf(folder, ref))
+
+
+class DownloadJob:
+    """One download running in a background thread; the UI polls `snapshot()` and may `cancel()`."""
+
+    def __init__(
+        self, ref: RepoRef, folder: Path, *, gguf_file: str | None, token: str | None, threads: int, retries: int
+    ) -> None:
+        self.ref, self.folder = ref, folder
+        self.plan: DownloadPlan | None = None
+        self._gguf_file, self._token, self._threads, self._retries = gguf_file, token, threads, retries
+        self._cancel = threading.Event()
+        self._tracker = ProgressTracker(ref, folder)
+        self._thread = threading.Thread(target=self._run, name=f"download {ref}", daemon=True)
+        self._on_done: Callable[[DownloadJob], None] | None = None
+
+    def snapshot(self) -> DownloadProgress:
+        return self._tracker.snapshot()
+
+    def cancel(self) -> None:
+        """Stop within about a second; downloaded bytes stay in `.corral-partial/` for the next run."""
+        self._cancel.set()
+
+    def wait(self, timeout: float | None = None) -> DownloadProgress:
+        self._thread.join(timeout)
+        return self.snapshot()
+
+    @property
+    def finished(self) -> bool:
+        return self.snapshot().state in ("done", "failed", "cancelled")
+
+    def _start(self, on_done: Callable[[DownloadJob], None] | None) -> None:
+        self._on_done = on_done
+        self._thread.start()
+
+    def _run(self) -> None:
+        tracker = self._tracker
+        try:
+            tracker.set("running", f"Listing the files of {self.ref}…")
+            self.plan = plan_download(self.ref, self.folder, gguf_file=self._gguf_file, token=self._token)
+            run_plan(
+                self.plan, self.folder, tracker, self._cancel,
+                token=self._token, threads=self._threads, retries=self._retries,
+            )  # fmt: skip
+            tracker.set("done", f"Done: {self.ref} is in {self.folder}")
+        except DownloadCancelled as error:
+            tracker.set("cancelled", str(error))
+        except CorralError as error:
+            tracker.set("failed", str(error))
+        except OSError as error:  # disk full, permissions...: the user can act on these
+            tracker.set("failed", f"Download of {self.ref} failed: {error}")
+        finally:
+            if self._on_done is not None:
+                self._on_done(self)
+
+
+class DownloadManager:
+    """Starts downloads into `models_dir` and keeps track of them; one job per destination folder at a time.
+
+    `on_done(job)` runs in the download's own thread when a job ends (done, failed or cancelled).
+    """
+
+    def __init__(
+        self,
+        models_dir: Path,
+        *,
+        threads: int = DEFAULT_THREADS,
+        retries: int = DEFAULT_RETRIES,
+        on_done: Callable[[DownloadJob], None] | None = None,
+    ) -> None:
+        self.models_dir = Path(models_dir)
+        self.threads, self.retries = threads, retries
+        self.on_done = on_done
+        self._jobs: list[DownloadJob] = []
+        self._lock = threading.Lock()
+
+    def start(self, ref: RepoRef | str, *, gguf_file: str | None = None, token: str | None = None) -> DownloadJob:
+        """Start downloading in the background; raises `RepoNameError` at once for a malformed name."""
+        ref = parse_repo(ref) if isinstance(ref, str) else ref
+        folder = destination(self.models_dir, ref)
+        with self._lock:
+            if any(job.folder == folder and not job.finished for job in self._jobs):
+                raise DownloadError(f"{ref} is already downloading into {folder}.")
+            job = DownloadJob(
+                ref, folder, gguf_file=gguf_file, token=token or None, threads=self.threads, retries=self.retries
+            )
+            self._jobs.append(job)
+        job._start(self.on_done)
+        return job
+
+    def jobs(self) -> list[DownloadJob]:
+        with self._lock:
+            return list(self._jobs)
