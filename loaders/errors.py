@@ -22,6 +22,10 @@ class ModelNotFoundError(CorralError, FileNotFoundError):
     """No model of that name in the models folder."""
 
 
+class ModelNameError(CorralError, ValueError):
+    """A model or file name that is not one plain name inside the models folder (`..`, `/etc`, `a/b`)."""
+
+
 class ModelFormatError(CorralError, ValueError):
     """A model file or folder is malformed, contradictory or incomplete; `path` names the culprit."""
 

@@ -1,24 +1,21 @@
-"""The GPTQ loader: a GPTQ folder (AutoGPTQ / GPTQ-for-LLaMa "v1" or `gptq_v2`) -> a `LoadedModel`.
+"""The GPTQ loader: carries out a GPTQ plan (AutoGPTQ / GPTQ-for-LLaMa "v1" or `gptq_v2`) -> a `LoadedModel`.
 
-This module owns reading the folder: the quantize config (`quantize_config.json`, else `quantization_config` in
-config.json, else the settings detection filled in), the weights (`model.safetensors`, sharded safetensors with an
-index, or `<model_file_base_name>.safetensors` of older repos), checking every quantized layer's tensors against the
-config, and assembling the model: the Transformers architecture is built with empty weights (no
-trust_remote_code, no Transformers GPTQ integration), each quantized Linear is replaced by `kernels.gptq.GPTQLinear`,
-the rest (embeddings, norms, lm_head) is loaded as usual. On CPU, the choice between a dequantized-weight cache and
-dequantizing per call follows the memory estimate (`GPTQSettings.dequantize_cache`) and shows in `device`.
+The quantize config, the weight files and the choice of kernels come from the model-files records and the plan
+(`loaders.files`, `loaders.plan`); this module reads the tensors, checks every quantized layer's tensors against the
+config, and assembles the model: the Transformers architecture is built with empty weights (no trust_remote_code,
+no Transformers GPTQ integration), each quantized Linear is replaced by `kernels.gptq.GPTQLinear` prepared as the
+plan says (Triton on CUDA, a dequantized-weight cache or dequantization per call on the CPU), the rest (embeddings,
+norms, lm_head) is loaded as usual.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import torch
 from safetensors import safe_open
 from torch import nn
@@ -26,29 +23,15 @@ from torch import nn
 from kernels import gptq_torch
 from kernels.gptq import GPTQLinear
 from loaders.base import LoadedModel, MemoryReport
-from loaders.errors import ModelFormatError, UnsupportedModelError
+from loaders.errors import ModelFormatError
+from loaders.files.quant_config import GPTQConfig
+from loaders.plan import LoadPlan
 from loaders.settings import GPTQSettings
 
 log = logging.getLogger(__name__)
 
+LOADER_NAME = "gptq"
 QUANT_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx", "bias")
-CACHE_RAM_FRACTION = 0.5  # auto: cache dequantized weights when they take at most this share of available RAM
-
-
-@dataclass(frozen=True)
-class GPTQConfig:
-    """What the folder says about its quantization."""
-
-    bits: int
-    group_size: int  # -1 = one group per column
-    desc_act: bool
-    sym: bool
-    checkpoint_format: str  # gptq | gptq_v2
-    model_file_base_name: str | None
-
-    @property
-    def zero_offset(self) -> int:
-        return 1 if self.checkpoint_format == "gptq" else 0
 
 
 @dataclass
@@ -61,76 +44,7 @@ class GPTQModule:
     modes: dict[str, int]  # GPTQLinear backend -> number of layers
 
 
-# --- config ----------------------------------------------------------------------------------------------------------
-
-
-def read_gptq_config(path: Path, settings: GPTQSettings) -> GPTQConfig:
-    """The quantize config from the folder; the settings only fill what the files leave out."""
-    raw = _read_json(path / "quantize_config.json") if (path / "quantize_config.json").exists() else None
-    if raw is None:
-        raw = _read_json(path / "config.json").get("quantization_config")
-    raw = dict(raw or {})
-    method = raw.get("quant_method", "gptq")
-    if method != "gptq":
-        raise UnsupportedModelError(f"This folder is quantized with {method!r}, not GPTQ; pick another loader.",
-                                    path=path)
-    if raw.get("is_marlin_format"):
-        raise UnsupportedModelError("Marlin-format GPTQ checkpoints are not supported; download a plain GPTQ "
-                                    "branch.", path=path)
-    config = GPTQConfig(
-        bits=int(raw.get("bits", settings.bits)),
-        group_size=int(raw.get("group_size", settings.group_size)),
-        desc_act=bool(raw.get("desc_act", settings.desc_act)),
-        sym=bool(raw.get("sym", settings.sym)),
-        checkpoint_format=str(raw.get("checkpoint_format", settings.checkpoint_format)),
-        model_file_base_name=raw.get("model_file_base_name"),
-    )
-    _validate_config(config, path)
-    return config
-
-
-def _validate_config(config: GPTQConfig, path: Path) -> None:
-    if config.bits not in gptq_torch.SUPPORTED_BITS:
-        raise UnsupportedModelError(f"GPTQ with {config.bits} bits is not supported (2, 3, 4, 8 are).", path=path)
-    if config.group_size != -1 and config.group_size <= 0:
-        raise ModelFormatError(f"quantize config has group_size {config.group_size}; expected -1 or > 0.", path=path)
-    if config.checkpoint_format not in ("gptq", "gptq_v2"):
-        raise UnsupportedModelError(f"GPTQ checkpoint_format {config.checkpoint_format!r} is not supported "
-                                    "(gptq and gptq_v2 are).", path=path)
-
-
-def _read_json(file: Path) -> dict:
-    try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelFormatError("The folder has no config.json; download the model again.", path=file) from None
-    except json.JSONDecodeError as error:
-        raise ModelFormatError(f"{file.name} is not valid JSON ({error}).", path=file) from None
-
-
 # --- weights ---------------------------------------------------------------------------------------------------------
-
-
-def weight_files(path: Path, config: GPTQConfig, settings: GPTQSettings) -> list[Path]:
-    """The safetensors files holding the model, in the order they are named."""
-    candidates = [settings.weights_file] if settings.weights_file else []
-    if config.model_file_base_name:
-        candidates.append(f"{config.model_file_base_name}.safetensors")
-    candidates.append("model.safetensors")
-    for name in candidates:
-        if (path / name).is_file():
-            return [path / name]
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        return [path / f for f in dict.fromkeys(_read_json(index)["weight_map"].values())]
-    found = sorted(path.glob("*.safetensors"))
-    if len(found) == 1:
-        return found
-    if not found and (any(path.glob("*.bin")) or any(path.glob("*.pt"))):
-        raise UnsupportedModelError("Only .safetensors GPTQ weights are supported; this folder has .bin/.pt files.",
-                                    path=path)
-    raise ModelFormatError(f"Cannot tell which weights file to load (found {len(found)} .safetensors files); "
-                           "set weights_file in the model's settings.", path=path)
 
 
 def read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
@@ -197,25 +111,33 @@ def check_layer(prefix: str, parts: dict[str, torch.Tensor], linear: nn.Linear, 
 
 
 def build_module(path: Path, settings: GPTQSettings) -> GPTQModule:
-    """Read the folder and assemble the model on its device, every GPTQLinear prepared."""
+    """Read the folder and assemble the model as planned for this machine (files read and planned first)."""
+    from loaders.registry import plan_for_path
+
+    return build_planned(plan_for_path(LOADER_NAME, Path(path), settings))
+
+
+def build_planned(plan: LoadPlan) -> GPTQModule:
+    """Assemble the model of `plan` on its device, every GPTQLinear prepared as the plan says."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    path = Path(path)
-    config = read_gptq_config(path, settings)
-    device, dtype = _device_dtype(settings)
-    hf_config = AutoConfig.from_pretrained(path)
+    files, config = plan.files, plan.files.gptq
+    assert config is not None  # the plan refuses a folder without a GPTQ config
+    device, dtype = _torch_device(plan.device), getattr(torch, plan.dtype)
+    hf_config = AutoConfig.from_pretrained(files.folder)
     if hasattr(hf_config, "quantization_config"):
         del hf_config.quantization_config  # we assemble the quantized layers ourselves
-    layers, rest = split_quantized(read_tensors(weight_files(path, config, settings)))
+    layers, rest = split_quantized(read_tensors(list(plan.opens)))
     with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (rotary inv_freq) real
         module = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
     for prefix, parts in sorted(layers.items()):
-        _replace_linear(module, prefix, parts, config, path)
-    _load_rest(module, rest, dtype, path)
+        _replace_linear(module, prefix, parts, config, files.folder)
+    _load_rest(module, rest, dtype, files.folder)
     module.to(device).eval()
-    modes = _prepare_layers(module, dtype, settings.dequantize_cache)
-    return GPTQModule(module=module, config=config, device=_describe(device, modes, module, dtype), modes=modes)
+    modes = _prepare_layers(module, dtype, plan.weight_cache == "dequantized cache")
+    log.info("GPTQ model on %s: %s", device, _describe(modes, module, dtype))
+    return GPTQModule(module=module, config=config, device=plan.device, modes=modes)
 
 
 def _replace_linear(module: nn.Module, prefix: str, parts: dict[str, torch.Tensor], config: GPTQConfig,
@@ -246,53 +168,28 @@ def _load_rest(module: nn.Module, rest: dict[str, torch.Tensor], dtype: torch.dt
         raise ModelFormatError(f"The weights lack {', '.join(missing[:5])}; download the model again.", path=path)
 
 
-def _prepare_layers(module: nn.Module, dtype: torch.dtype, dequantize_cache: str) -> dict[str, int]:
-    layers = [m for m in module.modules() if isinstance(m, GPTQLinear)]
-    cache = _use_cache(layers, dtype, dequantize_cache)
+def _prepare_layers(module: nn.Module, dtype: torch.dtype, cache: bool) -> dict[str, int]:
     modes: dict[str, int] = {}
-    for layer in layers:
+    for layer in (m for m in module.modules() if isinstance(m, GPTQLinear)):
         mode = layer.prepare(dtype=dtype, cache=cache)
         modes[mode] = modes.get(mode, 0) + 1
     return modes
 
 
-def _use_cache(layers: list[GPTQLinear], dtype: torch.dtype, setting: str) -> bool:
-    """Keep dequantized weights? `on`/`off` as told; `auto` when they fit in a share of the available memory."""
-    if setting in ("on", "off"):
-        return setting == "on"
-    if setting != "auto":
-        raise ModelFormatError(f"dequantize_cache must be auto, on or off, not {setting!r}.")
-    if not layers:
-        return False
-    needed = sum(layer.dequantized_bytes(dtype) for layer in layers)
-    device = layers[0].qweight.device
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-    else:
-        free = psutil.virtual_memory().available
-    return needed <= CACHE_RAM_FRACTION * free
-
-
-def _device_dtype(settings: GPTQSettings) -> tuple[torch.device, torch.dtype]:
-    name = settings.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+def _torch_device(label: str) -> torch.device:
+    device = torch.device(label.split()[0])
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    if settings.dtype == "auto":
-        return device, torch.float16 if device.type == "cuda" else torch.float32
-    return device, getattr(torch, settings.dtype)
+    return device
 
 
-def _describe(device: torch.device, modes: dict[str, int], module: nn.Module, dtype: torch.dtype) -> str:
-    labels = {"triton": "Triton kernels", "cache": "dequantized-weight cache", "per-call": "dequantize per call"}
+MODE_LABELS = {"triton": "triton", "cache": "dequantized cache", "per-call": "per-call"}
+
+
+def _describe(modes: dict[str, int], module: nn.Module, dtype: torch.dtype) -> str:
     gib = sum(m.dequantized_bytes(dtype) for m in module.modules() if isinstance(m, GPTQLinear)) / 2**30
-    parts = [f"{count} layers {labels[mode]}" + (f" ({gib:.2f} GiB)" if mode == "cache" else "")
-             for mode, count in sorted(modes.items())]
-    text = f"{device} (GPTQ: {', '.join(parts)})"
-    log.info("GPTQ model on %s", text)
-    return text
+    return ", ".join(f"{count} layers {MODE_LABELS[mode]}" + (f" ({gib:.2f} GiB)" if mode == "cache" else "")
+                     for mode, count in sorted(modes.items()))  # fmt: skip
 
 
 def memory_report(module: nn.Module) -> MemoryReport:
@@ -316,13 +213,21 @@ def memory_report(module: nn.Module) -> MemoryReport:
 
 
 def load(path: Path, settings: GPTQSettings, *, name: str) -> LoadedModel:
-    """Load a GPTQ folder for generation."""
+    """Load a GPTQ folder for generation (files read and the load planned first)."""
+    from loaders.registry import plan_for_path
+
+    return load_plan(plan_for_path(LOADER_NAME, Path(path), settings), settings, name=name)
+
+
+def load_plan(plan: LoadPlan, settings: GPTQSettings, *, name: str) -> LoadedModel:
+    """Carry out a GPTQ plan."""
     from loaders.hf_tokenizer import HFTokenizer
     from loaders.torch_lm import TorchCausalLM
 
     start = time.perf_counter()
-    built = build_module(Path(path), settings)
-    context = settings.context_length or int(getattr(built.module.config, "max_position_embeddings", 2048))
-    tokenizer = HFTokenizer.from_folder(Path(path))
-    return TorchCausalLM(name, "gptq", Path(path), built.module, tokenizer, context, built.device,
-                         time.perf_counter() - start, memory_report(built.module))
+    built = build_planned(plan)
+    tokenizer = HFTokenizer.from_folder(plan.files.folder)
+    model = TorchCausalLM(name, LOADER_NAME, plan.files.path, built.module, tokenizer, plan.context, built.device,
+                          time.perf_counter() - start, memory_report(built.module), plan=plan)  # fmt: skip
+    model.weight_cache = ", ".join(MODE_LABELS[mode] for mode in sorted(built.modes))
+    return model

@@ -20,13 +20,13 @@ import llama_cpp
 import psutil
 
 from loaders.base import GenerationParams, MemoryReport
-from loaders.errors import GenerationError, ModelFormatError, ModelNotFoundError, ModelNotLoadedError
+from loaders.errors import GenerationError, ModelFormatError, ModelNotLoadedError
+from loaders.plan import LoadPlan
 from loaders.settings import LlamaCppSettings
 
 logger = logging.getLogger(__name__)
 
 LOADER_NAME = "llama.cpp"
-_Q4_K_M = 15  # gguf.LlamaFileType.MOSTLY_Q4_K_M: the default pick among several files
 # enum ggml_log_level (include/ggml.h): 1 debug, 2 info, 3 warn, 4 error, 5 continuation. llama.cpp's info lines
 # (~80 per load) are logged at DEBUG so that an INFO app log stays readable.
 _LOG_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
@@ -52,56 +52,6 @@ class _ErrorLines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(record.getMessage())
-
-
-# --- choosing the file ----------------------------------------------------------------------------------------------
-
-
-def resolve_gguf(path: Path, file: str = "") -> Path:
-    """The .gguf to load: `path` itself, `path/file`, the only model file in the folder, or its Q4_K_M one.
-
-    In a folder, the choice is made from each file's GGUF metadata (`general.file_type`, `split.no`), not from
-    its name; later shards of a split model are not candidates (llama.cpp finds them from the first).
-    """
-    if path.is_file():
-        return path
-    if not path.is_dir():
-        raise ModelNotFoundError(f"No model at {path}.")
-    if file:
-        chosen = path / file
-        if not chosen.is_file():
-            raise ModelNotFoundError(f"The file {file!r} set for this model is not in {path}; pick another one.")
-        return chosen
-    files = sorted(path.glob("*.gguf"))
-    if len(files) == 1:
-        return files[0]  # nothing to choose: skip reading the header (the vocabulary makes it slow)
-    metas = {p: _gguf_meta(p) for p in files}
-    candidates = [p for p, meta in metas.items() if meta.get("split.no", 0) == 0]
-    if not candidates:
-        raise ModelFormatError("No .gguf file in the model folder.", path=path)
-    if len(candidates) == 1:
-        return candidates[0]
-    preferred = [p for p in candidates if metas[p].get("general.file_type") == _Q4_K_M]
-    if len(preferred) == 1:
-        return preferred[0]
-    names = ", ".join(p.name for p in candidates)
-    raise ModelFormatError(f"Several GGUF files ({names}); choose one in the model's 'file' setting.", path=path)
-
-
-def _gguf_meta(path: Path) -> dict[str, int]:
-    """The integer metadata fields of a GGUF header that the file choice needs."""
-    import gguf  # only needed to choose among several files
-
-    try:
-        reader = gguf.GGUFReader(path)
-    except (ValueError, OSError) as error:
-        raise ModelFormatError(f"Not a readable GGUF file: {error}", path=path) from error
-    values = {}
-    for key in ("general.file_type", "split.no"):
-        f = reader.get_field(key)
-        if f is not None:
-            values[key] = int(f.contents())
-    return values
 
 
 # --- tokenizer ------------------------------------------------------------------------------------------------------
@@ -245,6 +195,9 @@ class LlamaCppModel:
     load_seconds: float
     memory: MemoryReport
     recurrent: bool = False  # recurrent/hybrid models cannot drop part of their state: no prefix reuse
+    dtype: str = "float16"  # the KV cache's element type
+    plan: LoadPlan | None = field(default=None, repr=False)
+    weight_cache: str = ""
     loader: str = LOADER_NAME
 
     def generate_tokens(
@@ -319,13 +272,20 @@ class LlamaCppModel:
 
 
 def load(path: Path, settings: LlamaCppSettings, *, name: str) -> LlamaCppModel:
-    """Load the GGUF at `path` (a file, or a folder holding one) with llama.cpp."""
-    gguf_path = resolve_gguf(Path(path), settings.file)
+    """Load the GGUF at `path` (a file, or a folder holding one) with llama.cpp (files read and planned first)."""
+    from loaders.registry import plan_for_path
+
+    return load_plan(plan_for_path(LOADER_NAME, Path(path), settings), settings, name=name)
+
+
+def load_plan(plan: LoadPlan, settings: LlamaCppSettings, *, name: str) -> LlamaCppModel:
+    """Carry out `plan`: its file, context, GPU layers and batch, with the threads and mmap options of `settings`."""
+    gguf_path = plan.opens[0]
     threads = settings.threads or psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
-    offload = settings.n_gpu_layers != 0
+    offload = plan.n_gpu_layers != 0
     rss_before, vram_before = _rss(), (_vram_used() if offload else {})
     started = time.perf_counter()
-    llm = _open(gguf_path, settings, threads)
+    llm = _open(gguf_path, plan, settings, threads)
     load_seconds = time.perf_counter() - started
     memory = MemoryReport(
         ram_bytes=max(0, _rss() - rss_before),
@@ -338,14 +298,16 @@ def load(path: Path, settings: LlamaCppSettings, *, name: str) -> LlamaCppModel:
         llm=llm,
         tokenizer=LlamaCppTokenizer.from_llama(llm),
         context_length=llm.n_ctx(),
-        device=_device(llm, settings.n_gpu_layers),
+        device=_device(llm, plan.n_gpu_layers),
         load_seconds=load_seconds,
         memory=memory,
         recurrent=bool(llama_cpp.llama_model_is_recurrent(llm.model) or llama_cpp.llama_model_is_hybrid(llm.model)),
+        dtype=_kv_dtype(llm),
+        plan=plan,
     )
 
 
-def _open(gguf_path: Path, settings: LlamaCppSettings, threads: int) -> llama_cpp.Llama:
+def _open(gguf_path: Path, plan: LoadPlan, settings: LlamaCppSettings, threads: int) -> llama_cpp.Llama:
     """`llama_cpp.Llama(...)`, its failure to read the file turned into a `ModelFormatError` naming the file."""
     llama_cpp.llama_log_set(_log_to_python, ctypes.c_void_p(0))  # process-wide; idempotent
     errors = _ErrorLines()
@@ -353,11 +315,11 @@ def _open(gguf_path: Path, settings: LlamaCppSettings, threads: int) -> llama_cp
     try:
         return llama_cpp.Llama(
             model_path=str(gguf_path),
-            n_ctx=settings.n_ctx,
-            n_gpu_layers=settings.n_gpu_layers,
+            n_ctx=plan.context,
+            n_gpu_layers=plan.n_gpu_layers,
             n_threads=threads,
             n_threads_batch=threads,
-            n_batch=settings.n_batch,
+            n_batch=plan.batch,
             rope_freq_base=settings.rope_freq_base,
             rope_freq_scale=settings.rope_freq_scale,
             use_mmap=settings.use_mmap,
@@ -370,6 +332,12 @@ def _open(gguf_path: Path, settings: LlamaCppSettings, threads: int) -> llama_cp
         raise ModelFormatError(f"llama.cpp could not load this GGUF file: {detail}", path=gguf_path) from error
     finally:
         logger.removeHandler(errors)
+
+
+def _kv_dtype(llm: llama_cpp.Llama) -> str:
+    """The KV cache's element type as llama.cpp was told it (f16 unless set otherwise), as a torch-style name."""
+    names = {0: "float32", 1: "float16", 30: "bfloat16"}  # enum ggml_type
+    return names.get(int(llm.context_params.type_k), f"ggml type {llm.context_params.type_k}")
 
 
 def _device(llm: llama_cpp.Llama, n_gpu_layers: int) -> str:

@@ -1,7 +1,9 @@
 """Loader registry: loader name -> the module that loads it. Modules are imported only when used, so a missing
 optional backend (llama-cpp-python) or a heavy one (torch) costs nothing until chosen.
 
-Every loader module exposes `load(path: Path, settings, *, name: str) -> LoadedModel`.
+Every loader module exposes `load_plan(plan: LoadPlan, settings, *, name: str) -> LoadedModel` (it carries out a
+plan made by `loaders.plan.plan_load`) and the convenience `load(path, settings, *, name)`, which reads the files
+and plans first (`plan_for_path`). The remote loader has no files, hence no plan: it takes `load(path, settings)`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from pathlib import Path
 from types import ModuleType
 
 from loaders.base import LoadedModel
-from loaders.errors import LoaderUnavailableError
+from loaders.errors import LoaderUnavailableError, SettingsError
+from loaders.files import read_model_files
+from loaders.hardware import snapshot
+from loaders.plan import LoadPlan, plan_load
 from loaders.settings import LoaderSettings
 
 LOADER_MODULES: dict[str, str] = {
@@ -32,7 +37,7 @@ def loader_module(name: str) -> ModuleType:
     try:
         module_name = LOADER_MODULES[name]
     except KeyError:
-        raise KeyError(f"unknown loader {name!r}; known: {', '.join(LOADER_MODULES)}") from None
+        raise SettingsError(f"Unknown loader {name!r}; known: {', '.join(LOADER_MODULES)}.") from None
     try:
         return importlib.import_module(module_name)
     except ImportError as error:
@@ -50,5 +55,19 @@ def is_available(name: str) -> bool:
     return importlib.util.find_spec(probe) is not None
 
 
+def plan_for_path(loader: str, path: Path, settings: LoaderSettings) -> LoadPlan:
+    """Read the model at `path` and plan `loader`'s load of it on this machine."""
+    files = read_model_files(Path(path), gguf_file=getattr(settings, "file", ""),
+                             weights_file=getattr(settings, "weights_file", ""))  # fmt: skip
+    return plan_load(loader, files, settings, snapshot())
+
+
+def load_plan(plan: LoadPlan, settings: LoaderSettings, *, name: str) -> LoadedModel:
+    return loader_module(plan.loader).load_plan(plan, settings, name=name)
+
+
 def load_model(loader: str, path: Path, settings: LoaderSettings, *, name: str) -> LoadedModel:
-    return loader_module(loader).load(path, settings, name=name)
+    """Load `path` with `loader`: files read, plan made, plan carried out."""
+    if loader == "remote":
+        return loader_module(loader).load(path, settings, name=name)
+    return load_plan(plan_for_path(loader, path, settings), settings, name=name)

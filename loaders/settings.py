@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from loaders.errors import SettingsError
+
 
 @dataclass
 class TransformersSettings:
@@ -81,7 +83,7 @@ def settings_for(loader: str, values: dict[str, Any] | None = None) -> LoaderSet
     try:
         cls = SETTINGS_CLASSES[loader]
     except KeyError:
-        raise KeyError(f"unknown loader {loader!r}; known: {', '.join(SETTINGS_CLASSES)}") from None
+        raise SettingsError(f"Unknown loader {loader!r}; known: {', '.join(SETTINGS_CLASSES)}.") from None
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in (values or {}).items() if k in names})
 

@@ -21,6 +21,7 @@ import torch
 
 from loaders.base import GenerationParams, MemoryReport, ModelTokenizer
 from loaders.errors import ModelNotLoadedError
+from loaders.plan import LoadPlan
 from loaders.sampling import sample_next
 
 
@@ -49,6 +50,8 @@ class TorchCausalLM:
         device: str,
         load_seconds: float,
         memory: MemoryReport,
+        *,
+        plan: LoadPlan | None = None,
     ) -> None:
         self.name = name
         self.loader = loader
@@ -59,7 +62,10 @@ class TorchCausalLM:
         self.device = device
         self.load_seconds = load_seconds
         self.memory = memory
+        self.plan = plan  # what the loader was asked to do (the Model tab shows it next to what it did)
+        self.weight_cache = ""  # GPTQ: how its quantized layers run ("dequantized cache", "triton"...)
         self._input_device = _input_device(module)
+        self.dtype = _activation_dtype(module, self._input_device)
         # Prefill needs the last position's logits only; HF models skip the rest of the LM head when told so.
         self._keep_last = "logits_to_keep" in inspect.signature(module.forward).parameters
 
@@ -136,6 +142,15 @@ def _input_device(module: torch.nn.Module) -> torch.device:
     if embeddings is not None and embeddings() is not None:
         return embeddings().weight.device
     return next(module.parameters()).device
+
+
+@torch.inference_mode()
+def _activation_dtype(module: torch.nn.Module, device: torch.device) -> str:
+    """The dtype activations (and so the KV cache) take: what the embedding really returns, e.g. "bfloat16"."""
+    embeddings = module.get_input_embeddings() if hasattr(module, "get_input_embeddings") else None
+    if embeddings is None:
+        return str(next(p.dtype for p in module.parameters() if p.is_floating_point())).removeprefix("torch.")
+    return str(embeddings(torch.zeros(1, 1, dtype=torch.long, device=device)).dtype).removeprefix("torch.")
 
 
 def _generator(seed: int, device: torch.device) -> torch.Generator:

@@ -1,7 +1,7 @@
 """The Transformers loader: a Hugging Face model folder -> `TorchCausalLM`.
 
-Owns the choices made before the weights are read: which weight files (safetensors only, unless there are none),
-dtype and device, RoPE overrides written into the config, and the memory the load took.
+Carries out the plan `loaders.plan` made (device, dtype, the weight files, context): RoPE overrides written into the
+config, the module loaded by `AutoModelForCausalLM`, the tokenizer, and the memory the load took.
 """
 
 from __future__ import annotations
@@ -16,66 +16,56 @@ import psutil
 import torch
 
 from loaders.base import MemoryReport
-from loaders.errors import ModelFormatError, SettingsError, UnsupportedModelError
+from loaders.errors import ModelFormatError, UnsupportedModelError
 from loaders.hf_tokenizer import HFTokenizer
+from loaders.plan import LoadPlan
 from loaders.settings import TransformersSettings
 from loaders.torch_lm import TorchCausalLM
 
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+LOADER_NAME = "transformers"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def load(path: Path, settings: TransformersSettings, *, name: str) -> TorchCausalLM:
-    """Load the folder `path` for generation."""
-    path = Path(path)
-    use_safetensors = weights_format(path) == "safetensors"
-    config = load_config(path, settings)
-    device = resolve_device(settings.device)
-    dtype = resolve_dtype(settings.dtype, device)
+    """Load the folder `path` for generation (files read and the load planned first)."""
+    from loaders.registry import plan_for_path
+
+    return load_plan(plan_for_path(LOADER_NAME, path, settings), settings, name=name)
+
+
+def load_plan(plan: LoadPlan, settings: TransformersSettings, *, name: str) -> TorchCausalLM:
+    """Carry out `plan` (`loaders.plan`): its device, dtype, weight files and context."""
+    files = plan.files
+    if files.weights is not None and files.weights.format == "pickle":
+        log.warning("%s has only pickled weights (%s). Loading them runs code stored in the file: use safetensors "
+                    "models from sources you trust.", files.folder, ", ".join(files.weights.names))  # fmt: skip
+    config = load_config(files.folder, settings)
+    device = "cuda:0" if plan.device.startswith("cuda") and plan.max_memory_gib else plan.device
+    dtype = DTYPES[plan.dtype]
+    if device.startswith("cuda") and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        dtype = torch.float16  # same bytes: the plan's arithmetic holds
     ram_before, start = _rss(), time.perf_counter()
-    module = _load_module(path, config, settings, device=device, dtype=dtype, use_safetensors=use_safetensors)
-    tokenizer = HFTokenizer.from_folder(path, trust_remote_code=settings.trust_remote_code)
+    module = _load_module(files.folder, config, settings, device=device, dtype=dtype,
+                          use_safetensors=files.weights is not None and files.weights.format == "safetensors")
+    tokenizer = HFTokenizer.from_folder(files.folder, trust_remote_code=settings.trust_remote_code)
     seconds = time.perf_counter() - start
     memory = MemoryReport(ram_bytes=max(_rss() - ram_before, _cpu_tensor_bytes(module)), vram_bytes=_cuda_allocated())
     return TorchCausalLM(
-        name, "transformers", path, module, tokenizer, context_length(config, settings),
-        _device_label(module, device), seconds, memory,
-    )
+        name, LOADER_NAME, files.path, module, tokenizer, plan.context, _device_label(module, device), seconds, memory,
+        plan=plan,
+    )  # fmt: skip
 
 
 # --- decisions before loading -----------------------------------------------------------------------------------
 
 
-def weights_format(path: Path) -> str:
-    """"safetensors", or "pickle" (with a warning) when the folder has only .bin / .pt weights."""
-    if not path.is_dir():
-        raise ModelFormatError("The model folder does not exist.", path=path)
-    if any(path.glob("*.safetensors")):
-        return "safetensors"
-    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
-    if not pickles:
-        raise ModelFormatError(
-            "No weights in the model folder: expected model.safetensors (or model-0000x-of-0000y.safetensors "
-            "shards). Download the model again, or pick the folder that holds the weights.",
-            path=path,
-        )
-    log.warning(
-        "%s has only pickled weights (%s). Loading them runs code stored in the file: use safetensors "
-        "models from sources you trust.", path, ", ".join(pickles),
-    )
-    return "pickle"
-
-
 def load_config(path: Path, settings: TransformersSettings) -> Any:
-    """config.json with the RoPE overrides applied; a missing or malformed file names itself."""
+    """config.json with the RoPE overrides applied; a malformed file names itself."""
     from transformers import AutoConfig
 
     config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ModelFormatError("config.json is missing from the model folder; download the model again.",
-                               path=config_file)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=settings.trust_remote_code)
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
@@ -100,39 +90,6 @@ def apply_rope_settings(config: Any, settings: TransformersSettings) -> None:
         if settings.compress_pos_emb != 1.0:
             params["rope_type"] = "linear"
             params["factor"] = float(settings.compress_pos_emb)
-
-
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when CUDA is available, else "cpu"; "cuda" -> "cuda:0"."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
-        device = "cuda:0"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SettingsError(f"Device {device} was asked for but CUDA is not available; choose cpu or auto.")
-    if device != "cpu" and not device.startswith("cuda:"):
-        raise SettingsError(f"Unknown device {device!r}: use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """"auto" = float32 on CPU, bfloat16 on CUDA (float16 where the GPU lacks bf16)."""
-    if dtype != "auto":
-        try:
-            return DTYPES[dtype]
-        except KeyError:
-            raise SettingsError(f"Unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}") from None
-    if device == "cpu":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def context_length(config: Any, settings: TransformersSettings) -> int:
-    """The settings' value, else max_position_embeddings (stretched by linear RoPE scaling)."""
-    if settings.context_length:
-        return settings.context_length
-    trained = int(getattr(config, "max_position_embeddings", 0) or 2048)
-    return int(trained * settings.compress_pos_emb)
 
 
 # --- loading --------------------------------------------------------------------------------------------------------

@@ -5,8 +5,9 @@
 By default the prompt fills the context (ctx - new tokens - 8), so the KV cache and the attention buffers reach the
 size the estimator plans for: the estimate is the memory of a full context.
 
-Prints one JSON line: `baseline` (RSS before importing any backend), `peak` (the process's maximum RSS at the end),
-`increase` = peak - baseline, `via` (Corral's loader module or the backend library itself) and the tokens generated.
+Prints one JSON line: `baseline` (RSS before importing any backend), `at_load` (RSS right after the load, minus the
+baseline), `peak` (the process's maximum RSS at the end), `increase` = peak - baseline, `via` (Corral's loader module
+or the backend library itself), the tokens generated, and the plan's and the loaded model's dtype / device / file.
 The loader comes from `loaders.registry` when its module exists; until then the backend library is driven directly
 with the same settings, so the estimate is checked against what the backend really holds.
 """
@@ -47,7 +48,8 @@ def _prompt_ids(n: int) -> list[int]:
     return [(1000 + 7 * i) % 40000 + 100 for i in range(n)]
 
 
-def _via_registry(loader: str, path: Path, ctx: int, prompt: list[int], new_tokens: int, dtype: str) -> int:
+def _via_registry(loader: str, path: Path, ctx: int, prompt: list[int], new_tokens: int, dtype: str,
+                  report: dict[str, object]) -> int:  # fmt: skip
     from loaders.base import GenerationParams
     from loaders.registry import load_model
     from loaders.settings import settings_for
@@ -55,6 +57,10 @@ def _via_registry(loader: str, path: Path, ctx: int, prompt: list[int], new_toke
     key = "context_length" if loader in ("transformers", "gptq") else "n_ctx"
     values = {key: ctx, "device": "cpu"} | ({"dtype": dtype} if dtype else {})
     model = load_model(loader, path, settings_for(loader, values), name=path.name)
+    report["after_load"] = _rss()
+    plan = model.plan
+    report["plan"] = {"dtype": plan.dtype, "device": plan.device, "file": plan.opens[0].name}
+    report["model"] = {"dtype": model.dtype, "device": model.device, "file": model.path.name}
     params = GenerationParams(max_new_tokens=new_tokens, do_sample=False, ban_eos_token=True, truncation_length=ctx)
     return sum(1 for _ in model.generate_tokens(prompt, params, threading.Event()))
 
@@ -95,8 +101,9 @@ def measure(
         "llama.cpp": "loaders.llamacpp",
         "gguf": "loaders.gguf_native",
     }[loader]
+    report: dict[str, object] = {}
     if _has_module(module):
-        via, generated = module, _via_registry(loader, path, ctx, prompt, new_tokens, dtype)
+        via, generated = module, _via_registry(loader, path, ctx, prompt, new_tokens, dtype, report)
     elif loader == "transformers":
         via, generated = "transformers", _via_transformers(path, prompt, new_tokens, dtype)
     elif loader == "llama.cpp":
@@ -104,7 +111,10 @@ def measure(
     else:
         raise SystemExit(f"no way to run loader {loader!r} here")
     peak = _peak()
-    return {"baseline": baseline, "peak": peak, "increase": peak - baseline, "via": via, "generated": generated}
+    if "after_load" in report:
+        report["at_load"] = int(report.pop("after_load")) - baseline  # type: ignore[arg-type]
+    return {"baseline": baseline, "peak": peak, "increase": peak - baseline, "via": via, "generated": generated,
+            **report}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -88,6 +88,27 @@ def smollm2_hf() -> Path:
     return _build_once(cache_root() / "SmolLM2-135M-Instruct", build)
 
 
+QUANTS = {"Q4_K_M": 15, "Q8_0": 7, "Q2_K": 10}  # llama.cpp's LLAMA_FTYPE_MOSTLY_* numbers
+
+
+def smollm2_quants() -> Path:
+    """A folder holding SmolLM2 in three real quantizations (Q4_K_M, Q8_0, Q2_K), made by llama.cpp's own quantizer
+    from the Q4_1 file (needs llama-cpp-python). Names follow TheBloke's `model.QUANT.gguf` pattern."""
+    source = smollm2_gguf()
+
+    def build(tmp: Path) -> None:
+        import llama_cpp
+
+        for label, ftype in QUANTS.items():
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype, params.allow_requantize, params.nthread = ftype, True, 2
+            out = tmp / f"smollm2-135m-instruct.{label}.gguf"
+            if llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), params) != 0:
+                raise RuntimeError(f"llama.cpp could not quantize {source.name} to {label}")
+
+    return _build_once(cache_root() / "smollm2-quants", build)
+
+
 if __name__ == "__main__":  # warm the cache: python -m tests.realmodel
     print(smollm2_gguf())
     print(smollm2_hf())

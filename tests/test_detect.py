@@ -16,8 +16,10 @@ import pytest
 from safetensors.numpy import save_file
 
 from loaders import detect as detect_module
-from loaders.detect import GGML_MAGICS, detect, list_models
+from loaders.detect import detect
 from loaders.errors import ModelFormatError, ModelNotFoundError, UnsupportedModelError
+from loaders.files import list_models
+from loaders.files.model_files import GGML_MAGICS
 from tests.conftest import link_tree
 from tests.gptq_fixtures import BRANCHES, smollm2_gptq
 
@@ -48,6 +50,9 @@ def write_gguf(path: Path, *, file_type: gguf.LlamaFileType, context: int = 2048
     writer = gguf.GGUFWriter(path, "llama")
     writer.add_file_type(file_type)
     writer.add_context_length(context)
+    writer.add_block_count(1)
+    writer.add_embedding_length(8)
+    writer.add_head_count(2)
     writer.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -145,9 +150,10 @@ def test_gguf_folder_with_two_files(two_quant_folder: Path, monkeypatch: pytest.
     assert [(f.name, f.quant) for f in found.gguf_files] == [
         ("smollm2.Q4_K_M.gguf", "Q4_1"), ("smollm2.Q8_0.gguf", "Q4_1")
     ]
-    # neither file is Q4_K_M by its general.file_type, whatever its name says: the first by name is taken
+    # neither file is Q4_K_M by its general.file_type, whatever its name says: the preference rule's next quant
+    # (Q4_1), the first of the two by name
     assert found.settings == {"file": "smollm2.Q4_K_M.gguf", "n_ctx": 8192}
-    assert "none is Q4_K_M" in found.reasons[0]
+    assert "no Q4_K_M here" in found.reasons[0]
     reader = gguf.GGUFReader(two_quant_folder / "smollm2.Q8_0.gguf")
     assert found.n_params == sum(int(t.n_elements) for t in reader.tensors)
     assert found.quant == "GGUF Q4_1"

@@ -147,7 +147,8 @@ def test_gguf_header_from_first_bytes_only(smollm2_gguf: Path) -> None:
 def test_safetensors_weights_exact(smollm2_hf: Path) -> None:
     shape, weights = E.local_shape_weights(smollm2_hf)
     assert weights.source == "safetensors headers"
-    header_and_prefix = 8 + len(json.dumps(E.read_safetensors_header(smollm2_hf / "model.safetensors")))
+    with open(smollm2_hf / "model.safetensors", "rb") as handle:
+        header_and_prefix = 8 + int.from_bytes(handle.read(8), "little")
     assert 0 < weights.file_bytes - weights.total <= header_and_prefix + 4096
     assert weights.with_float_itemsize(2).total == weights.total // 2  # fp32 file loaded in bf16
 
@@ -237,9 +238,13 @@ def test_estimate_local_follows_the_settings(smollm2_hf: Path, smollm2_gguf: Pat
     small = E.estimate_local(smollm2_gguf.parent, "llama.cpp", settings_for("llama.cpp", {"n_ctx": 1024}), hw=hw)
     big = E.estimate_local(smollm2_gguf.parent, "llama.cpp", settings_for("llama.cpp", {"n_ctx": 4096}), hw=hw)
     assert big.parts["ram"]["kv_cache"] == 4 * small.parts["ram"]["kv_cache"]
-    offloaded = E.estimate_local(smollm2_gguf, "llama.cpp", settings_for("llama.cpp", {"n_gpu_layers": 99}), hw=hw)
+    # llama.cpp ignores n_gpu_layers without a GPU: so does its plan, and the estimate says so
+    ignored = E.estimate_local(smollm2_gguf, "llama.cpp", settings_for("llama.cpp", {"n_gpu_layers": 99}), hw=hw)
+    assert ignored.n_gpu_layers == 0 and ignored.parts["ram"]["kv_cache"] > 0 and "No GPU here" in ignored.notes[0]
+    gpu = fake(ram_gib=32, gpu_gib=(0.1,))
+    offloaded = E.estimate_local(smollm2_gguf, "llama.cpp", settings_for("llama.cpp", {"n_gpu_layers": 99}), hw=gpu)
     assert offloaded.n_gpu_layers == 31 and offloaded.parts["ram"]["kv_cache"] == 0
-    assert offloaded.fit(hw).verdict == "won't fit"  # no GPU on this fake machine
+    assert offloaded.fit(gpu).verdict == "won't fit"  # 0.1 GiB cannot hold it
 
 
 def test_cli_local_prints_the_estimate(smollm2_gguf: Path) -> None:
@@ -273,12 +278,17 @@ def test_remote_gptq_branches_from_config(hub: HubServer) -> None:
         quant = {"bits": bits, "group_size": group, "desc_act": branch != "main", "sym": True}
         (folder / "config.json").write_text(json.dumps(llama2_13b_config()))
         (folder / "quantize_config.json").write_text(json.dumps(quant))
-    rows = E.per_file(repo, ctx=2048, hw=fake(ram_gib=14), branches=list(branches))
+    # The GPTQ loader runs on a GPU when there is one (fp16, Triton): the cards' "file + 2.5 GB" is then VRAM.
+    rows = E.per_file(repo, ctx=2048, hw=fake(ram_gib=32, gpu_gib=(12,)), branches=list(branches))
     assert [r.name for r in rows] == list(branches)
     for row, (_, _, file_gb) in zip(rows, branches.values(), strict=True):
         assert row.estimate is not None and row.estimate.loader == "gptq"
-        assert within(row.ram, (file_gb + 2.5) * GB, 0.10), (row.name, row.ram / GB)
+        assert within(row.vram, (file_gb + 2.5) * GB, 0.10), (row.name, row.vram / GB)
     assert [r.verdict for r in rows] == ["fits", "fits", "won't fit"]
+    # Without a GPU the plan is the CPU's (fp32 activations and KV cache): more RAM than the card's figure
+    cpu_rows = E.per_file(repo, ctx=2048, hw=fake(ram_gib=32), branches=list(branches))
+    assert all(r.vram == 0 and r.ram > (file_gb + 2.5) * GB for r, (_, _, file_gb) in
+               zip(cpu_rows, branches.values(), strict=True))  # fmt: skip
 
 
 def test_per_file_lists_every_gguf(hub: HubServer) -> None:
@@ -290,8 +300,8 @@ def test_per_file_lists_every_gguf(hub: HubServer) -> None:
 def test_cli_remote(hub: HubServer, smollm2_gguf: Path) -> None:
     env = dict(os.environ, HF_ENDPOINT=hub.url)
     out = subprocess.run([sys.executable, "-m", "webui.estimate", f"{GGUF_REPO}:main", "--file", smollm2_gguf.name,
-                          "--ctx", "1024", "--gpu-layers", "10"], cwd=ROOT, env=env, capture_output=True, text=True,
-                         check=False).stdout  # fmt: skip
+                          "--ctx", "1024", "--gpu-layers", "10", "--gpu-gib", "24"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=False).stdout  # fmt: skip
     printed = json.loads(out)
     assert printed["n_gpu_layers"] == 10 and printed["parts"]["cuda:0"]["weights"] > 0
 
@@ -300,7 +310,7 @@ def test_cli_remote(hub: HubServer, smollm2_gguf: Path) -> None:
 
 
 def _cases() -> list[tuple[str, str, int, dict]]:
-    cases = [("transformers", "hf", ctx, {"dtype": "float32"}) for ctx in (1024, 2048)]
+    cases = [("transformers", "hf", ctx, {}) for ctx in (1024, 2048)]  # dtype auto: the plan's choice here
     cases += [("llama.cpp", "gguf", ctx, {}) for ctx in (1024, 2048)]
     if importlib.util.find_spec("loaders.gguf_native") is not None:
         cases += [("gguf", "gguf", ctx, {}) for ctx in (1024, 2048)]
@@ -334,6 +344,14 @@ def test_estimated_ram_matches_measured(loader: str, fixture: str, ctx: int, val
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, timeout=600)
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     key = "n_ctx" if loader in ("llama.cpp", "gguf") else "context_length"
-    est = E.estimate_local(path, loader, settings_for(loader, {key: ctx, **values}))  # dtype "auto" as here
-    print(f"{loader} ctx={ctx}: measured {measured['increase'] / 1e6:.0f} MB, estimated {est.ram / 1e6:.0f} MB")
+    settings = settings_for(loader, {key: ctx, "device": "cpu", **values})
+    est = E.estimate_local(path, loader, settings)
+    # The plan the estimate priced is the one the loader carried out, and the model reports what the plan said.
+    assert measured["plan"]["dtype"] == measured["model"]["dtype"], measured
+    assert measured["plan"]["device"] == measured["model"]["device"] == "cpu", measured
+    assert measured["plan"]["file"] == measured["model"]["file"] or loader in ("transformers", "gptq"), measured
+    print(f"{loader} ctx={ctx} {measured['model']['dtype']}: at load measured {measured['at_load'] / 1e6:.0f} MB, "
+          f"estimated {est.ram_at_load / 1e6:.0f} MB; full context measured {measured['increase'] / 1e6:.0f} MB, "
+          f"estimated {est.ram / 1e6:.0f} MB")
+    assert within(est.ram_at_load, measured["at_load"], 0.15), (measured, est.parts)
     assert within(est.ram, measured["increase"], 0.15), (measured, est.parts)

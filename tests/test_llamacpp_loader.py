@@ -20,6 +20,7 @@ import gguf  # noqa: E402
 from loaders import llamacpp  # noqa: E402
 from loaders.base import GenerationParams, LoadedModel  # noqa: E402
 from loaders.errors import GenerationError, ModelFormatError, ModelNotLoadedError  # noqa: E402
+from loaders.files import read_model_files  # noqa: E402
 from loaders.settings import LlamaCppSettings  # noqa: E402
 from webui.engine import generate  # noqa: E402
 
@@ -59,14 +60,15 @@ def test_load_reports_what_it_loaded(model: llamacpp.LlamaCppModel, smollm2_gguf
 
 
 def test_folder_resolves_to_its_gguf(smollm2_gguf: Path, tmp_path: Path) -> None:
-    assert llamacpp.resolve_gguf(smollm2_gguf.parent) == smollm2_gguf
+    assert read_model_files(smollm2_gguf.parent).gguf_path == smollm2_gguf
     folder = tmp_path / "two"
     folder.mkdir()
     for name in ("a.gguf", "b.gguf"):
         (folder / name).hardlink_to(smollm2_gguf)
-    with pytest.raises(ModelFormatError, match="Several GGUF files"):
-        llamacpp.resolve_gguf(folder)  # two Q4_1 files: none is Q4_K_M, so the user must choose
-    assert llamacpp.resolve_gguf(folder, "b.gguf") == folder / "b.gguf"
+    assert read_model_files(folder).gguf_path == folder / "a.gguf"  # two Q4_1 files: the rule's quant, first by name
+    assert read_model_files(folder, gguf_file="b.gguf").gguf_path == folder / "b.gguf"
+    with pytest.raises(ModelFormatError, match="no GGUF file 'c.gguf'"):
+        read_model_files(folder, gguf_file="c.gguf")
 
 
 def test_greedy_equals_raw_llama(model: llamacpp.LlamaCppModel, smollm2_gguf: Path) -> None:

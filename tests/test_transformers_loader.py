@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,8 +12,11 @@ import torch
 
 from loaders.base import GenerationParams, LoadedModel
 from loaders.errors import ModelFormatError, SettingsError, UnsupportedModelError
+from loaders.files import read_model_files
+from loaders.hardware import fake, snapshot
+from loaders.plan import plan_load
 from loaders.settings import TransformersSettings
-from loaders.transformers_loader import load, load_config, resolve_device, resolve_dtype, weights_format
+from loaders.transformers_loader import load, load_config
 from tests.conftest import link_tree
 
 FEW = GenerationParams(do_sample=False, max_new_tokens=4, ban_eos_token=True)
@@ -37,7 +40,10 @@ def test_load_real_folder(smollm2_hf: Path) -> None:
         assert isinstance(model, LoadedModel)
         assert (model.name, model.loader, model.device) == ("SmolLM2", "transformers", "cpu")
         assert model.context_length == 8192
-        assert next(model.module.parameters()).dtype == torch.float32  # auto on CPU
+        # auto on the CPU: bf16 where the CPU computes it natively (AVX512-BF16 / AMX), else fp32 -- the plan's choice
+        expected = "bfloat16" if snapshot().cpu_bf16 else "float32"
+        assert model.plan.dtype == model.dtype == expected
+        assert next(model.module.parameters()).dtype == getattr(torch, expected)
         weight_bytes = sum(p.numel() * p.element_size() for p in model.module.parameters())
         assert model.memory.ram_bytes >= weight_bytes and model.memory.vram_bytes == {}
         assert model.load_seconds > 0
@@ -57,21 +63,25 @@ def test_bfloat16_load_generates(smollm2_hf: Path) -> None:
         model.unload()
 
 
-def test_dtype_and_device_choices() -> None:
-    assert resolve_dtype("auto", "cpu") == torch.float32
-    assert resolve_dtype("float16", "cpu") == torch.float16
-    assert resolve_device("cpu") == "cpu"
+def test_dtype_and_device_choices(smollm2_hf: Path) -> None:
+    files = read_model_files(smollm2_hf)
+
+    def plan(hw, **values):
+        return plan_load("transformers", files, TransformersSettings(**values), hw)
+
+    plain_cpu, bf16_cpu = fake(ram_gib=8), replace(fake(ram_gib=8), cpu_features=frozenset({"avx512_bf16"}))
+    assert (plan(plain_cpu).device, plan(plain_cpu).dtype) == ("cpu", "float32")
+    assert plan(bf16_cpu).dtype == "bfloat16"
+    assert plan(plain_cpu, dtype="float16").dtype == "float16"
+    gpu = fake(ram_gib=8, gpu_gib=(24,))
+    assert (plan(gpu).device, plan(gpu).dtype, plan(gpu).n_gpu_layers) == ("cuda:0", "bfloat16", 31)
+    assert plan(gpu, device="cpu").device == "cpu"
     with pytest.raises(SettingsError, match="dtype"):
-        resolve_dtype("int3", "cpu")
+        plan(plain_cpu, dtype="int3")
     with pytest.raises(SettingsError, match="device"):
-        resolve_device("tpu")
-    if torch.cuda.is_available():
-        assert resolve_device("cuda") == "cuda:0"
-        assert resolve_dtype("auto", "cuda:0") in (torch.bfloat16, torch.float16)
-    else:
-        assert resolve_device("auto") == "cpu"
-        with pytest.raises(SettingsError, match="CUDA"):
-            resolve_device("cuda")
+        plan(plain_cpu, device="tpu")
+    with pytest.raises(SettingsError, match="no such GPU"):
+        plan(plain_cpu, device="cuda")
 
 
 @pytest.mark.gpu
@@ -108,7 +118,7 @@ def test_own_rope_kept_by_default(smollm2_hf: Path) -> None:
 
 def test_folder_without_weights(smollm2_hf: Path, tmp_path: Path) -> None:
     folder = _folder_without(smollm2_hf, tmp_path / "m", "model.safetensors")
-    with pytest.raises(ModelFormatError, match="No weights") as caught:
+    with pytest.raises(ModelFormatError, match="The weights are missing") as caught:
         load(folder, TransformersSettings(), name="m")
     assert caught.value.path == folder
 
@@ -142,11 +152,13 @@ def test_safetensors_preferred_and_bin_never_read(smollm2_hf: Path, tmp_path: Pa
         model.unload()
 
 
-def test_pickle_only_folder_warns(smollm2_hf: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_pickle_only_folder_warns(smollm2_hf: Path, tmp_path: Path) -> None:
     folder = _folder_without(smollm2_hf, tmp_path / "m", "model.safetensors")
     (folder / "pytorch_model.bin").write_bytes(b"x")
-    with caplog.at_level(logging.WARNING, logger="loaders.transformers_loader"):
-        assert weights_format(folder) == "pickle"
-    assert "pytorch_model.bin" in caplog.text and "trust" in caplog.text
-    (folder / "model.safetensors").write_bytes(b"")
-    assert weights_format(folder) == "safetensors"
+    files = read_model_files(folder)
+    assert files.weights.format == "pickle" and files.weights.names == ("pytorch_model.bin",)
+    planned = plan_load("transformers", files, TransformersSettings(), fake(ram_gib=8))
+    assert "pytorch_model.bin" in str(planned.opens) and "trust" in planned.notes[0]
+    (folder / "model.safetensors").write_bytes(b"")  # a safetensors file wins, whatever else is there
+    with pytest.raises(ModelFormatError, match="model.safetensors"):
+        read_model_files(folder)  # ... and an empty one is refused as truncated, never skipped for the pickle

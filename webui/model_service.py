@@ -1,40 +1,47 @@
 """Model service: which models are on disk, what they are, and loading / unloading / reloading the one model.
 
-`inspect(name)` gives everything the Model tab shows before a load (detection, resolved settings with where each
-value came from, the memory estimate); `load(...)` resolves settings the same way for the UI and the CLI, checks the
-estimate against free memory (refusing with numbers unless confirmed), unloads the previous model and loads.
+`inspect(name)` gives everything the Model tab shows before a load: the files read once, detection, resolved
+settings with where each value came from, the loader's plan and its memory estimate. `load(...)` resolves settings
+the same way for the UI, the API and the CLI, plans, checks the plan's estimate against free memory (refusing with
+numbers unless confirmed), validates everything before unloading the previous model, then carries the plan out.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from loaders.base import LoadedModel
-from loaders.detect import Detection, detect, list_models
-from loaders.errors import CorralError, ModelNotFoundError
-from loaders.registry import load_model
+from loaders.detect import Detection, detect_files
+from loaders.errors import CorralError
+from loaders.files import list_models, model_path, read_model_files
+from loaders.hardware import snapshot
+from loaders.plan import LoadPlan, plan_load
+from loaders.registry import load_model, load_plan
 from loaders.settings import LoaderSettings, settings_for
+from webui.config import AppConfig
+from webui.estimate import Estimate, check_fits, estimate_plan
 from webui.remote_models import RemoteCatalog, RemoteEndpoint
-
-if TYPE_CHECKING:
-    from webui.settings import ResolvedSettings
-    from webui.state import AppState
+from webui.settings import ResolvedSettings, SettingsStore
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ModelView:
-    """What the Model tab shows for a selected model."""
+    """What the Model tab shows for a selected model: what it is, the settings, and what a load would do."""
 
     name: str
     detection: Detection
     resolved: ResolvedSettings
     warnings: tuple[str, ...] = ()
+    plan: LoadPlan | None = None  # None for a remote engine, or when the settings cannot be planned
+    estimate: Estimate | None = None
+    plan_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -42,32 +49,33 @@ class LoadedInfo:
     model: LoadedModel
     view: ModelView
     loader_settings: LoaderSettings
-    estimate: Any | None  # webui.estimate.Estimate when one could be made
+    estimate: Estimate | None  # the estimate of the plan that was carried out
+
+    @property
+    def plan(self) -> LoadPlan | None:
+        return self.view.plan
 
 
 class ModelService:
-    def __init__(self, state: AppState) -> None:
-        self._state = state
+    def __init__(self, config: AppConfig, settings: SettingsStore, lock: threading.RLock) -> None:
+        self._config, self._settings, self._lock = config, settings, lock
         self._loaded: LoadedInfo | None = None
-        self.remote = RemoteCatalog(state.config.models_dir)  # named remote engines (models/remote.yaml)
+        self.remote = RemoteCatalog(config.models_dir)  # named remote engines (models/remote.yaml)
 
     # --- what is on disk ----------------------------------------------------------------------------------------
 
     @property
     def models_dir(self) -> Path:
-        return self._state.config.models_dir
+        return self._config.models_dir
 
     def names(self) -> list[str]:
         """Local models, then the remote engines of models/remote.yaml (a local model wins a shared name)."""
-        local = list_models(self.models_dir) if self.models_dir.is_dir() else []
+        local = list_models(self.models_dir)
         return local + [name for name in self.remote.names() if name not in local]
 
     def path_of(self, name: str) -> Path:
-        path = (self.models_dir / name).resolve()
-        if self.models_dir.resolve() not in path.parents or not path.exists():
-            known = ", ".join(self.names()) or "none: download one in the Model tab"
-            raise ModelNotFoundError(f"No model named {name!r} in {self.models_dir}. Models found: {known}.")
-        return path
+        """The model called `name`: checked as a name (one component, links allowed), never resolved."""
+        return model_path(self.models_dir, name)
 
     def empty_message(self) -> str | None:
         """What to tell the user when there is no model to pick (None when there is one)."""
@@ -75,15 +83,37 @@ class ModelService:
             return None
         return f"No models in {self.models_dir}: download one below (**Download a model**), or copy one there."
 
-    def inspect(self, name: str, *, loader: str | None = None) -> ModelView:
+    def inspect(self, name: str, *, loader: str | None = None,
+                loader_settings: dict[str, Any] | None = None) -> ModelView:  # fmt: skip
+        """Read, detect, resolve and plan `name`; `loader` / `loader_settings` override the resolved ones."""
         endpoint = self._remote_endpoint(name)
         if endpoint is not None:
-            return self.remote.view(endpoint)
+            return ModelView(name=endpoint.name, detection=self.remote.detection(endpoint),
+                             resolved=self.remote.resolved(endpoint))  # fmt: skip
         if loader == "remote":
             raise CorralError("The remote loader is for the engines listed in models/remote.yaml; pick one of those.")
-        detection = detect(self.path_of(name))
-        resolved = self._state.settings.resolve(name, detection, loader=loader)
-        return ModelView(name=name, detection=detection, resolved=resolved, warnings=tuple(resolved.warnings))
+        files = read_model_files(self.path_of(name))
+        detection = detect_files(files)
+        resolved = self._settings.resolve(name, detection, loader=loader)
+        view = ModelView(name=name, detection=detection, resolved=resolved, warnings=tuple(resolved.warnings))
+        return self._planned(view, self._settings_of(resolved, loader_settings))
+
+    def _settings_of(self, resolved: ResolvedSettings, overrides: dict[str, Any] | None) -> LoaderSettings:
+        values = asdict(resolved.loader_settings) | (overrides or {})
+        if self._config.force_cpu:
+            values.update({"device": "cpu", "n_gpu_layers": 0})
+        return settings_for(resolved.loader, values)
+
+    def _planned(self, view: ModelView, settings: LoaderSettings) -> ModelView:
+        """`view` with the plan of `settings` and its estimate (a plan that cannot be made says why)."""
+        files = view.detection.files
+        assert files is not None
+        try:
+            files = files.with_gguf(getattr(settings, "file", "")) if files.format == "gguf" else files
+            plan = plan_load(view.resolved.loader, files, settings, snapshot())
+        except CorralError as error:
+            return _replace_view(view, plan_error=str(error))
+        return _replace_view(view, plan=plan, estimate=estimate_plan(plan))
 
     def save_settings(
         self, name: str, loader: str, loader_settings: dict[str, Any], *, template: str | None, preset: str | None
@@ -100,7 +130,7 @@ class ModelService:
         context = values.pop(CONTEXT_FIELDS.get(loader, ""), None) or None
         template = None if template in (None, "", AUTO_TEMPLATE) else template
         saved = ModelSettings(loader, values, template, preset or None, context)
-        return self._state.settings.save(name, saved)
+        return self._settings.save(name, saved)
 
     # --- the loaded model ---------------------------------------------------------------------------------------
 
@@ -120,24 +150,28 @@ class ModelService:
         loader_settings: dict[str, Any] | None = None,
         confirm_memory: bool = False,
     ) -> LoadedInfo:
-        """Load `name` with resolved settings, `loader` / `loader_settings` overriding them (UI controls, --loader)."""
-        view = self.inspect(name, loader=loader or self._state.config.default_loader)
-        chosen_loader = view.resolved.loader
-        values = asdict(view.resolved.loader_settings) | (loader_settings or {})
-        if self._state.config.force_cpu:
-            values.update({"device": "cpu", "n_gpu_layers": 0})
-        settings = settings_for(chosen_loader, values)
+        """Load `name` with resolved settings, `loader` / `loader_settings` overriding them (UI controls, --loader).
+        Everything is checked (name, settings, plan, memory) before the model already loaded is unloaded."""
+        view = self.inspect(name, loader=loader or self._config.default_loader, loader_settings=loader_settings)
         endpoint = self._remote_endpoint(name)
         if endpoint is not None:  # no memory here to check; the key comes from the file, not the UI
-            settings, estimate = self.remote.settings(endpoint, loader_settings), None
-        else:
-            estimate = self._check_memory(view, chosen_loader, settings, confirm_memory)
-        with self._state.model_lock:
+            settings = self.remote.settings(endpoint, loader_settings)
+            return self._swap(view, settings, lambda: load_model("remote", view.detection.path, settings, name=name))
+        if view.plan is None:
+            raise CorralError(f"Cannot load {name} with {view.resolved.loader}: {view.plan_error}")
+        settings = self._settings_of(view.resolved, loader_settings)
+        if view.estimate is not None and not confirm_memory:
+            check_fits(view.estimate, snapshot())
+        plan = view.plan
+        return self._swap(view, settings, lambda: load_plan(plan, settings, name=name))
+
+    def _swap(self, view: ModelView, settings: LoaderSettings, load: Any) -> LoadedInfo:
+        with self._lock:
             self.unload()
             started = time.monotonic()
-            model = load_model(chosen_loader, view.detection.path, settings, name=name)
-            log.info("Loaded %s with %s in %.1f s", name, chosen_loader, time.monotonic() - started)
-            self._loaded = LoadedInfo(model=model, view=view, loader_settings=settings, estimate=estimate)
+            model = load()
+            log.info("Loaded %s with %s in %.1f s", view.name, view.resolved.loader, time.monotonic() - started)
+            self._loaded = LoadedInfo(model=model, view=view, loader_settings=settings, estimate=view.estimate)
         return self._loaded
 
     def reload(self, *, loader: str | None = None, loader_settings: dict[str, Any] | None = None) -> LoadedInfo:
@@ -146,26 +180,18 @@ class ModelService:
         return self.load(self._loaded.view.name, loader=loader, loader_settings=loader_settings, confirm_memory=True)
 
     def unload(self) -> None:
-        with self._state.model_lock:
+        with self._lock:
             if self._loaded is not None:
                 self._loaded.model.unload()
                 self._loaded = None
 
     def _remote_endpoint(self, name: str) -> RemoteEndpoint | None:
-        if self.models_dir.is_dir() and name in list_models(self.models_dir):
+        if name in list_models(self.models_dir):
             return None
         return self.remote.get(name)
 
-    def _check_memory(self, view: ModelView, loader: str, settings: LoaderSettings, confirmed: bool) -> Any | None:
-        """Estimate before loading; raise `InsufficientMemoryError` (with numbers) unless the user confirmed."""
-        from loaders import hardware
-        from webui import estimate
 
-        try:
-            result = estimate.estimate_local(view.detection.path, loader, settings)
-        except CorralError as error:  # an estimate is advice: a model we cannot estimate may still load
-            log.warning("No memory estimate for %s: %s", view.name, error)
-            return None
-        if not confirmed:
-            estimate.check_fits(result, hardware.snapshot())
-        return result
+def _replace_view(view: ModelView, **changes: Any) -> ModelView:
+    from dataclasses import replace
+
+    return replace(view, **changes)

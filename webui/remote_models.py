@@ -19,7 +19,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
@@ -28,9 +28,7 @@ from loaders.errors import SettingsError
 from loaders.remote import KINDS
 from loaders.settings import RemoteSettings
 from webui.fileio import read_yaml
-
-if TYPE_CHECKING:
-    from webui.model_service import ModelView
+from webui.settings import ResolvedSettings, Source
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +74,19 @@ class RemoteCatalog:
     def get(self, name: str) -> RemoteEndpoint | None:
         return self.endpoints().get(name)
 
-    def view(self, endpoint: RemoteEndpoint) -> ModelView:
-        """What the Model tab shows: the endpoint's settings with the key left out."""
-        from webui.model_service import ModelView
-        from webui.settings import ResolvedSettings, Source
+    def detection(self, endpoint: RemoteEndpoint) -> Detection:
+        reason = f"listed in {REMOTE_FILE}: a {endpoint.settings.kind} server at {endpoint.settings.url}"
+        return Detection(path=self.path, loader=LOADER, reasons=[reason])
 
+    def resolved(self, endpoint: RemoteEndpoint) -> ResolvedSettings:
+        """What the Model tab shows: the endpoint's settings with the key left out."""
         shown = replace(endpoint.settings, api_key="")
         source = Source("user", f"from {REMOTE_FILE}")
-        detection = Detection(path=self.path, loader=LOADER, reasons=[
-            f"listed in {REMOTE_FILE}: a {endpoint.settings.kind} server at {endpoint.settings.url}"])
         sources = {key: source for key in (*asdict(shown), "loader", "template", "preset")}
-        resolved = ResolvedSettings(
-            model_name=endpoint.name, detection=detection, loader=LOADER, loader_settings=shown,
+        return ResolvedSettings(
+            model_name=endpoint.name, detection=self.detection(endpoint), loader=LOADER, loader_settings=shown,
             template=endpoint.template, preset=endpoint.preset, context_length=None, sources=sources,
         )
-        return ModelView(name=endpoint.name, detection=detection, resolved=resolved)
 
     @staticmethod
     def settings(endpoint: RemoteEndpoint, overrides: dict[str, Any] | None) -> RemoteSettings:

@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 
 from loaders.detect import Detection, detect
-from loaders.errors import SettingsError
+from loaders.errors import CorralError, SettingsError
+from loaders.files import file_in_folder
 from loaders.settings import SETTINGS_CLASSES, LoaderSettings, settings_for
 from webui import fileio
 from webui.templates import AUTO_TEMPLATE, MODEL_TEMPLATE, TemplateRegistry
@@ -403,7 +404,16 @@ def _check_files(detection: Detection, merged: Layer, warnings: list[str]) -> No
     folder = detection.path if detection.path.is_dir() else detection.path.parent
     for key in FILE_FIELDS:
         value, source = merged.get(key, ("", DEFAULT))
-        if source.layer in ("pattern", "user") and value and not (folder / value).is_file():
+        if source.layer in ("pattern", "user") and value and not _is_file_in(folder, value):
             detected = detection.settings.get(key, "")
             warnings.append(f"{key} {value!r} ({source}) is not in {folder.name}; using {detected or 'the default'}")
             merged[key] = (detected, Source("detected", f"from {detection.settings_sources.get(key, 'the files')}"))
+
+
+def _is_file_in(folder: Path, name: str) -> bool:
+    """A saved file name is usable when it names a file inside the model's folder (a name, never a path)."""
+    try:
+        file_in_folder(folder, name)
+    except CorralError:
+        return False
+    return True

@@ -10,8 +10,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING
+
+from webui.config import AppConfig
 
 if TYPE_CHECKING:
     from webui.download import DownloadManager
@@ -21,21 +22,6 @@ if TYPE_CHECKING:
     from webui.presets import PresetStore
     from webui.settings import SettingsStore
     from webui.templates import TemplateRegistry
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass(frozen=True)
-class AppConfig:
-    """Start-up options (from flags); immutable for the life of the app."""
-
-    models_dir: Path = REPO_ROOT / "models"
-    presets_dir: Path = REPO_ROOT / "presets"
-    templates_dir: Path = REPO_ROOT / "webui" / "templates"
-    user_data_dir: Path = REPO_ROOT / "logs"  # chats and other things the user makes
-    force_cpu: bool = False
-    default_loader: str | None = None  # --loader: overrides detection for --model
-    default_preset: str = "Default"
 
 
 @dataclass
@@ -48,7 +34,7 @@ class AppState:
     def templates(self) -> TemplateRegistry:
         from webui.templates import TemplateRegistry
 
-        return TemplateRegistry(self.config.templates_dir)
+        return TemplateRegistry(self.config.templates_dir, models_dir=self.config.models_dir)
 
     @cached_property
     def presets(self) -> PresetStore:
@@ -78,10 +64,10 @@ class AppState:
     def models(self) -> ModelService:
         from webui.model_service import ModelService
 
-        return ModelService(self)
+        return ModelService(self.config, self.settings, self.model_lock)
 
     @cached_property
     def generation(self) -> GenerationService:
         from webui.generation import GenerationService
 
-        return GenerationService(self.model_lock, lambda: self.models.current)
+        return GenerationService(self.model_lock, lambda: self.models.current_info)

@@ -14,6 +14,7 @@ import gradio as gr
 from loaders import hardware
 from loaders.errors import CorralError, InsufficientMemoryError
 from loaders.settings import SETTINGS_CLASSES, settings_for
+from loaders.units import format_bytes
 from webui import estimate
 from webui.model_service import ModelView
 from webui.state import AppState
@@ -21,10 +22,6 @@ from webui.templates import AUTO_TEMPLATE
 from webui.ui import downloads, loader_controls
 from webui.ui.chat import ChatControls
 from webui.ui.parameters import ParamControls
-
-GB = 1024**3
-# A load can fail in the backend with these (llama.cpp: ValueError "Failed to load model"; a file gone: OSError).
-LOAD_ERRORS = (CorralError, ValueError, OSError)
 
 
 def build_tab(state: AppState, controls: ParamControls, chat: ChatControls) -> None:
@@ -102,7 +99,7 @@ def build_tab(state: AppState, controls: ParamControls, chat: ChatControls) -> N
         except InsufficientMemoryError as error:
             yield f"⚠️ {error}\n\nTick **Load even if the memory estimate says it won't fit** to try anyway."
             return
-        except LOAD_ERRORS as error:
+        except CorralError as error:
             yield f"⚠️ Could not load **{name}** with {loader_name}: {error}\n\n{_status(state)}"
             return
         yield _status(state)
@@ -123,7 +120,7 @@ def build_tab(state: AppState, controls: ParamControls, chat: ChatControls) -> N
         try:
             settings = loader_ui.collect(loader_name, list(values))
             warnings = state.models.save_settings(name, loader_name, settings, template=template, preset=preset)
-        except (CorralError, ValueError) as error:
+        except CorralError as error:
             return f"⚠️ {error}"
         notes = "".join(f"\n\n⚠️ {w}" for w in warnings)
         return f"Saved settings for **{name}**. Click **Reload the model** to apply them.{notes}"
@@ -132,11 +129,13 @@ def build_tab(state: AppState, controls: ParamControls, chat: ChatControls) -> N
         if not name:
             return "⚠️ Pick a model first."
         try:
-            settings = settings_for(loader_name, loader_ui.collect(loader_name, list(values)))
-            est = estimate.estimate_local(state.models.path_of(name), loader_name, settings)
-        except (CorralError, ValueError, OSError) as error:
+            view = state.models.inspect(name, loader=loader_name,
+                                        loader_settings=loader_ui.collect(loader_name, list(values)))
+        except CorralError as error:
             return f"⚠️ No estimate: {error}"
-        return format_estimate(est, hardware.snapshot())
+        if view.plan is None or view.estimate is None:
+            return f"⚠️ No estimate: {view.plan_error or 'a remote engine holds its memory on its own machine'}"
+        return f"{view.plan.describe()}\n\n{format_estimate(view.estimate, hardware.snapshot())}"
 
     def on_fit(name: str | None, loader_name: str, *values):
         if not name:
@@ -149,7 +148,7 @@ def build_tab(state: AppState, controls: ParamControls, chat: ChatControls) -> N
             path = state.models.path_of(name)
             n = estimate.best_gpu_layers(path, loader_name, settings, hw)
             ctx = estimate.best_context(path, loader_name, settings, hw, n_gpu_layers=n)
-        except (CorralError, ValueError, OSError) as error:
+        except CorralError as error:
             return gr.skip(), gr.skip(), f"⚠️ {error}"
         updates = [n if loader_name == x else gr.skip() for x in GPU_LAYER_LOADERS]
         return *updates, _fit_text(n, ctx, hw)
@@ -185,14 +184,16 @@ def _status(state: AppState) -> str:
         return state.models.empty_message() or "No model loaded: pick one above."
     model = info.model
     text = (
-        f"**{model.name}** loaded with **{model.loader}** on {model.device} in {model.load_seconds:.1f} s — "
-        f"context {model.context_length} tokens, RAM {model.memory.ram_bytes / GB:.2f} GB"
+        f"**{model.name}** loaded with **{model.loader}** from `{model.path.name}` on {model.device} in "
+        f"{model.load_seconds:.1f} s — context {model.context_length} tokens, "
+        f"RAM {format_bytes(model.memory.ram_bytes)}"
     )
     if model.memory.total_vram:
-        text += f", VRAM {model.memory.total_vram / GB:.2f} GB"
-    if info.estimate is not None:
-        text += f" (estimated {info.estimate.ram / GB:.2f} GB RAM"
-        text += f", {info.estimate.vram / GB:.2f} GB VRAM)" if info.estimate.vram else ")"
+        text += f", VRAM {format_bytes(model.memory.total_vram)}"
+    est = info.estimate
+    if est is not None:
+        text += f" (estimated {format_bytes(est.ram_at_load)} at load, {format_bytes(est.ram)} at the full context"
+        text += f"; VRAM {format_bytes(est.vram_at_load)} / {format_bytes(est.vram)})" if est.vram else ")"
     return text + "."
 
 
@@ -212,6 +213,15 @@ def _describe(view: ModelView) -> str:
     chosen = {k: v for k, v in view.resolved.sources.items() if v.layer != "default"}
     if chosen:
         lines += ["", "**Settings:** " + "; ".join(f"`{k}` {v}" for k, v in chosen.items())]
+    if view.plan is not None:
+        lines += ["", f"**Plan:** {view.plan.describe()}"]
+    if view.estimate is not None:
+        lines += ["", f"**Memory:** {format_bytes(view.estimate.ram_at_load)} RAM at load, "
+                  f"{format_bytes(view.estimate.ram)} at the full context of {view.estimate.ctx} tokens"
+                  + (f"; VRAM {format_bytes(view.estimate.vram_at_load)} / {format_bytes(view.estimate.vram)}"
+                     if view.estimate.vram else "")]  # fmt: skip
+    if view.plan_error:
+        lines += ["", f"⚠️ {view.plan_error}"]
     lines += [f"\n⚠️ {w}" for w in view.warnings]
     return "\n".join(lines)
 
@@ -225,19 +235,15 @@ def _fit_text(n: int, ctx: int, hw: hardware.Hardware) -> str:
 def format_estimate(est: estimate.Estimate, hw: hardware.Hardware) -> str:
     fit = est.fit(hw)
     rows = [
-        "| device | weights | KV cache | buffers | overhead | total | free |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| device | weights | KV cache | buffers | overhead | at load | at full context | free |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for device, parts in est.parts.items():
         need, free = fit.devices[device]
-        rows.append(
-            f"| {'RAM' if device == 'ram' else device} | {_gb(parts['weights'])} | {_gb(parts['kv_cache'])} "
-            f"| {_gb(parts['buffers'])} | {_gb(parts['overhead'])} | **{_gb(need)}** | {_gb(free)} |"
-        )
+        cells = [format_bytes(parts[p]) for p in ("weights", "kv_cache", "buffers", "overhead")]
+        rows.append(f"| {'RAM' if device == 'ram' else device} | {' | '.join(cells)} | "
+                    f"{format_bytes(est.device_at_load(device))} | **{format_bytes(need)}** | {format_bytes(free)} |")
     mark = {"fits": "✅ fits", "tight": "🟡 tight", "won't fit": "❌ won't fit"}[fit.verdict]
     gpu = f", {est.n_gpu_layers} of {est.n_layers} layers on the GPU" if est.vram else ""
-    return f"**Memory estimate ({est.loader}, context {est.ctx}{gpu}): {mark}**\n\n" + "\n".join(rows)
-
-
-def _gb(n: int) -> str:
-    return f"{n / GB:.2f} GB"
+    notes = "".join(f"\n\n{note}" for note in est.notes)
+    return f"**Memory estimate ({est.loader}, context {est.ctx}{gpu}): {mark}**\n\n" + "\n".join(rows) + notes

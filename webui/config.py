@@ -1,0 +1,21 @@
+"""Start-up options: `AppConfig`, built once by `app.py` from the flags and immutable for the life of the app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Start-up options (from flags); immutable for the life of the app."""
+
+    models_dir: Path = REPO_ROOT / "models"
+    presets_dir: Path = REPO_ROOT / "presets"
+    templates_dir: Path = REPO_ROOT / "webui" / "templates"
+    user_data_dir: Path = REPO_ROOT / "logs"  # chats and other things the user makes
+    force_cpu: bool = False
+    default_loader: str | None = None  # --loader: overrides detection for --model
+    default_preset: str = "Default"

@@ -1,0 +1,263 @@
+"""The memory arithmetic: bytes per device ("ram", "cuda:N") and per part (weights, KV cache, buffers, overhead)
+for a model's shape and weights under a loader's placement, the verdict against a `Hardware`, and fitting (the most
+GPU layers, the longest context that fit).
+
+An estimate is the memory of a *full* context: the KV cache and the attention buffers at `ctx` tokens. `at_load`
+is what is taken as soon as the model is loaded (weights, fixed buffers, and for llama.cpp its preallocated KV cache
+and compute buffers); the rest grows with use, up to the full context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from loaders.errors import InsufficientMemoryError
+from loaders.files import ModelShape
+from loaders.hardware import Hardware
+from loaders.units import format_bytes
+from webui.estimate.weights import WeightsInfo
+
+MIB = 1024**2
+GIB = 1024**3
+
+# Fixed costs, measured on the SmolLM2 fixtures (tests/test_estimate.py re-measures them): the resident memory of
+# the Python process with the backend imported and initialised, before any weights.
+RUNTIME_RAM = {"llama.cpp": 40 * MIB, "transformers": 380 * MIB, "gptq": 380 * MIB, "gguf": 380 * MIB}
+CUDA_CONTEXT = 500 * MIB  # per GPU used: the CUDA context, cuBLAS workspace, kernels
+CUDA_HOST_RAM = 300 * MIB  # host side of the CUDA runtime when any GPU is used
+TIGHT_MARGIN = 0.10  # "tight" when less than 10% of the free memory would be left
+# What is allocated only as the context fills: torch loaders grow their KV cache (DynamicCache) and activations
+# with the prompt; llama.cpp allocates its whole KV cache and compute buffers when the context is created.
+GROWS_WITH_USE = {"llama.cpp": (), "transformers": ("kv_cache", "buffers"), "gptq": ("kv_cache", "buffers"),
+                  "gguf": ("kv_cache", "buffers")}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The verdict for one estimate on one machine: per device, bytes needed and free."""
+
+    verdict: str  # "fits" | "tight" | "won't fit"
+    devices: dict[str, tuple[int, int]]  # device -> (needed, free)
+
+    def __str__(self) -> str:
+        return self.verdict
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Bytes per device ("ram", "cuda:N") and per part ("weights", "kv_cache", "buffers", "overhead")."""
+
+    loader: str
+    ctx: int
+    n_gpu_layers: int
+    n_layers: int
+    parts: dict[str, dict[str, int]]
+    file_bytes: int = 0
+    source: str = ""
+    notes: tuple[str, ...] = ()
+
+    def device_total(self, device: str) -> int:
+        return sum(self.parts.get(device, {}).values())
+
+    def device_at_load(self, device: str) -> int:
+        """What `device` holds right after the load, before any context is used."""
+        grows = GROWS_WITH_USE.get(self.loader, ("kv_cache", "buffers"))
+        return sum(v for part, v in self.parts.get(device, {}).items() if part not in grows)
+
+    @property
+    def ram_at_load(self) -> int:
+        return self.device_at_load("ram")
+
+    @property
+    def vram_at_load(self) -> int:
+        return sum(self.device_at_load(d) for d in self.parts if d.startswith("cuda"))
+
+    @property
+    def ram(self) -> int:
+        return self.device_total("ram")
+
+    @property
+    def vram(self) -> int:
+        return sum(self.device_total(d) for d in self.parts if d.startswith("cuda"))
+
+    @property
+    def total(self) -> int:
+        return sum(self.device_total(d) for d in self.parts)
+
+    def fit(self, hw: Hardware) -> Fit:
+        devices = {d: (self.device_total(d), hw.free(d)) for d in self.parts}
+        if any(need > free for need, free in devices.values()):
+            verdict = "won't fit"
+        elif any(need > free * (1 - TIGHT_MARGIN) for need, free in devices.values()):
+            verdict = "tight"
+        else:
+            verdict = "fits"
+        return Fit(verdict, devices)
+
+    def to_dict(self, hw: Hardware | None = None) -> dict[str, Any]:
+        out = asdict(self)
+        out["totals"] = {d: self.device_total(d) for d in self.parts} | {"all": self.total}
+        out["at_load"] = {d: self.device_at_load(d) for d in self.parts}
+        if hw is not None:
+            fit = self.fit(hw)
+            out["fit"] = {"verdict": fit.verdict, "devices": {d: {"needed": n, "free": f} for d, (n, f) in
+                                                                fit.devices.items()}}  # fmt: skip
+        return out
+
+
+def estimate(
+    shape: ModelShape,
+    weights: WeightsInfo,
+    *,
+    loader: str = "llama.cpp",
+    ctx: int | None = None,
+    n_gpu_layers: int = 0,
+    max_memory: dict[str, float] | None = None,
+    dtype_bytes: int | None = None,
+    kv_bytes: float | None = None,
+    batch: int = 512,
+    gpu: int = 0,
+    dequant_cache: bool = False,
+    act_bytes: int | None = None,
+    notes: tuple[str, ...] = (),
+) -> Estimate:
+    """The memory of `loader` holding this model with a full context of `ctx` tokens (default: the model's max).
+
+    `n_gpu_layers`: layers on GPU `gpu` (llama.cpp: the last ones, output too when > n_layers; Transformers,
+    GPTQ and the native GGUF loader: the first ones and the embedding, as accelerate fills the GPU first);
+    `max_memory` (GiB per device, accelerate-style: {"0": 20, "cpu": 60}) picks that count instead.
+    `dtype_bytes`: bytes per float weight after load (None: as stored); `kv_bytes`: per KV element (llama.cpp
+    f16 = 2; torch loaders: the compute dtype). `dequant_cache`: the GPTQ loader also keeps each quantized
+    Linear's weight dequantized (in × out features × the compute dtype's bytes).
+    """
+    ctx = ctx or shape.context_max
+    loaded = weights.with_float_itemsize(dtype_bytes if loader in ("transformers", "gptq") else None)
+    act_bytes = act_bytes or dtype_bytes or (2 if loader != "transformers" or n_gpu_layers else 4)
+    kv = kv_bytes or (2 if loader == "llama.cpp" else act_bytes)
+    if max_memory is not None:
+        n_gpu_layers = _layers_within(shape, loaded, loader, ctx, kv, max_memory.get(str(gpu), 0) * GIB)
+    n_gpu_layers = max(0, min(n_gpu_layers, shape.n_layers + 1))
+    gpu_dev = f"cuda:{gpu}"
+    on_gpu = _gpu_layers(loader, shape.n_layers, n_gpu_layers)
+    parts: dict[str, dict[str, int]] = {"ram": {"weights": 0, "kv_cache": 0, "buffers": 0, "overhead": 0}}
+    if on_gpu or n_gpu_layers > shape.n_layers:
+        parts[gpu_dev] = {"weights": 0, "kv_cache": 0, "buffers": 0, "overhead": CUDA_CONTEXT}
+        parts["ram"]["overhead"] += CUDA_HOST_RAM
+    layer_sizes, per_layer_kv = loaded.layer_bytes(shape.n_layers), shape.kv_cache_bytes(ctx, kv) // shape.n_layers
+    if dequant_cache:
+        cache = sum(k * n for _, k, n in shape.linears()) * act_bytes
+        layer_sizes = [size + cache for size in layer_sizes]
+    for i, size in enumerate(layer_sizes):
+        device = gpu_dev if i in on_gpu else "ram"
+        parts[device]["weights"] += size
+        parts[device]["kv_cache"] += per_layer_kv
+    head_dev = gpu_dev if n_gpu_layers > shape.n_layers else "ram"
+    embed_dev = gpu_dev if loader != "llama.cpp" and n_gpu_layers else "ram"  # llama.cpp keeps token_embd on CPU
+    parts[embed_dev]["weights"] += loaded.embed_bytes()
+    parts[head_dev]["weights"] += loaded.output_bytes()
+    for device in parts:
+        parts[device]["buffers"] = _buffers(shape, loader, ctx, batch, act_bytes, on_cpu=device == "ram")
+    parts["ram"]["overhead"] += RUNTIME_RAM.get(loader, RUNTIME_RAM["transformers"])
+    return Estimate(loader, ctx, n_gpu_layers, shape.n_layers, parts, weights.file_bytes, weights.source, notes)
+
+
+def _gpu_layers(loader: str, n_layers: int, n_gpu_layers: int) -> set[int]:
+    count = min(n_gpu_layers, n_layers)
+    if loader == "llama.cpp":  # llama.cpp offloads the last layers (i >= n_layer - n_gpu_layers)
+        return set(range(n_layers - count, n_layers))
+    return set(range(count))
+
+
+def _buffers(shape: ModelShape, loader: str, ctx: int, batch: int, act_bytes: int, *, on_cpu: bool = False) -> int:
+    """Compute/activation buffers at a full context.
+
+    llama.cpp evaluates the prompt `batch` tokens at a time: the attention scores of the last batch against the
+    whole context (KQ and its softmax, f32) plus the feed-forward activations. Torch loaders run the whole prompt
+    at once: hidden states and the MLP of every prompt token, and on the CPU, where SDPA with Transformers' mask
+    takes its math path, one layer's ctx × ctx scores of every head (measured: +150 MB for SmolLM2 at 2048).
+    On CUDA the fused kernels keep scores per block.
+    """
+    if loader == "llama.cpp":
+        kq = ctx * batch * shape.n_heads * 4
+        ffn = batch * (3 * shape.ffn + 4 * shape.hidden) * 4
+        return kq + ffn + shape.vocab * 4
+    tokens = ctx
+    mlp = tokens * (3 * shape.ffn + 6 * shape.hidden) * act_bytes
+    scores = shape.n_heads * tokens * tokens * act_bytes if on_cpu else 0
+    return mlp + scores + shape.vocab * 4 * 2
+
+
+def _layers_within(
+    shape: ModelShape, weights: WeightsInfo, loader: str, ctx: int, kv: float, budget: float
+) -> int:
+    """How many layers an accelerate-style GPU budget (bytes) holds, counting weights and their KV cache."""
+    used, count = CUDA_CONTEXT + _buffers(shape, loader, ctx, 512, 2), 0
+    per_layer_kv = shape.kv_cache_bytes(ctx, kv) // shape.n_layers
+    for size in weights.layer_bytes(shape.n_layers):
+        used += size + per_layer_kv
+        if used > budget:
+            break
+        count += 1
+    return count
+
+
+# --- fitting -----------------------------------------------------------------------------------------------------
+
+
+def check_fits(est: Estimate, hw: Hardware) -> None:
+    """Raise `InsufficientMemoryError` (with the numbers and what to change) when `est` does not fit `hw`."""
+    fit = est.fit(hw)
+    if fit.verdict != "won't fit":
+        return
+    device, (needed, free) = max(fit.devices.items(), key=lambda item: item[1][0] - item[1][1])
+    where = "RAM" if device == "ram" else f"GPU {device} memory"
+    kv = sum(p.get("kv_cache", 0) for p in est.parts.values())
+    advice = [f"a shorter context (the KV cache at {est.ctx} tokens is {format_bytes(kv)})"]
+    if device != "ram":
+        advice.append(f"fewer GPU layers (now {est.n_gpu_layers})")
+    elif hw.gpus and est.loader in ("llama.cpp", "gguf"):
+        advice.append("more GPU layers")
+    advice.append("a smaller quantization")
+    raise InsufficientMemoryError(
+        f"This load needs about {format_bytes(needed)} of {where} but {format_bytes(free)} is free "
+        f"(weights {format_bytes(est.parts[device]['weights'])}, "
+        f"KV cache {format_bytes(est.parts[device]['kv_cache'])}). "
+        f"Try {', '.join(advice)}; or load anyway if you know better.",
+        needed=needed,
+        available=free,
+    )
+
+
+def fit_gpu_layers(
+    shape: ModelShape, weights: WeightsInfo, hw: Hardware, *, ctx: int, loader: str = "llama.cpp", gpu: int = 0,
+    **options: Any,
+) -> int:  # fmt: skip
+    """The largest `n_gpu_layers` (0 ... n_layers + 1) whose estimate fits GPU `gpu`'s free memory (and RAM)."""
+    def fits(n: int) -> bool:
+        est = estimate(shape, weights, loader=loader, ctx=ctx, n_gpu_layers=n, gpu=gpu, **options)
+        return est.fit(hw).verdict != "won't fit"
+
+    lo, hi = 0, shape.n_layers + 1  # bytes grow with n on the GPU: binary search for the last n that fits
+    if not fits(lo):
+        return 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def fit_context(
+    shape: ModelShape, weights: WeightsInfo, hw: Hardware, *, n_gpu_layers: int, loader: str = "llama.cpp",
+    step: int = 256, **options: Any,
+) -> int:  # fmt: skip
+    """The largest context (a multiple of `step`, at most the model's max) that fits; 0 when even `step` does not."""
+    def fits(ctx: int) -> bool:
+        est = estimate(shape, weights, loader=loader, ctx=ctx, n_gpu_layers=n_gpu_layers, **options)
+        return est.fit(hw).verdict != "won't fit"
+
+    lo, hi = 0, shape.context_max // step
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid * step) else (lo, mid - 1)
+    return lo * step
