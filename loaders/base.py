@@ -1,9 +1,10 @@
 """The contract between the engine and every backend: generation parameters, tokenizer and loaded-model interfaces.
 
-A loader turns a model on disk into a `LoadedModel`. The engine (`webui/engine.py`) only ever talks to that
-interface: it encodes the prompt with `model.tokenizer`, pulls token ids from `model.generate_tokens`, and does
-detokenization, stop strings, cancellation and accounting itself, once, for every backend. A model that cannot
-give token ids (a remote engine) also implements `TextStreamingModel.stream_text`, and the engine uses that instead.
+A loader turns a model on disk into one of two kinds of model. A `LoadedModel` gives token ids: the engine
+(`webui/engine.py`) encodes the prompt with `model.tokenizer`, pulls ids from `model.generate_tokens`, and does
+detokenization, stop strings, cancellation and accounting itself, once, for every backend. A `TextStreamingModel`
+(a remote engine) streams text and has no token ids at all: its `tokenizer` is only a `TokenizerInfo` (the special
+token strings and chat template a prompt needs); the engine sends it the prompt as text. `AnyModel` is either.
 """
 
 from __future__ import annotations
@@ -117,9 +118,28 @@ class TextUsage:
     chunks: int = 0  # text chunks received (counted by the engine)
 
 
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What a prompt needs from a tokenizer, for a model whose token ids stay out of reach (a remote engine)."""
+
+    bos_token: str | None = None
+    eos_token: str | None = None
+    chat_template: str | None = None
+
+
 @runtime_checkable
 class TextStreamingModel(Protocol):
-    """Optional: a `LoadedModel` that streams text, not token ids. The engine sends it the prompt as text."""
+    """A model that streams text, not token ids (a remote engine): no encode, no decode, no token counts.
+    `context_length` is 0 when the server enforces its own limit."""
+
+    name: str
+    loader: str
+    path: Path
+    tokenizer: TokenizerInfo
+    context_length: int
+    device: str
+    load_seconds: float
+    memory: MemoryReport
 
     def stream_text(
         self, prompt: str, params: GenerationParams, cancel: threading.Event, usage: TextUsage
@@ -127,3 +147,9 @@ class TextStreamingModel(Protocol):
         """Yield text deltas (about one token each) until the reply ends or `cancel` is set; fill `usage`.
         Raises `GenerationError` (with what to do) when the engine fails or goes away mid-reply."""
         ...
+
+    def unload(self) -> None:
+        ...
+
+
+AnyModel = LoadedModel | TextStreamingModel  # what a loader returns and the engine runs

@@ -2,8 +2,8 @@
 
 Two server kinds: `openai` (an OpenAI-compatible `/v1/completions`: vLLM, llama.cpp's server, another Corral with
 `--api`) and `tgi` (Text Generation Inference's `/generate_stream`). The prompt is sent as text, already rendered
-with the chat template, and the reply streams back as text: the model implements `stream_text` (the engine's hook
-for models without token ids) and the engine keeps doing stop strings, cancellation and statistics. Closing the
+with the chat template, and the reply streams back as text: `RemoteModel` is a `TextStreamingModel` (no token ids,
+its tokenizer only a `TokenizerInfo`) and the engine keeps doing stop strings, cancellation and statistics. Closing the
 connection is how a cancel reaches the server. A server that fails or goes away mid-reply raises `GenerationError`.
 """
 
@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from loaders.base import GenerationParams, MemoryReport, TextUsage
+from loaders.base import GenerationParams, MemoryReport, TextUsage, TokenizerInfo
 from loaders.errors import GenerationError, ModelNotFoundError, RemoteEngineError
 from loaders.settings import RemoteSettings
 
@@ -32,32 +32,16 @@ TGI_FINISH = {"length": "max_tokens", "eos_token": "eos", "stop_sequence": "stop
 
 
 @dataclass
-class RemoteTokenizer:
-    """The special tokens a chat template needs, as the server reports them; no token ids cross the wire."""
-
-    bos_token: str | None = None
-    eos_token: str | None = None
-    chat_template: str | None = None
-    bos_token_id: int | None = None
-    eos_token_ids: tuple[int, ...] = ()
-
-    def encode(self, text: str, *, add_bos: bool) -> list[int]:
-        raise GenerationError("A remote engine does not share its token ids, so tokens cannot be counted here.")
-
-    def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
-        raise GenerationError("A remote engine does not share its token ids.")
-
-
-@dataclass
 class RemoteModel:
-    """A model on a remote server. `context_length` is 0: the server enforces its own limit."""
+    """A model on a remote server, a `TextStreamingModel`. `context_length` is 0: the server enforces its own
+    limit."""
 
     name: str
     path: Path
     settings: RemoteSettings = field(repr=False)
     served_model: str  # the model id the server knows it by
     client: httpx.Client = field(repr=False)
-    tokenizer: RemoteTokenizer
+    tokenizer: TokenizerInfo
     load_seconds: float
     context_length: int = 0
     memory: MemoryReport = field(default_factory=lambda: MemoryReport(ram_bytes=0))
@@ -66,11 +50,6 @@ class RemoteModel:
     @property
     def device(self) -> str:
         return f"{self.settings.kind} server at {self.settings.url}"
-
-    def generate_tokens(
-        self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event
-    ) -> Iterator[int]:
-        raise GenerationError("A remote engine streams text, not token ids.")
 
     def stream_text(
         self, prompt: str, params: GenerationParams, cancel: threading.Event, usage: TextUsage
@@ -230,7 +209,7 @@ def load(path: Path, settings: RemoteSettings, *, name: str) -> RemoteModel:
                        tokenizer=tokenizer, load_seconds=time.perf_counter() - started)
 
 
-def _probe_openai(client: httpx.Client, wanted: str) -> tuple[str, RemoteTokenizer]:
+def _probe_openai(client: httpx.Client, wanted: str) -> tuple[str, TokenizerInfo]:
     models = [m.get("id") for m in _get_json(client, "/v1/models").get("data", [])]
     if wanted and wanted not in models:
         raise ModelNotFoundError(f"The remote engine at {client.base_url} serves {', '.join(models) or 'nothing'}, "
@@ -240,19 +219,19 @@ def _probe_openai(client: httpx.Client, wanted: str) -> tuple[str, RemoteTokeniz
     return wanted or models[0], _corral_tokenizer(client)
 
 
-def _corral_tokenizer(client: httpx.Client) -> RemoteTokenizer:
+def _corral_tokenizer(client: httpx.Client) -> TokenizerInfo:
     """Another Corral tells its model's chat template and special tokens; other servers do not (404)."""
     response = client.get("/v1/internal/model/info")
     if response.status_code != 200:
-        return RemoteTokenizer()
+        return TokenizerInfo()
     info = response.json()
-    return RemoteTokenizer(bos_token=info.get("bos_token"), eos_token=info.get("eos_token"),
+    return TokenizerInfo(bos_token=info.get("bos_token"), eos_token=info.get("eos_token"),
                            chat_template=info.get("chat_template"))
 
 
-def _probe_tgi(client: httpx.Client) -> tuple[str, RemoteTokenizer]:
+def _probe_tgi(client: httpx.Client) -> tuple[str, TokenizerInfo]:
     info = _get_json(client, "/info")
-    return str(info.get("model_id", "")), RemoteTokenizer()
+    return str(info.get("model_id", "")), TokenizerInfo()
 
 
 def _get_json(client: httpx.Client, path: str) -> dict[str, Any]:

@@ -229,6 +229,8 @@ def test_no_model_loaded_is_503_then_load_and_unload(models_root: Path) -> None:
         base = f"http://127.0.0.1:{api.port}/v1/internal/model"
         missing = httpx.post(f"{base}/load", json={"model_name": "nope"}, timeout=60)
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+        bad_loader = httpx.post(f"{base}/load", json={"model_name": MODEL, "loader": "nope"}, timeout=60)
+        assert bad_loader.status_code == 400 and "Unknown loader 'nope'" in bad_loader.json()["error"]["message"]
         loaded = httpx.post(f"{base}/load", json={"model_name": MODEL, "settings": {"n_ctx": 512}}, timeout=120)
         assert loaded.status_code == 200 and loaded.json()["loader"] == "llama.cpp"
         assert state.models.current.context_length == 512
@@ -307,6 +309,7 @@ def test_killed_client_frees_the_engine_within_a_token(server: ApiServer, client
 
 def test_ui_and_api_share_the_line_and_stop_is_per_session(server: ApiServer, client: openai.OpenAI) -> None:
     from loaders.base import GenerationParams
+    from webui.generation import raw_turn
 
     times: dict[str, float] = {}
     api = threading.Thread(target=_first_token_time, args=(client, "API request:", 60, times))
@@ -318,7 +321,8 @@ def test_ui_and_api_share_the_line_and_stop_is_per_session(server: ApiServer, cl
     ui_updates: list[str] = []
 
     def ui_user() -> None:
-        ui_updates.extend(u.text for u in generation.stream("ui-user", "Hello", GenerationParams(max_new_tokens=5)))
+        turn = raw_turn("Hello", GenerationParams(max_new_tokens=5))
+        ui_updates.extend(u.text for u in generation.stream("ui-user", turn))
 
     ui = threading.Thread(target=ui_user)
     ui.start()

@@ -1,4 +1,5 @@
-"""Chat histories on disk: roundtrip, newest-first listing, atomic saves, damaged files quarantined (never deleted)."""
+"""Chat histories on disk: roundtrip, newest-first listing from the index, atomic saves, damaged files reported by
+the listing and quarantined by `load` (never deleted)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from loaders.errors import HistoryError
-from webui.history import Chat, HistoryStore
+from webui.history import INDEX_NAME, Chat, HistoryStore, chat_to_json
 from webui.templates import Message
 
 
@@ -81,7 +82,7 @@ def test_failed_write_leaves_the_previous_version_and_no_partial_file(
         store.save(changed)
     monkeypatch.undo()
     assert store.path(chat.id).read_bytes() == before
-    assert sorted(p.name for p in store.directory.iterdir()) == [f"{chat.id}.json"]
+    assert sorted(p.name for p in store.directory.iterdir()) == sorted([f"{chat.id}.json", INDEX_NAME])
     assert store.load(chat.id) == chat
 
 
@@ -96,7 +97,7 @@ def test_failed_write_leaves_the_previous_version_and_no_partial_file(
         '{"version": 99}',
     ],
 )
-def test_damaged_file_is_quarantined_and_reported(store: HistoryStore, content: str) -> None:
+def test_damaged_file_is_reported_by_the_listing_and_quarantined_by_load(store: HistoryStore, content: str) -> None:
     good = sample(store, "good", 5.0)
     store.save(good)
     broken = store.directory / "20240101-000000-abcdef.json"
@@ -105,10 +106,14 @@ def test_damaged_file_is_quarantined_and_reported(store: HistoryStore, content: 
     listing = store.scan()
     assert [s.id for s in listing.chats] == [good.id]
     assert len(listing.problems) == 1 and "20240101-000000-abcdef" in listing.problems[0]
-    assert not broken.exists()
+    assert broken.read_text(encoding="utf-8") == content  # listing moves nothing
+    assert [s.id for s in store.list()] == [good.id]
+    assert len(store.scan().problems) == 1  # still reported while the file is there
+    with pytest.raises(HistoryError, match="moved to"):
+        store.load("20240101-000000-abcdef")
     (moved,) = store.directory.glob("20240101-000000-abcdef.broken-*.json")
     assert moved.read_text(encoding="utf-8") == content  # the user's data is kept as it was
-    assert [s.id for s in store.list()] == [good.id]  # quarantined files are not listed again
+    assert [s.id for s in store.list()] == [good.id]  # quarantined files are not listed
     assert store.scan().problems == []
 
 
@@ -137,3 +142,70 @@ def test_save_is_cheap_for_a_long_chat(store: HistoryStore) -> None:
     store.save(chat)
     assert time.perf_counter() - start < 1.0
     assert len(store.load(chat.id).messages) == 400
+
+
+def test_listing_reads_the_index_not_the_chat_files(store: HistoryStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    chats = [sample(store, f"chat {i}", float(i)) for i in range(5)]
+    for chat in chats:
+        store.save(chat)
+    read: list[str] = []
+    original = Path.read_bytes
+
+    def counting(path: Path) -> bytes:
+        read.append(path.name)
+        return original(path)
+
+    monkeypatch.setattr(Path, "read_bytes", counting)
+    assert [s.title for s in store.list()] == [f"chat {i}" for i in reversed(range(5))]
+    assert read == []  # every chat came from the index
+    chats[2].title = "renamed"
+    store.save(chats[2])
+    assert store.list()[2].title == "renamed" and read == []
+
+
+def test_files_changed_or_copied_by_hand_are_picked_up(store: HistoryStore) -> None:
+    first = sample(store, "first", 1.0)
+    store.save(first)
+    assert [s.title for s in store.list()] == ["first"]
+    copied = sample(store, "copied", 2.0)
+    copied_path = store.directory / f"{copied.id}.json"
+    copied_path.write_text(json.dumps(chat_to_json(copied)), encoding="utf-8")  # not through save()
+    edited = dataclasses.replace(first, title="edited by hand", messages=first.messages[:1])
+    store.path(first.id).write_text(json.dumps(chat_to_json(edited)) + "\n" * 3, encoding="utf-8")
+    listed = store.list()
+    assert [(s.title, s.message_count) for s in listed] == [("copied", 2), ("edited by hand", 1)]
+    copied_path.unlink()  # removed by hand
+    assert [s.title for s in store.list()] == ["edited by hand"]
+
+
+def test_damaged_or_missing_index_is_rebuilt(store: HistoryStore) -> None:
+    chat = sample(store, "kept", 1.0)
+    store.save(chat)
+    index = store.directory / INDEX_NAME
+    index.write_text("{not json", encoding="utf-8")
+    assert [s.title for s in store.list()] == ["kept"]
+    assert json.loads(index.read_text(encoding="utf-8"))["chats"][chat.id]["title"] == "kept"
+    index.unlink()
+    assert [s.title for s in store.list()] == ["kept"] and index.exists()
+
+
+def test_delete_updates_the_index(store: HistoryStore) -> None:
+    keep, doomed = sample(store, "keep", 1.0), sample(store, "doomed", 2.0)
+    store.save(keep)
+    store.save(doomed)
+    store.delete(doomed.id)
+    entries = json.loads((store.directory / INDEX_NAME).read_text(encoding="utf-8"))["chats"]
+    assert list(entries) == [keep.id]
+
+
+def test_concurrent_saves_keep_every_chat_in_the_index(store: HistoryStore) -> None:
+    import threading
+
+    chats = [sample(store, f"t{i}", float(i)) for i in range(16)]
+    threads = [threading.Thread(target=store.save, args=(chat,)) for chat in chats]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    entries = json.loads((store.directory / INDEX_NAME).read_text(encoding="utf-8"))["chats"]
+    assert sorted(entries) == sorted(chat.id for chat in chats)

@@ -24,6 +24,7 @@ from loaders.errors import GenerationError, ModelNotFoundError, RemoteEngineErro
 from tests.conftest import link_tree
 from tests.test_api import free_port
 from webui import chat_service
+from webui.generation import raw_turn
 from webui.history import Chat
 from webui.state import AppConfig, AppState
 
@@ -107,7 +108,7 @@ def test_listed_and_chatting_like_a_local_model(tmp_path: Path, smollm2_gguf: Pa
         model=LOCAL, messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=20,
         temperature=0)
     assert reply and reply == direct.choices[0].message.content
-    stats = [u.stats for u in state.generation.stream("s", "Hello", GREEDY) if u.stats][0]
+    stats = [u.stats for u in state.generation.stream("s", raw_turn("Hello", GREEDY)) if u.stats][0]
     assert stats.prompt_tokens > 0 and 0 < stats.new_tokens <= 20 and stats.stop_reason in ("eos", "max_tokens")
     state.models.unload()
 
@@ -117,7 +118,7 @@ def test_stop_frees_the_remote_engine(tmp_path: Path, smollm2_gguf: Path, server
     state = client_state(tmp_path, smollm2_gguf, port)
     state.models.load(REMOTE)
     long = dataclasses.replace(GREEDY, max_new_tokens=1500, ban_eos_token=True)
-    stream = state.generation.stream("session-a", "Tell a long story.", long)
+    stream = state.generation.stream("session-a", raw_turn("Tell a long story.", long))
     for count, _update in enumerate(stream):
         if count == 3:
             state.generation.stop("session-a")
@@ -180,7 +181,8 @@ def _tgi_token(text: str, *, special: bool = False, details: dict | None = None)
 
 
 def test_tgi_stream_through_the_engine() -> None:
-    from loaders.remote import RemoteModel, RemoteTokenizer
+    from loaders.base import TokenizerInfo
+    from loaders.remote import RemoteModel
     from loaders.settings import RemoteSettings
     from webui.engine import generate
 
@@ -189,7 +191,7 @@ def test_tgi_stream_through_the_engine() -> None:
     events.append(_tgi_token("</s>", special=True, details={"finish_reason": "eos_token", "generated_tokens": 5}))
     seen: list[dict] = []
     model = RemoteModel(name="tgi", path=Path("."), settings=RemoteSettings(url="http://tgi.test", kind="tgi"),
-                        served_model="m", client=_tgi_server(events, seen), tokenizer=RemoteTokenizer(),
+                        served_model="m", client=_tgi_server(events, seen), tokenizer=TokenizerInfo(),
                         load_seconds=0.0)
     params = GenerationParams(max_new_tokens=8, temperature=0.5, top_p=1.0, top_k=0, seed=7)
     generation = generate(model, "Say hello", params)

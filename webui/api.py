@@ -2,7 +2,10 @@
 
 Owns `/v1/models`, `/v1/completions`, `/v1/chat/completions` (server-sent events or one JSON reply),
 `/v1/internal/model/{load,unload,info}` and `/v1/internal/token-count`. Generation goes through the same
-`GenerationService` as the UI, so API and UI requests share one first-come-first-served line for the one model.
+`GenerationService` as the UI, so API and UI requests share one first-come-first-served line for the one model;
+a request's prompt, parameters and context check are built once its turn has come, from the model that runs it
+(a chat through the same prompt builder as the Chat tab, `webui/chat_turn.py`). Errors that are not Corral's are
+logged with their traceback and answered 500 ("Internal error; see the server log").
 Each request runs in its own worker thread and is cancelled the moment its client goes away, which frees the
 engine within one token. Every failure is an `{"error": {"message", "type", "param", "code"}}` body with the
 status an OpenAI client expects. Flags are parsed in `app.py`; this module gets plain values.
@@ -21,7 +24,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
@@ -30,7 +33,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.types import Receive, Scope, Send
 
-from loaders.base import GenerationParams, LoadedModel
+from loaders.base import AnyModel, GenerationParams
 from loaders.errors import (
     CorralError,
     GenerationError,
@@ -40,10 +43,14 @@ from loaders.errors import (
     TemplateNotFoundError,
     TemplateRenderError,
 )
-from webui.engine import GenerationStats
-from webui.generation import StreamUpdate
+from webui import chat_turn
+from webui.engine import GenerationStats, is_token_model
+from webui.generation import StreamUpdate, Turn, TurnBuilder
 from webui.state import AppState
-from webui.templates import AUTO_TEMPLATE, Message, PromptTemplate
+from webui.templates import Message
+
+if TYPE_CHECKING:
+    from webui.model_service import LoadedInfo
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +213,8 @@ class TokenCountRequest(BaseModel):
 # --- from a request to a prompt and parameters ----------------------------------------------------------------------
 
 
-def _loaded(state: AppState, requested: str) -> tuple[Any, LoadedModel]:
-    """The loaded model's info, refusing a request that names a different model."""
-    info = state.models.current_info
+def _check_model(state: AppState, requested: str, info: LoadedInfo | None) -> LoadedInfo:
+    """`info`, refusing a request that names a different model (or when none is loaded)."""
     if requested and (info is None or requested != info.view.name):
         if requested not in state.models.names():
             raise ApiError(404, f"The model '{requested}' does not exist. GET /v1/models lists the models.",
@@ -220,29 +226,10 @@ def _loaded(state: AppState, requested: str) -> tuple[Any, LoadedModel]:
     if info is None:
         raise ApiError(503, "No model is loaded. Load one with POST /v1/internal/model/load or in the web UI.",
                        type="server_error", code="model_not_loaded")
-    return info, info.model
+    return info
 
 
-def _template(state: AppState, info: Any) -> PromptTemplate:
-    """The loaded model's template: the one resolved for it (settings), else its own, else picked by name."""
-    return state.templates.resolve(
-        info.view.resolved.template or AUTO_TEMPLATE, model_name=info.view.name,
-        model_chat_template=info.model.tokenizer.chat_template,
-    )
-
-
-def _chat_prompt(state: AppState, info: Any, messages: list[ChatMessage]) -> tuple[str, tuple[str, ...]]:
-    """The prompt for `messages` in the loaded model's template, and the template's stop strings."""
-    tokenizer = info.model.tokenizer
-    template = _template(state, info)
-    prompt = template.render(
-        [message.to_message() for message in messages], add_generation_prompt=True,
-        bos_token=tokenizer.bos_token or "", eos_token=tokenizer.eos_token or "",
-    )
-    return prompt, template.stop
-
-
-def _params(state: AppState, info: Any, body: SamplingRequest, extra_stops: tuple[str, ...] = ()) -> GenerationParams:
+def _params(state: AppState, info: LoadedInfo, body: SamplingRequest) -> GenerationParams:
     """The model's preset, overridden by the request; temperature 0 means greedy."""
     base = state.presets.load(info.view.resolved.preset or state.config.default_preset)
     sampler_fields = set(GenerationParams.field_names()) - {"stop"}
@@ -256,27 +243,35 @@ def _params(state: AppState, info: Any, body: SamplingRequest, extra_stops: tupl
         asked["do_sample"] = False
     elif body.temperature is not None:
         asked["do_sample"] = True
-    stops = tuple(dict.fromkeys((*base.stop, *body.stop_strings(), *extra_stops)))
+    stops = tuple(dict.fromkeys((*base.stop, *body.stop_strings())))
     context = info.model.context_length or base.truncation_length
     return dataclasses.replace(base, **asked, stop=stops, truncation_length=context)
 
 
-def _context_check(prompt: str, params: GenerationParams, param: str) -> Callable[[LoadedModel], None]:
+def _check_context(model: AnyModel, turn: Turn, param: str) -> None:
     """Refuse (rather than silently cut) a prompt that does not fit the context with max_tokens."""
+    if not is_token_model(model) or model.context_length <= 0:
+        return  # a remote engine: it answers for its own context
+    params = turn.params
+    prompt_tokens = len(model.tokenizer.encode(turn.prompt, add_bos=params.add_bos_token))
+    if prompt_tokens + params.max_new_tokens > model.context_length:
+        raise ApiError(
+            400, f"This model's maximum context length is {model.context_length} tokens. However, you "
+            f"requested {prompt_tokens + params.max_new_tokens} tokens ({prompt_tokens} in the prompt, "
+            f"{params.max_new_tokens} for the completion). Shorten the prompt or lower max_tokens.",
+            param=param, code="context_length_exceeded",
+        )
 
-    def check(model: LoadedModel) -> None:
-        if model.context_length <= 0:
-            return  # a remote engine: it answers for its own context
-        prompt_tokens = len(model.tokenizer.encode(prompt, add_bos=params.add_bos_token))
-        if prompt_tokens + params.max_new_tokens > model.context_length:
-            raise ApiError(
-                400, f"This model's maximum context length is {model.context_length} tokens. However, you "
-                f"requested {prompt_tokens + params.max_new_tokens} tokens ({prompt_tokens} in the prompt, "
-                f"{params.max_new_tokens} for the completion). Shorten the prompt or lower max_tokens.",
-                param=param, code="context_length_exceeded",
-            )
 
-    return check
+def _request_turn(state: AppState, body: CompletionRequest | ChatRequest) -> TurnBuilder:
+    """The turn for `body`, built (by `GenerationService.stream`) from the model that will run it: a chat in that
+    model's template through the shared chat prompt builder, or the completion prompt as given."""
+    if isinstance(body, ChatRequest):
+        messages = [message.to_message() for message in body.messages]
+        return chat_turn.chat_turn(
+            state.templates, lambda info: chat_turn.model_chat(info, messages), lambda info: _params(state, info, body)
+        )
+    return lambda info: Turn(body.text, _params(state, info, body))
 
 
 # --- running one request ------------------------------------------------------------------------------------------
@@ -287,15 +282,19 @@ _DONE = object()
 class Job:
     """One generation on a worker thread, its updates handed to the event loop through a queue."""
 
-    def __init__(self, state: AppState, prompt: str, params: GenerationParams, *, prompt_param: str) -> None:
+    def __init__(
+        self, state: AppState, body: CompletionRequest | ChatRequest, model: str, *, prompt_param: str
+    ) -> None:
+        """`model`: the name replies carry, until the turn is built on the model that runs it."""
         self.id = uuid.uuid4().hex
         self.created = int(time.time())
+        self.model = model
         self._state = state
         self._cancel = threading.Event()
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._check = _context_check(prompt, params, prompt_param)
-        self._prompt, self._params = prompt, params
+        self._requested, self._prompt_param = body.model, prompt_param
+        self._build = _request_turn(state, body)
         threading.Thread(target=self._run, name=f"api-{self.id[:8]}", daemon=True).start()
 
     def cancel(self) -> None:
@@ -323,11 +322,20 @@ class Job:
         finally:
             pending.cancel()
 
+    def _turn(self, info: LoadedInfo) -> Turn:
+        """Built once the request's turn has come: checks against the model that will really run it."""
+        if self._requested and self._requested != info.view.name:
+            raise ApiError(400, f"The model '{self._requested}' was replaced by '{info.view.name}' while this request "
+                           "waited in line. Ask again for the loaded model, or load the one you want with POST "
+                           "/v1/internal/model/load.", param="model", code="model_not_loaded")
+        turn = self._build(info)
+        _check_context(info.model, turn, self._prompt_param)
+        self.model = info.view.name  # read by the event loop only after the first update crossed the queue
+        return turn
+
     def _run(self) -> None:
         try:
-            stream = self._state.generation.stream(
-                f"api-{self.id}", self._prompt, self._params, check=self._check, cancel=self._cancel
-            )
+            stream = self._state.generation.stream(f"api-{self.id}", self._turn, cancel=self._cancel)
             for update in stream:
                 self._put(update)
         except ApiError as error:
@@ -349,9 +357,8 @@ class Job:
 
 @dataclass(frozen=True)
 class Shape:
-    """How one endpoint spells its replies."""
+    """How one endpoint spells its replies (the model's name is the job's: the model that ran it)."""
 
-    model: str
     chat: bool
 
     def chunk(self, job: Job, text: str, finish: str | None, *, first: bool = False) -> dict[str, Any]:
@@ -376,11 +383,11 @@ class Shape:
 
     def usage_chunk(self, job: Job, stats: GenerationStats) -> dict[str, Any]:
         kind = "chat.completion.chunk" if self.chat else "text_completion"
-        return {"id": self._id(job), "object": kind, "created": job.created, "model": self.model, "choices": [],
+        return {"id": self._id(job), "object": kind, "created": job.created, "model": job.model, "choices": [],
                 "usage": usage(stats)}
 
     def _envelope(self, job: Job, kind: str, choice: dict[str, Any]) -> dict[str, Any]:
-        return {"id": self._id(job), "object": kind, "created": job.created, "model": self.model,
+        return {"id": self._id(job), "object": kind, "created": job.created, "model": job.model,
                 "choices": [choice]}
 
     def _id(self, job: Job) -> str:
@@ -467,9 +474,16 @@ def create_app(state: AppState, *, api_key: str | None = None) -> FastAPI:
     app.add_exception_handler(ApiError, lambda _request, error: error.response())
     app.add_exception_handler(RequestValidationError, lambda _r, error: _validation_error(error).response())
     app.add_exception_handler(CorralError, lambda _request, error: api_error(error).response())
+    app.add_exception_handler(Exception, _internal_error)
     _add_model_routes(app, state)
     _add_generation_routes(app, state)
     return app
+
+
+def _internal_error(_request: Request, error: Exception) -> JSONResponse:
+    """A bug: the traceback goes to the log, the client gets a 500 in the OpenAI shape."""
+    log.error("API request failed", exc_info=error)
+    return ApiError(500, "Internal error; see the server log.", type="server_error").response()
 
 
 def _key_checker(api_key: str | None) -> Callable[[Request], None]:
@@ -500,7 +514,8 @@ def _add_model_routes(app: FastAPI, state: AppState) -> None:
         info = state.models.current_info
         if info is None:
             return {"model_name": None, "loader": None}
-        tokenizer, template = info.model.tokenizer, _template(state, info)
+        tokenizer = info.model.tokenizer
+        template = chat_turn.resolve(state.templates, info, chat_turn.model_template_name(info))
         # `chat_template` is the Jinja the chat endpoint renders with, so a remote Corral builds the same prompts
         return {"model_name": info.view.name, "loader": info.model.loader, "context_length": info.model.context_length,
                 "template": template.name, "chat_template": template.source, "stop": list(template.stop),
@@ -508,11 +523,9 @@ def _add_model_routes(app: FastAPI, state: AppState) -> None:
 
     @app.post("/v1/internal/model/load")
     def load(body: LoadRequest) -> dict[str, Any]:
-        try:
-            info = state.models.load(body.model_name, loader=body.loader, loader_settings=body.settings,
-                                     confirm_memory=body.confirm_memory)
-        except (KeyError, TypeError) as error:  # unknown loader name / setting of the wrong type
-            raise ApiError(400, f"Cannot load '{body.model_name}': {error}", param="loader") from error
+        # An unknown loader or a bad setting is a CorralError (SettingsError): the app's handler answers 400.
+        info = state.models.load(body.model_name, loader=body.loader, loader_settings=body.settings,
+                                 confirm_memory=body.confirm_memory)
         return {"model_name": info.view.name, "loader": info.model.loader, "load_seconds": info.model.load_seconds}
 
     @app.post("/v1/internal/model/unload")
@@ -532,18 +545,15 @@ def _model_card(name: str) -> dict[str, Any]:
 def _add_generation_routes(app: FastAPI, state: AppState) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        info, _model = _loaded(state, body.model)
-        job = Job(state, body.text, _params(state, info, body), prompt_param="prompt")
-        return await _respond(job, request, Shape(info.view.name, chat=False), stream=body.stream,
-                              include_usage=body.include_usage)
+        info = _check_model(state, body.model, state.models.current_info)  # fail fast, before waiting in line
+        job = Job(state, body, info.view.name, prompt_param="prompt")
+        return await _respond(job, request, Shape(chat=False), stream=body.stream, include_usage=body.include_usage)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
-        info, _model = _loaded(state, body.model)
-        prompt, stops = _chat_prompt(state, info, body.messages)
-        job = Job(state, prompt, _params(state, info, body, stops), prompt_param="messages")
-        return await _respond(job, request, Shape(info.view.name, chat=True), stream=body.stream,
-                              include_usage=body.include_usage)
+        info = _check_model(state, body.model, state.models.current_info)  # fail fast, before waiting in line
+        job = Job(state, body, info.view.name, prompt_param="messages")
+        return await _respond(job, request, Shape(chat=True), stream=body.stream, include_usage=body.include_usage)
 
 
 # --- serving ------------------------------------------------------------------------------------------------------

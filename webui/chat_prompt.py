@@ -7,7 +7,8 @@
   instruct template, the reply starting with "{bot_name}:".
 
 The operations (`add_user_message`, `set_reply`, `remove_last`, ...) are pure: they return a new `Chat` and never
-touch the disk; the caller saves it with `HistoryStore.save`.
+touch the disk; the caller saves it with `HistoryStore.save`. The one exception is `StreamedReply`, which a streaming
+reply updates in place so each token costs the same however long the chat (see `webui/chat_service.py`).
 """
 
 from __future__ import annotations
@@ -43,13 +44,20 @@ def build_prompt(
     """The exact prompt string for the next reply. With `continue_last` the last (assistant) message is continued:
     the prompt ends with its text, no end-of-turn. Raises `GenerationError` when there is nothing to answer or
     continue, `TemplateNotFoundError` / `TemplateRenderError` for template problems."""
-    if continue_last:
-        prepare_continue(chat)
-    elif not chat.messages:
-        raise GenerationError("Nothing to answer yet: write a message first.")
-    if chat.mode == "chat":
+    _check_answerable(chat, continue_last=continue_last)
+    template = None
+    if chat.mode != "chat":
+        template = resolve_template(chat, templates, model_name=model_name, model_chat_template=model_chat_template)
+    return render_prompt(chat, template, bos_token=bos_token, eos_token=eos_token, continue_last=continue_last)
+
+
+def render_prompt(
+    chat: Chat, template: PromptTemplate | None, *, bos_token: str, eos_token: str, continue_last: bool = False
+) -> str:
+    """As `build_prompt`, with the template already resolved (None in the plain chat mode, which uses none)."""
+    _check_answerable(chat, continue_last=continue_last)
+    if chat.mode == "chat" or template is None:  # None only in the chat mode, which needs no template
         return _transcript(chat, chat.messages, continue_last=continue_last, generation_prompt=True)
-    template = resolve_template(chat, templates, model_name=model_name, model_chat_template=model_chat_template)
     if chat.mode == "chat-instruct":
         return _chat_instruct(chat, template, bos_token, eos_token, continue_last=continue_last)
     messages = [Message("system", chat.system_prompt), *chat.messages] if chat.system_prompt else chat.messages
@@ -60,6 +68,13 @@ def build_prompt(
         eos_token=eos_token,
         continue_last=continue_last,
     )
+
+
+def _check_answerable(chat: Chat, *, continue_last: bool) -> None:
+    if continue_last:
+        prepare_continue(chat)
+    elif not chat.messages:
+        raise GenerationError("Nothing to answer yet: write a message first.")
 
 
 def stop_strings(chat: Chat, template: PromptTemplate | None = None) -> tuple[str, ...]:
@@ -117,8 +132,8 @@ def add_user_message(chat: Chat, text: str) -> Chat:
 
 
 def set_reply(chat: Chat, text: str) -> Chat:
-    """Make `text` the bot's reply: replaces the last message if it is the bot's, else appends one. Streaming calls
-    this with the reply so far. In the chat modes leading spaces (after "{bot_name}:") are dropped."""
+    """Make `text` the bot's reply: replaces the last message if it is the bot's, else appends one. In the chat
+    modes leading spaces (after "{bot_name}:") are dropped. A streaming reply uses `StreamedReply` (same rules)."""
     content = text if chat.mode == "instruct" else text.lstrip()
     if chat.messages and chat.messages[-1].role == "assistant":
         return _with_messages(chat, [*chat.messages[:-1], Message("assistant", content)])
@@ -129,6 +144,42 @@ def append_reply(chat: Chat, text: str) -> Chat:
     """Add `text` to the end of the bot's last reply (Continue)."""
     last = prepare_continue(chat).messages[-1]
     return _with_messages(chat, [*chat.messages[:-1], Message("assistant", last.content + text)])
+
+
+class StreamedReply:
+    """The chat with a streaming reply in it. The chat is copied once, at the first update; after that each update
+    replaces only the last message, in place, so a token costs the same in a long chat as in a short one.
+    Same rules as `set_reply` (or `append_reply` with `continue_last`). `chat` is the chat as it stands."""
+
+    def __init__(self, chat: Chat, *, continue_last: bool) -> None:
+        self.chat = chat
+        self._prefix = prepare_continue(chat).messages[-1].content if continue_last else ""
+        # In the chat modes the reply follows "{bot_name}:", so its leading spaces are dropped (not when continuing).
+        self._skip: int | None = None if chat.mode != "instruct" and not continue_last else 0
+        self._started = False
+
+    def update(self, text: str) -> Chat:
+        """The chat with `text` (the reply so far) as the bot's reply."""
+        if not self._started:
+            self._start()
+        self.chat.messages[-1] = Message("assistant", self._prefix + self._content(text))
+        self.chat.updated = time.time()
+        return self.chat
+
+    def _start(self) -> None:
+        messages = list(self.chat.messages)
+        if not (messages and messages[-1].role == "assistant"):
+            messages.append(Message("assistant", ""))
+        self.chat = _with_messages(self.chat, messages)
+        self._started = True
+
+    def _content(self, text: str) -> str:
+        if self._skip is None:  # still in the leading spaces: the text only grows, so they are counted once
+            stripped = text.lstrip()
+            if not stripped:
+                return ""
+            self._skip = len(text) - len(stripped)
+        return text[self._skip :] if self._skip else text
 
 
 def remove_last(chat: Chat) -> tuple[Chat, str]:

@@ -1,40 +1,23 @@
 """Chat service: one chat turn from message to saved reply, for the UI (and any other front end).
 
-Builds the prompt for the chat's mode with the loaded model's template and tokens, adds the mode's stop strings,
-streams the reply through the generation service, and saves the chat to disk after the user's message and after
-the reply, so nothing typed is lost even if generation fails or is stopped.
+Streams the reply through the generation service with the chat's turn builder (`webui/chat_turn.py`: the prompt for
+the chat's mode, rendered with the template, tokens and stop strings of the model that actually runs the turn), and
+saves the chat to disk after the user's message, at most once a second while the reply streams, and after the
+reply, so nothing typed is lost even if generation fails or is stopped. Each streamed token costs the same however
+long the chat: the reply is written into the last message in place (`chat_prompt.StreamedReply`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 
 from loaders.base import GenerationParams
-from loaders.errors import ModelNotLoadedError
-from webui import chat_prompt
-from webui.generation import StreamUpdate
+from webui import chat_prompt, chat_turn
+from webui.generation import Pacer, StreamUpdate
 from webui.history import Chat
 from webui.state import AppState
 
-
-def prompt_for(state: AppState, chat: Chat, *, continue_last: bool = False) -> tuple[str, tuple[str, ...]]:
-    """The exact prompt and the extra stop strings for the next reply in `chat` with the loaded model."""
-    info = state.models.current_info
-    if info is None:
-        raise ModelNotLoadedError("No model is loaded. Pick one in the Model tab and click Load.")
-    tokenizer = info.model.tokenizer
-    names = {"model_name": info.view.name, "model_chat_template": tokenizer.chat_template}
-    prompt = chat_prompt.build_prompt(
-        chat,
-        state.templates,
-        bos_token=tokenizer.bos_token or "",
-        eos_token=tokenizer.eos_token or "",
-        continue_last=continue_last,
-        **names,
-    )
-    template = None if chat.mode == "chat" else chat_prompt.resolve_template(chat, state.templates, **names)
-    return prompt, chat_prompt.stop_strings(chat, template)
+SAVE_SECONDS = 1.0  # while streaming, the chat is saved at most this often (and always at the end)
 
 
 def send(
@@ -60,15 +43,15 @@ def continue_reply(
 def _reply(
     state: AppState, session: str, chat: Chat, params: GenerationParams, *, continue_last: bool
 ) -> Iterator[tuple[Chat, StreamUpdate]]:
-    prompt, stops = prompt_for(state, chat, continue_last=continue_last)
-    params = dataclasses.replace(params, stop=tuple(dict.fromkeys((*params.stop, *stops))))
-    base, current = chat, chat
+    """(chat, update) per streamed piece; the chat yielded is the same object each time, its last message updated."""
+    reply = chat_prompt.StreamedReply(chat, continue_last=continue_last)
+    build = chat_turn.chat_turn(state.templates, chat, params, continue_last=continue_last)
+    saves = Pacer(SAVE_SECONDS)
     try:
-        for update in state.generation.stream(session, prompt, params):
-            if continue_last:
-                current = chat_prompt.append_reply(base, update.text)
-            else:
-                current = chat_prompt.set_reply(base, update.text)
+        for update in state.generation.stream(session, build):
+            current = reply.update(update.text)
+            if update.stats is None and saves.due():
+                state.history.save(current)
             yield current, update
     finally:
-        state.history.save(current)
+        state.history.save(reply.chat)

@@ -2,9 +2,9 @@
 
 The loader yields token ids (`LoadedModel.generate_tokens`); this module does everything else once for all
 backends: prompt encoding (BOS rule, left truncation), incremental detokenization, stop strings, cancellation and
-the statistics shown after each reply. It imports neither gradio nor torch. A model that can only stream text (a
-remote engine: `TextStreamingModel.stream_text`) gets the prompt as text and skips the token steps; stop strings,
-cancellation and statistics stay shared.
+the statistics shown after each reply. It imports neither gradio nor torch. The two kinds of model are told apart
+explicitly: a `TextStreamingModel` (a remote engine) gets the prompt as text and has no token steps (counting tokens
+on it is a `GenerationError` saying so); stop strings, cancellation and statistics stay shared.
 
 Detokenization decodes a sliding window of a few tokens, as text-generation-inference does (`prefix`/`read`
 offsets), so each token costs two tiny decodes whatever the reply's length; a window ending in U+FFFD (an
@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from loaders.base import GenerationParams, LoadedModel, ModelTokenizer, TextStreamingModel, TextUsage
+from loaders.base import AnyModel, GenerationParams, LoadedModel, ModelTokenizer, TextStreamingModel, TextUsage
 from loaders.errors import GenerationError
 
 REPLACEMENT_CHAR = "\ufffd"
@@ -37,14 +37,19 @@ class GenerationStats:
 
 
 def generate(
-    model: LoadedModel, prompt: str, params: GenerationParams, *, cancel: threading.Event | None = None
+    model: AnyModel, prompt: str, params: GenerationParams, *, cancel: threading.Event | None = None
 ) -> Generation:
     """Start a generation: iterate the result for text deltas. Raises `GenerationError` for an unusable prompt."""
-    if isinstance(model, TextStreamingModel):
+    if not is_token_model(model):
         if not prompt:
             raise GenerationError("The prompt is empty: write something for the model to continue.")
         return Generation(model, [], params, cancel or threading.Event(), prompt_text=prompt)
     return generate_ids(model, encode_prompt(model, prompt, params), params, cancel=cancel)
+
+
+def is_token_model(model: AnyModel) -> bool:
+    """True for a model that gives token ids; False for a `TextStreamingModel` (text in, text out)."""
+    return not isinstance(model, TextStreamingModel)
 
 
 def generate_ids(
@@ -57,8 +62,13 @@ def generate_ids(
     return Generation(model, list(prompt_ids), params, cancel or threading.Event())
 
 
-def count_tokens(model: LoadedModel, text: str) -> int:
-    """Tokens `text` takes on its own (no BOS)."""
+def count_tokens(model: AnyModel, text: str) -> int:
+    """Tokens `text` takes on its own (no BOS). A text-streaming model has no token ids to count."""
+    if not is_token_model(model):
+        raise GenerationError(
+            f"{model.name} runs on a remote engine that streams text and does not share its token ids, so its "
+            "tokens cannot be counted here. Load a local model to count tokens."
+        )
     return len(model.tokenizer.encode(text, add_bos=False))
 
 
@@ -98,7 +108,7 @@ class Generation:
     reply's tokens, `.stats` is set once the iteration is over. Cancel with the event given to `generate`."""
 
     def __init__(
-        self, model: LoadedModel, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event, *,
+        self, model: AnyModel, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event, *,
         prompt_text: str | None = None,
     ) -> None:
         self.model = model
@@ -118,9 +128,9 @@ class Generation:
 
     def _run(self) -> Iterator[str]:
         start = time.perf_counter()
-        detokenizer = Detokenizer(self.model.tokenizer, skip_special_tokens=self.params.skip_special_tokens)
         stops = StopStrings(self.params.stop)
         if self.prompt_text is None:
+            detokenizer = Detokenizer(self.model.tokenizer, skip_special_tokens=self.params.skip_special_tokens)
             tokens = self.model.generate_tokens(self.prompt_ids, self.params, self.cancel)
             pieces = self._deltas(tokens, detokenizer, stops)
         else:

@@ -1,31 +1,71 @@
 """Generation service: runs the engine on the loaded model for one request at a time, with per-session Stop.
 
-The UI and the API call `stream(session, prompt, params)`. Requests for the one loaded model are served first come,
+The UI, the API and the CLI call `stream(session, build)`. Requests for the one loaded model are served first come,
 first served (`FairGate`: a plain lock lets any waiter win, so a busy API could starve a UI user), then take the
-model lock, which load/unload also hold. `stop(session)` cancels only that session's request, whether it is running
-or still waiting in line. The engine does the token work; this module owns who may use the model and when.
+model lock, which load/unload also hold. Only then is the request's `Turn` (prompt and parameters) built, by
+`build(info)` from the `LoadedInfo` of the model that will run it: a load that finished while the request waited
+gives the new model its own template, BOS and stops, never the old model's. `stop(session)` cancels only that
+session's request, whether it is running or still waiting in line. The engine does the token work; this module owns
+who may use the model and when. Each update costs O(1): it carries the engine's text and the new delta, no copies.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from loaders.base import GenerationParams, LoadedModel
+from loaders.base import GenerationParams
 from loaders.errors import ModelNotLoadedError
-from webui.engine import Generation, GenerationStats, generate
+from webui.engine import Generation, GenerationStats, count_tokens, generate
+
+if TYPE_CHECKING:
+    from webui.model_service import LoadedInfo
 
 WAIT_POLL_SECONDS = 0.05  # how often a waiter re-checks its cancel event (Stop while queued)
 
 
 @dataclass(frozen=True)
 class StreamUpdate:
-    """The reply so far; `stats` is set on the last update."""
+    """The reply so far and what this update added; `stats` is set on the last update."""
 
     text: str
     stats: GenerationStats | None = None
+    delta: str = ""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What one request runs: the exact prompt and its parameters (stop strings included)."""
+
+    prompt: str
+    params: GenerationParams
+
+
+TurnBuilder = Callable[["LoadedInfo"], Turn]  # called once the request's turn has come, with the model that runs it
+
+
+def raw_turn(prompt: str, params: GenerationParams) -> TurnBuilder:
+    """A prompt sent as written, whatever the model (Notebook, raw completions, the CLI without --chat)."""
+    return lambda _info: Turn(prompt, params)
+
+
+class Pacer:
+    """At most one "yes" per `seconds` while a reply streams (saving the chat, refreshing a browser)."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._last = time.monotonic()  # the caller has just done the thing (saved, shown) when it starts
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last < self._seconds:
+            return False
+        self._last = now
+        return True
 
 
 class FairGate:
@@ -64,25 +104,20 @@ class FairGate:
 
 
 class GenerationService:
-    def __init__(self, lock: threading.RLock, current_model: Callable[[], LoadedModel | None]) -> None:
-        """`current_model()` returns the loaded model or None (the model service owns loading)."""
+    def __init__(self, lock: threading.RLock, current: Callable[[], LoadedInfo | None]) -> None:
+        """`current()` returns the loaded model's `LoadedInfo` or None (the model service owns loading)."""
         self._lock = lock
-        self._current_model = current_model
+        self._current = current
         self._gate = FairGate()
         self._cancel: dict[str, threading.Event] = {}
         self._cancel_guard = threading.Lock()
 
     def stream(
-        self,
-        session: str,
-        prompt: str,
-        params: GenerationParams,
-        *,
-        check: Callable[[LoadedModel], None] | None = None,
-        cancel: threading.Event | None = None,
+        self, session: str, build: TurnBuilder, *, cancel: threading.Event | None = None
     ) -> Iterator[StreamUpdate]:
-        """Yield the growing reply. Raises `ModelNotLoadedError` when no model is loaded. `check(model)` runs once
-        the request's turn has come, before generating (the API refuses prompts longer than the context there).
+        """Yield the growing reply. Raises `ModelNotLoadedError` when no model is loaded. `build(info)` makes the
+        prompt and parameters once the request's turn has come, under the model lock, from the model that will run
+        them; whatever it raises ends the request (the API refuses prompts longer than the context there).
         `cancel`: the caller's own event (set it, or call `stop(session)`, to end the request)."""
         cancel = self._register(session, cancel or threading.Event())
         try:
@@ -92,10 +127,9 @@ class GenerationService:
                 with self._lock:
                     if cancel.is_set():
                         return
-                    model = self._require_model()
-                    if check is not None:
-                        check(model)
-                    generation = generate(model, prompt, params, cancel=cancel)
+                    info = self._require_info()
+                    turn = build(info)
+                    generation = generate(info.model, turn.prompt, turn.params, cancel=cancel)
                     yield from self._updates(generation)
             finally:
                 self._gate.leave()
@@ -109,9 +143,8 @@ class GenerationService:
             event.set()
 
     def count_tokens(self, text: str) -> int:
-        from webui.engine import count_tokens
-
-        return count_tokens(self._require_model(), text)
+        """Tokens of `text` on the loaded model; `GenerationError` for a model without token ids."""
+        return count_tokens(self._require_info().model, text)
 
     @property
     def waiting(self) -> int:
@@ -119,15 +152,15 @@ class GenerationService:
         return self._gate.waiting
 
     def _updates(self, generation: Generation) -> Iterator[StreamUpdate]:
-        for _delta in generation:
-            yield StreamUpdate(generation.text)
+        for delta in generation:
+            yield StreamUpdate(generation.text, delta=delta)
         yield StreamUpdate(generation.text, generation.stats)
 
-    def _require_model(self) -> LoadedModel:
-        model = self._current_model()
-        if model is None:
+    def _require_info(self) -> LoadedInfo:
+        info = self._current()
+        if info is None:
             raise ModelNotLoadedError("No model is loaded. Pick one in the Model tab and click Load.")
-        return model
+        return info
 
     def _register(self, session: str, event: threading.Event) -> threading.Event:
         with self._cancel_guard:

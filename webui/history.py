@@ -1,16 +1,22 @@
 """Chat histories on disk: one JSON file per chat, `<dir>/<id>.json`, written atomically after every message.
 
 Owns the `Chat` record (messages plus the settings a chat was held with), its JSON form, and the `HistoryStore`
-that lists, loads, saves and deletes chats. A file that cannot be read as a chat is never deleted: it is moved
-aside with `fileio.quarantine` (`<id>.broken-<time>.json`) and reported, and the other chats stay usable.
+that lists, loads, saves and deletes chats. Listing reads a small index (`<dir>/index.cache`, JSON: per chat its
+title, time, message count and the file's mtime/size), kept up to date by `save` and `delete` under a lock and
+refreshed by the listing only for files whose mtime/size changed or that it lacks (a chat file copied in by hand);
+it is a cache, rebuilt from the chat files if it is damaged or deleted. Listing has no side effect on the chats:
+an unreadable file is reported, not moved. `load` of a file that cannot be read as a chat moves it aside with
+`fileio.quarantine` (`<id>.broken-<time>.json`) and says so; no chat file is ever deleted except by `delete`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +34,10 @@ FORMAT_VERSION = 1
 _ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,80}")
 _SUFFIX = ".json"
 _TEXT_FIELDS = ("id", "title", "template", "system_prompt", "user_name", "bot_name")
+INDEX_NAME = "index.cache"  # not "*.json": only chat files match that
+INDEX_VERSION = 1
+_LOCKS: dict[Path, threading.Lock] = {}  # one per chats folder: every store on it shares the index
+_LOCKS_GUARD = threading.Lock()
 
 
 @dataclass
@@ -63,10 +73,40 @@ class ChatSummary:
 
 @dataclass(frozen=True)
 class ChatListing:
-    """`HistoryStore.scan`: the readable chats, newest first, and one message per file that was quarantined."""
+    """`HistoryStore.scan`: the readable chats, newest first, and one message per file that cannot be read."""
 
     chats: list[ChatSummary]
     problems: list[str]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One chat file in the index: its summary (or why it cannot be read) and the file's mtime and size then."""
+
+    mtime_ns: int
+    size: int
+    title: str = ""
+    updated: float = 0.0
+    message_count: int = 0
+    problem: str = ""
+
+    def matches(self, stat: os.stat_result) -> bool:
+        return (self.mtime_ns, self.size) == (stat.st_mtime_ns, stat.st_size)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v or k in ("mtime_ns", "size")}
+
+    @classmethod
+    def from_json(cls, data: Any) -> _Entry | None:
+        """None for anything that is not an entry we wrote (the file is then read again)."""
+        if not isinstance(data, dict) or not isinstance(data.get("mtime_ns"), int):
+            return None
+        try:
+            return cls(mtime_ns=data["mtime_ns"], size=int(data["size"]), title=str(data.get("title", "")),
+                       updated=float(data.get("updated", 0.0)), message_count=int(data.get("message_count", 0)),
+                       problem=str(data.get("problem", "")))
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 def new_chat_id() -> str:
@@ -151,7 +191,14 @@ class HistoryStore:
     def save(self, chat: Chat) -> Path:
         """Write the chat atomically: a crash leaves the previous version or this one, never half a file."""
         path = self.path(chat.id)
-        atomic_write_text(path, json.dumps(chat_to_json(chat), ensure_ascii=False, indent=1))
+        text = json.dumps(chat_to_json(chat), ensure_ascii=False, indent=1)
+        with self._lock:  # the file and its index entry change together
+            atomic_write_text(path, text)
+            stat = path.stat()
+            entry = _Entry(stat.st_mtime_ns, stat.st_size, chat.title, chat.updated, len(chat.messages))
+            index = self._read_index()
+            index[chat.id] = entry
+            self._write_index(index)
         return path
 
     def load(self, chat_id: str) -> Chat:
@@ -174,32 +221,88 @@ class HistoryStore:
 
     def delete(self, chat_id: str) -> None:
         path = self.path(chat_id)
-        try:
-            path.unlink()
-        except FileNotFoundError as error:
-            raise HistoryError(f"No saved chat '{chat_id}' to delete in {self.directory}.") from error
+        with self._lock:
+            try:
+                path.unlink()
+            except FileNotFoundError as error:
+                raise HistoryError(f"No saved chat '{chat_id}' to delete in {self.directory}.") from error
+            index = self._read_index()
+            if index.pop(chat_id, None) is not None:
+                self._write_index(index)
 
     def scan(self) -> ChatListing:
-        """All readable chats, newest first; damaged files are quarantined, logged and reported in `problems`."""
-        chats: list[ChatSummary] = []
-        problems: list[str] = []
-        for path in self._chat_files():
-            try:
-                chat = self.load(path.stem)
-            except HistoryError as error:
-                log.warning("%s", error)
-                problems.append(str(error))
-                continue
-            chats.append(ChatSummary(chat.id, chat.display_title, chat.updated, len(chat.messages)))
+        """All readable chats, newest first, from the index; files it does not know as they are now are read (and
+        the index updated). Unreadable files are reported in `problems` and left where they are."""
+        with self._lock:
+            index = self._read_index()
+            fresh = {chat_id: self._entry(path, stat, index.get(chat_id)) for chat_id, path, stat in self._chat_files()}
+            if fresh != index:
+                self._write_index(fresh)
+        chats = [ChatSummary(chat_id, e.title or "New chat", e.updated, e.message_count)
+                 for chat_id, e in fresh.items() if not e.problem]
         chats.sort(key=lambda summary: summary.updated, reverse=True)
-        return ChatListing(chats=chats, problems=problems)
+        return ChatListing(chats=chats, problems=[e.problem for e in fresh.values() if e.problem])
 
     def list(self) -> list[ChatSummary]:
-        """`scan().chats`: readable chats, newest first (damaged ones are quarantined and skipped)."""
+        """`scan().chats`: readable chats, newest first (unreadable ones are skipped)."""
         return self.scan().chats
 
-    def _chat_files(self) -> list[Path]:
-        if not self.directory.is_dir():
+    @property
+    def _lock(self) -> threading.Lock:
+        key = self.directory.resolve()
+        with _LOCKS_GUARD:
+            return _LOCKS.setdefault(key, threading.Lock())
+
+    def _chat_files(self) -> list[tuple[str, Path, os.stat_result]]:
+        """(id, path, stat) of every chat file; quarantined and temporary files do not match the id pattern."""
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:
             return []
-        # Quarantined files (`<id>.broken-<time>.json`) and temporary files do not match the id pattern.
-        return [p for p in self.directory.glob(f"*{_SUFFIX}") if _ID_PATTERN.fullmatch(p.stem)]
+        except OSError as error:
+            raise HistoryError(f"The chats folder {self.directory} cannot be read: {error}") from error
+        found = []
+        for item in entries:
+            stem = item.name.removesuffix(_SUFFIX)
+            if item.name.endswith(_SUFFIX) and _ID_PATTERN.fullmatch(stem) and item.is_file():
+                found.append((stem, Path(item.path), item.stat()))
+        return found
+
+    def _entry(self, path: Path, stat: os.stat_result, known: _Entry | None) -> _Entry:
+        """The index entry of one file: `known` if the file is unchanged, else read from the file (never moved)."""
+        if known is not None and known.matches(stat):
+            return known
+        try:
+            chat = chat_from_json(json.loads(path.read_bytes().decode("utf-8")))
+        except (OSError, ValueError) as error:  # ValueError: bad JSON, bad UTF-8 or not a chat
+            problem = (f"Saved chat {path} cannot be read ({error}); it is not listed. Fix or remove the file "
+                       "(opening it moves it aside).")
+            log.warning("%s", problem)
+            return _Entry(stat.st_mtime_ns, stat.st_size, problem=problem)
+        return _Entry(stat.st_mtime_ns, stat.st_size, chat.title, chat.updated, len(chat.messages))
+
+    @property
+    def _index_path(self) -> Path:
+        return self.directory / INDEX_NAME
+
+    def _read_index(self) -> dict[str, _Entry]:
+        """The index as saved; empty (so every file is read again) if it is missing or damaged."""
+        try:
+            data = json.loads(self._index_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:
+            log.warning("Chat index %s is unreadable (%s); rebuilding it from the chat files.", self._index_path, error)
+            return {}
+        chats = data.get("chats") if isinstance(data, dict) and data.get("version") == INDEX_VERSION else None
+        if not isinstance(chats, dict):
+            return {}
+        entries = {str(chat_id): _Entry.from_json(value) for chat_id, value in chats.items()}
+        return {chat_id: entry for chat_id, entry in entries.items() if entry is not None}
+
+    def _write_index(self, index: dict[str, _Entry]) -> None:
+        data = {"version": INDEX_VERSION, "chats": {k: e.to_json() for k, e in index.items()}}
+        try:
+            atomic_write_text(self._index_path, json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+        except OSError as error:  # only a cache: the next listing reads the changed files again
+            log.warning("Could not update the chat index %s: %s", self._index_path, error)

@@ -1,6 +1,10 @@
 """Chat tab: modes chat / chat-instruct / instruct, system prompt and names, streaming replies with Stop,
 Regenerate, Continue, Remove last, Clear, copy; every chat saved to disk after each message and listed for reopening.
-All chat logic is in `webui/chat_service.py` and `webui/chat_prompt.py`; this module only wires components."""
+All chat logic is in `webui/chat_service.py` and `webui/chat_prompt.py`; this module only wires components.
+
+While a reply streams, the chatbot's message list is built once and then only its last message changes, and the
+browser gets at most `UI_REFRESH_SECONDS` worth of updates: Gradio re-serializes and diffs the whole chatbot value on
+every yield, so yielding per token would cost the length of the history per token."""
 
 from __future__ import annotations
 
@@ -10,12 +14,12 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from loaders.errors import CorralError
 from webui import chat_prompt, chat_service
+from webui.generation import Pacer
 from webui.history import CHAT_MODES, Chat
 from webui.state import AppState
 from webui.templates import AUTO_TEMPLATE
-from webui.ui.common import format_stats, session_id, stopper
+from webui.ui.common import UI_REFRESH_SECONDS, error_text, format_stats, session_id, stopper
 from webui.ui.parameters import ParamControls
 
 
@@ -63,12 +67,16 @@ def build_tab(state: AppState, controls: ParamControls) -> ChatControls:
 
     def run(stream, chat: Chat):
         """Drive a chat_service stream into (chatbot, chat, status, past-chats) updates."""
+        shown = ShownReply()
         try:
             for chat, update in stream:
-                stats = format_stats(update.stats) if update.stats else "Generating…"
-                yield _messages(chat), chat, stats, gr.skip()
-        except CorralError as error:
-            yield _messages(chat), chat, f"⚠️ {error}", gr.skip()
+                messages = shown.update(chat)
+                if update.stats is not None:
+                    yield messages, chat, format_stats(update.stats), gr.skip()
+                elif shown.due():
+                    yield messages, chat, "Generating…", gr.skip()
+        except Exception as error:  # noqa: BLE001 - error_text shows ours and logs anything else as a bug
+            yield shown.messages(chat), chat, error_text(error, "generating"), gr.skip()
         yield gr.skip(), gr.skip(), gr.skip(), gr.update(choices=_chat_choices(state), value=chat.id)
 
     def on_send(request: gr.Request, text: str, chat: Chat | None, *values):
@@ -93,25 +101,31 @@ def build_tab(state: AppState, controls: ParamControls) -> ChatControls:
 
     def on_remove_last(chat: Chat | None):
         if chat is None:
-            return gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
         chat, text = chat_prompt.remove_last(chat)
-        state.history.save(chat)
-        return _messages(chat), chat, text
+        try:
+            state.history.save(chat)
+        except Exception as error:  # noqa: BLE001 - as above
+            return gr.skip(), gr.skip(), gr.skip(), error_text(error, "saving the chat")
+        return _messages(chat), chat, text, gr.skip()
 
     def on_clear(chat: Chat | None):
         if chat is None:
-            return gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip()
         chat = chat_prompt.clear_messages(chat)
-        state.history.save(chat)
-        return _messages(chat), chat
+        try:
+            state.history.save(chat)
+        except Exception as error:  # noqa: BLE001 - as above
+            return gr.skip(), gr.skip(), error_text(error, "saving the chat")
+        return _messages(chat), chat, gr.skip()
 
     def on_open(chat_id: str | None):
         if not chat_id:
             return [gr.skip()] * 8
         try:
             chat = state.history.load(chat_id)
-        except CorralError as error:
-            return [gr.skip()] * 7 + [f"⚠️ {error}"]
+        except Exception as error:  # noqa: BLE001 - as above
+            return [gr.skip()] * 7 + [error_text(error, "opening the chat")]
         return (
             _messages(chat),
             chat,
@@ -127,8 +141,11 @@ def build_tab(state: AppState, controls: ParamControls) -> ChatControls:
         return [], None, gr.update(value=None), "New chat."
 
     def on_delete(chat: Chat | None):
-        if chat is not None:
-            state.history.delete(chat.id)
+        try:
+            if chat is not None:
+                state.history.delete(chat.id)
+        except Exception as error:  # noqa: BLE001 - as above
+            return gr.skip(), gr.skip(), gr.skip(), error_text(error, "deleting the chat")
         return [], None, gr.update(choices=_chat_choices(state), value=None), "Chat deleted."
 
     gen_inputs = [chat_state, *settings, *controls.inputs]
@@ -138,12 +155,38 @@ def build_tab(state: AppState, controls: ParamControls) -> ChatControls:
     regenerate.click(on_regenerate, gen_inputs, gen_outputs, concurrency_id="model")
     cont.click(on_continue, gen_inputs, gen_outputs, concurrency_id="model")
     stop.click(stopper(state), None, None)
-    remove.click(on_remove_last, chat_state, [chatbot, chat_state, message])
-    clear.click(on_clear, chat_state, [chatbot, chat_state])
+    remove.click(on_remove_last, chat_state, [chatbot, chat_state, message, status])
+    clear.click(on_clear, chat_state, [chatbot, chat_state, status])
     past.input(on_open, past, [chatbot, chat_state, *settings, status])
     new.click(on_new, None, [chatbot, chat_state, past, status])
     delete.click(on_delete, chat_state, [chatbot, chat_state, past, status])
     return ChatControls(template=template)
+
+
+class ShownReply:
+    """The chatbot's messages while one reply streams: built from the chat once, then only the last one changes
+    (the chat service updates the same chat in place). `due()` paces the updates sent to the browser."""
+
+    def __init__(self) -> None:
+        self._shown: list[dict[str, str]] | None = None
+        self._pacer: Pacer | None = None
+
+    def update(self, chat: Chat) -> list[dict[str, str]]:
+        if self._shown is None:
+            self._shown = _messages(chat)  # the first update: the user's message and the reply's are new
+        else:
+            self._shown[-1]["content"] = chat.messages[-1].content
+        return self._shown
+
+    def messages(self, chat: Chat) -> list[dict[str, str]]:
+        return self._shown if self._shown is not None else _messages(chat)
+
+    def due(self) -> bool:
+        """True for the first update (the user's message appears at once), then at most once per refresh."""
+        if self._pacer is None:
+            self._pacer = Pacer(UI_REFRESH_SECONDS)
+            return True
+        return self._pacer.due()
 
 
 def _messages(chat: Chat) -> list[dict[str, str]]:

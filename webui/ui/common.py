@@ -1,10 +1,20 @@
-"""Small helpers shared by the tabs: who the browser session is, and how results are worded."""
+"""Small helpers shared by the tabs: who the browser session is, and how results and errors are worded.
+
+Handlers catch Corral's own errors (`CorralError`, whose message says what to do) and show them; anything else is a
+bug: `error_text` logs it with its traceback and shows a short line pointing to the log, never a traceback.
+"""
 
 from __future__ import annotations
 
+import logging
+
 import gradio as gr
 
+from loaders.errors import CorralError
 from webui.engine import GenerationStats
+
+log = logging.getLogger(__name__)
+UI_REFRESH_SECONDS = 0.05  # a streaming reply is pushed to the browser at most 20 times a second
 
 
 def session_id(request: gr.Request | None) -> str:
@@ -26,3 +36,11 @@ def format_stats(stats: GenerationStats) -> str:
         f"{stats.new_tokens} tokens in {stats.seconds:.1f} s ({stats.tokens_per_second:.1f} tokens/s), "
         f"prompt {stats.prompt_tokens} tokens, stopped by {stats.stop_reason.replace('_', ' ')}."
     )
+
+
+def error_text(error: Exception, action: str) -> str:
+    """What the status line shows for `error` raised while doing `action` (e.g. "generating")."""
+    if isinstance(error, CorralError):
+        return f"⚠️ {error}"
+    log.error("Internal error while %s", action, exc_info=error)
+    return f"⚠️ Internal error while {action}; see the server log."

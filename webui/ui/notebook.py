@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from loaders.errors import CorralError
+from webui.generation import raw_turn
 from webui.state import AppState
-from webui.ui.common import format_stats, session_id, stopper
+from webui.ui.common import error_text, format_stats, session_id, stopper
 from webui.ui.parameters import ParamControls
 
 
@@ -28,16 +28,16 @@ def build_tab(state: AppState, controls: ParamControls) -> None:
         params = controls.to_params(*values)
         yield current, current, "Generating…"
         try:
-            for update in state.generation.stream(session_id(request), current, params):
+            for update in state.generation.stream(session_id(request), raw_turn(current, params)):
                 yield current + update.text, current, format_stats(update.stats) if update.stats else "Generating…"
-        except CorralError as error:
-            yield current, current, f"⚠️ {error}"
+        except Exception as error:  # noqa: BLE001 - error_text shows ours and logs anything else as a bug
+            yield current, current, error_text(error, "generating")
 
     def on_count(current: str):
         try:
             return f"{state.generation.count_tokens(current)} tokens"
-        except CorralError as error:
-            return f"⚠️ {error}"
+        except Exception as error:  # noqa: BLE001 - as above
+            return error_text(error, "counting tokens")
 
     inputs = [text, *controls.inputs]
     generate.click(run, inputs, [text, before, status], concurrency_id="model")
