@@ -4,19 +4,14 @@ the PyTorch path (`kernels.gguf_torch.gguf_matmul`) everywhere else (CPU, prefil
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 from gguf import GGMLQuantizationType
 
 from kernels import gguf_torch
+from kernels.availability import triton_installed
 
 # Above this many activation rows (prefill) a dequantized weight + cuBLAS matmul beats re-dequantizing per row.
 GEMV_MAX_ROWS = 4
-
-
-def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
 
 
 def quantized_matmul(
@@ -24,7 +19,7 @@ def quantized_matmul(
 ) -> torch.Tensor:
     """`x @ W.T` for `W` of `shape` (out, in) kept as raw GGUF bytes `qweight` on x's device."""
     rows = x.numel() // shape[1]
-    if x.is_cuda and rows <= GEMV_MAX_ROWS and triton_available():
+    if x.is_cuda and rows <= GEMV_MAX_ROWS and triton_installed():
         from kernels import gguf_triton  # imported here: triton is optional and only useful with CUDA
 
         if GGMLQuantizationType(qtype) in gguf_triton.SUPPORTED:

@@ -15,19 +15,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import gptq_torch
+from kernels.availability import triton_installed
 
 Mode = Literal["unprepared", "triton", "cache", "per-call"]
 
 
-def triton_available(device: torch.device) -> bool:
+def triton_runs_on(device: torch.device) -> bool:
     """Triton kernels run here: a CUDA device and an importable triton."""
-    if device.type != "cuda":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return device.type == "cuda" and triton_installed()
 
 
 class GPTQLinear(nn.Module):
@@ -57,7 +52,7 @@ class GPTQLinear(nn.Module):
     def prepare(self, *, dtype: torch.dtype, cache: bool) -> Mode:
         """Choose the backend for the current device (Triton on CUDA when it can, else `cache` or per-call)."""
         self._triton, self._weight = None, None
-        if triton_available(self.qweight.device):
+        if triton_runs_on(self.qweight.device):
             from kernels import gptq_triton
 
             self._triton = gptq_triton.prepare(self.tensors())

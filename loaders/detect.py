@@ -232,7 +232,7 @@ def _detect_gguf(files: ModelFiles) -> Detection:
     detection = Detection(path=files.path, loader=loader, model_type=shape.arch, architecture=shape.arch,
                           context_length=context, rope_theta=shape.rope_theta, n_params=header.n_params,
                           quant=f"GGUF {chosen.quant}", gguf_files=infos)  # fmt: skip
-    n_ctx = min(context, AUTO_N_CTX_MAX)
+    n_ctx = default_n_ctx(context)
     detection.settings = {"file": chosen.name, "n_ctx": n_ctx}
     detection.settings_sources = {"file": "the folder's .gguf files", "n_ctx": "GGUF metadata"}
     reason = f"{chosen.name} metadata says architecture {shape.arch}, {_human_count(header.n_params)} parameters, " \
@@ -241,6 +241,11 @@ def _detect_gguf(files: ModelFiles) -> Detection:
         reason += f"; n_ctx set to {n_ctx} to save memory (raise it if you need a longer context)"
     detection.reasons.extend([files.gguf_reason, _loader_reason(loader), reason])
     return detection
+
+
+def default_n_ctx(context_max: int) -> int:
+    """The context a GGUF model is loaded with unless the user sets one: its own, at most `AUTO_N_CTX_MAX`."""
+    return min(context_max, AUTO_N_CTX_MAX)
 
 
 def _loader_reason(loader: str) -> str:

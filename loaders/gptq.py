@@ -27,6 +27,7 @@ from loaders.errors import ModelFormatError
 from loaders.files.quant_config import GPTQConfig
 from loaders.plan import LoadPlan
 from loaders.settings import GPTQSettings
+from loaders.units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,8 @@ MODE_LABELS = {"triton": "triton", "cache": "dequantized cache", "per-call": "pe
 
 
 def _describe(modes: dict[str, int], module: nn.Module, dtype: torch.dtype) -> str:
-    gib = sum(m.dequantized_bytes(dtype) for m in module.modules() if isinstance(m, GPTQLinear)) / 2**30
-    return ", ".join(f"{count} layers {MODE_LABELS[mode]}" + (f" ({gib:.2f} GiB)" if mode == "cache" else "")
+    cached = format_bytes(sum(m.dequantized_bytes(dtype) for m in module.modules() if isinstance(m, GPTQLinear)))
+    return ", ".join(f"{count} layers {MODE_LABELS[mode]}" + (f" ({cached})" if mode == "cache" else "")
                      for mode, count in sorted(modes.items()))  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loaders.detect import default_n_ctx
 from loaders.errors import CorralError, ModelFormatError
 from loaders.files import ChatFacts, ModelFiles, ModelShape
 from loaders.files.gguf_choice import choose_gguf, group_gguf
@@ -49,7 +50,9 @@ def estimate_remote(
     files = remote_model_files(repo_ref, file=file, token=token)
     loader = loader or ("llama.cpp" if files.format == "gguf" else "gptq" if files.gptq else "transformers")
     context_key = "n_ctx" if files.format == "gguf" else "context_length"
-    values = {context_key: ctx or files.shape.context_max, "n_gpu_layers": n_gpu_layers}
+    # Unless asked, the context the model will be loaded with: detection's default, as for a model on disk.
+    default = default_n_ctx(files.shape.context_max) if files.format == "gguf" else files.shape.context_max
+    values = {context_key: ctx or default, "n_gpu_layers": n_gpu_layers}
     return estimate_plan(plan_load(loader, files, settings_for(loader, values), hw or snapshot()))
 
 
@@ -133,8 +136,8 @@ def fetch_gguf_header(
 
 
 def per_file(
-    repo_ref: str, *, ctx: int, n_gpu_layers: int = 0, hw: Hardware | None = None, token: str | bool | None = None,
-    branches: Sequence[str] = (),
+    repo_ref: str, *, ctx: int | None = None, n_gpu_layers: int = 0, hw: Hardware | None = None,
+    token: str | bool | None = None, branches: Sequence[str] = (),
 ) -> list[FileEstimate]:  # fmt: skip
     """One row per .gguf file of the repo (or per branch in `branches` for a GPTQ/Transformers repo)."""
     hw = hw or snapshot()
@@ -149,7 +152,7 @@ def per_file(
 
 
 def _row(
-    ref: str, file: str | None, label: str, ctx: int, n_gpu_layers: int, hw: Hardware, token: str | bool | None
+    ref: str, file: str | None, label: str, ctx: int | None, n_gpu_layers: int, hw: Hardware, token: str | bool | None
 ) -> FileEstimate:
     from huggingface_hub.errors import HfHubHTTPError
 

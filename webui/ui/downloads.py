@@ -44,7 +44,8 @@ def build(
             scale=4,
             elem_id="download-repo",
         )
-        ctx = gr.Number(value=4096, precision=0, label="Context for estimates", scale=1)
+        ctx = gr.Number(value=0, precision=0, label="Context for estimates (0 = the one it loads with)", scale=1,
+                        elem_id="download-ctx")
     with gr.Row():
         list_btn = gr.Button("Get file list", elem_id="download-list")
         gguf_file = gr.Dropdown(
@@ -68,7 +69,7 @@ def build(
             return f"⚠️ {error}", "", gr.update(choices=[], value=None, visible=False), None
         choices = list(plan.gguf_choices)
         pick = gr.update(choices=choices, value=plan.gguf_file if choices else None, visible=bool(choices))
-        return _plan_table(plan), _estimates(text, int(context or 4096)), pick, listed
+        return _plan_table(plan), _estimates(text, int(context or 0)), pick, listed
 
     def on_pick(listed: RepoListing | None, file: str | None):
         if listed is None:
@@ -127,23 +128,26 @@ def _plan_table(plan: DownloadPlan) -> str:
 
 
 def _estimates(text: str, ctx: int) -> str:
+    """Per file or branch: RAM at load and at the full context (the one it loads with, or `ctx`), VRAM, the mark."""
     hw = hardware.snapshot()
     try:
-        rows = estimate.per_file(text, ctx=ctx, hw=hw)
+        rows = estimate.per_file(text, ctx=ctx or None, hw=hw)
     except CorralError as error:
         return f"Memory estimate unavailable: {error}"
+    where = f"context {ctx}" if ctx else "the context each loads with"
     lines = [
-        f"**Memory at context {ctx}** (this machine: {format_bytes(hw.ram_available)} RAM free"
+        f"**Memory at {where}** (this machine: {format_bytes(hw.ram_available)} RAM free"
         + "".join(f", GPU {g.index} {format_bytes(g.free)} free" for g in hw.gpus)
         + ")",
         "",
-        "| file / branch | RAM | VRAM | |",
-        "|---|---|---|---|",
+        "| file / branch | context | RAM at load | RAM at full context | VRAM | |",
+        "|---|---:|---:|---:|---:|---|",
     ]
-    lines += [
-        f"| {r.name} | {format_bytes(r.ram)} | {format_bytes(r.vram)} | {MARK.get(r.verdict, r.verdict)} {r.error} |"
-        for r in rows
-    ]
+    for r in rows:
+        est = r.estimate
+        cells = [str(est.ctx), format_bytes(est.ram_at_load)] if est else ["?", "?"]
+        lines.append(f"| {r.name} | {' | '.join(cells)} | {format_bytes(r.ram)} | {format_bytes(r.vram)} | "
+                     f"{MARK.get(r.verdict, r.verdict)} {r.error} |")
     return "\n".join(lines)
 
 

@@ -1,0 +1,10 @@
+"""Whether the optional Triton kernels can run: the one check the kernels and the load plans share."""
+
+from __future__ import annotations
+
+import importlib.util
+
+
+def triton_installed() -> bool:
+    """An importable `triton` (found without importing it: the import itself takes seconds)."""
+    return importlib.util.find_spec("triton") is not None
