@@ -27,6 +27,7 @@ from loaders.errors import ModelFormatError, UnsupportedModelError
 from loaders.files import ModelShape
 from loaders.gguf_tokenizer import GGUFTokenizer, TokenizerMetadata
 from loaders.plan import LoadPlan
+from loaders.registry import loader_for_paths, plan_for_path
 from loaders.settings import NativeGGUFSettings
 
 LOADER_NAME = "gguf"
@@ -167,8 +168,6 @@ def _place(model: nn.Module, n_layers: int, n_gpu_layers: int) -> str:
 
 def build_module(path: Path, settings: NativeGGUFSettings) -> GGUFModule:
     """Read the GGUF at `path` (file or folder) and build it as planned for this machine."""
-    from loaders.registry import plan_for_path
-
     return build_planned(plan_for_path(LOADER_NAME, Path(path), settings))
 
 
@@ -213,24 +212,12 @@ def _set_activation_dtype(model: nn.Module, dtype: torch.dtype) -> None:
 
 def model_bytes(module: nn.Module) -> MemoryReport:
     """Bytes of the weights (block bytes + fp32 norms) per device; tied tensors counted once."""
-    seen: set[int] = set()
-    ram, vram = 0, {}
-    for tensor in [*module.parameters(), *module.buffers()]:
-        if tensor.untyped_storage().data_ptr() in seen:
-            continue
-        seen.add(tensor.untyped_storage().data_ptr())
-        if tensor.is_cuda:
-            vram[tensor.device.index] = vram.get(tensor.device.index, 0) + tensor.nbytes
-        else:
-            ram += tensor.nbytes
-    return MemoryReport(ram_bytes=ram, vram_bytes=vram)
+    from loaders.torch_lm import memory_of
+
+    return memory_of([*module.parameters(), *module.buffers()])
 
 
-def load(path: Path, settings: NativeGGUFSettings, *, name: str) -> LoadedModel:
-    """Load a GGUF file or folder (files read and the load planned first)."""
-    from loaders.registry import plan_for_path
-
-    return load_plan(plan_for_path(LOADER_NAME, Path(path), settings), settings, name=name)
+load = loader_for_paths(LOADER_NAME)
 
 
 def load_plan(plan: LoadPlan, settings: NativeGGUFSettings, *, name: str) -> LoadedModel:

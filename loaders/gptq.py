@@ -26,6 +26,7 @@ from loaders.base import LoadedModel, MemoryReport
 from loaders.errors import ModelFormatError
 from loaders.files.quant_config import GPTQConfig
 from loaders.plan import LoadPlan
+from loaders.registry import loader_for_paths, plan_for_path
 from loaders.settings import GPTQSettings
 from loaders.units import format_bytes
 
@@ -113,8 +114,6 @@ def check_layer(prefix: str, parts: dict[str, torch.Tensor], linear: nn.Linear, 
 
 def build_module(path: Path, settings: GPTQSettings) -> GPTQModule:
     """Read the folder and assemble the model as planned for this machine (files read and planned first)."""
-    from loaders.registry import plan_for_path
-
     return build_planned(plan_for_path(LOADER_NAME, Path(path), settings))
 
 
@@ -195,29 +194,13 @@ def _describe(modes: dict[str, int], module: nn.Module, dtype: torch.dtype) -> s
 
 def memory_report(module: nn.Module) -> MemoryReport:
     """Bytes held by the module's tensors and the GPTQ layers' prepared copies, per device."""
-    tensors = list(module.parameters()) + list(module.buffers())
-    for layer in module.modules():
-        if isinstance(layer, GPTQLinear):
-            tensors += layer.prepared_tensors()
-    ram, vram = 0, {}
-    seen: set[int] = set()
-    for tensor in tensors:
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        size = tensor.numel() * tensor.element_size()
-        if tensor.device.type == "cuda":
-            vram[tensor.device.index] = vram.get(tensor.device.index, 0) + size
-        else:
-            ram += size
-    return MemoryReport(ram_bytes=ram, vram_bytes=vram)
+    from loaders.torch_lm import memory_of
+
+    prepared = [t for m in module.modules() if isinstance(m, GPTQLinear) for t in m.prepared_tensors()]
+    return memory_of([*module.parameters(), *module.buffers(), *prepared])
 
 
-def load(path: Path, settings: GPTQSettings, *, name: str) -> LoadedModel:
-    """Load a GPTQ folder for generation (files read and the load planned first)."""
-    from loaders.registry import plan_for_path
-
-    return load_plan(plan_for_path(LOADER_NAME, Path(path), settings), settings, name=name)
+load = loader_for_paths(LOADER_NAME)
 
 
 def load_plan(plan: LoadPlan, settings: GPTQSettings, *, name: str) -> LoadedModel:

@@ -22,6 +22,7 @@ import psutil
 from loaders.base import GenerationParams, MemoryReport
 from loaders.errors import GenerationError, ModelFormatError, ModelNotLoadedError
 from loaders.plan import LoadPlan
+from loaders.registry import loader_for_paths
 from loaders.settings import LlamaCppSettings
 
 logger = logging.getLogger(__name__)
@@ -271,11 +272,7 @@ class LlamaCppModel:
 # --- loading --------------------------------------------------------------------------------------------------------
 
 
-def load(path: Path, settings: LlamaCppSettings, *, name: str) -> LlamaCppModel:
-    """Load the GGUF at `path` (a file, or a folder holding one) with llama.cpp (files read and planned first)."""
-    from loaders.registry import plan_for_path
-
-    return load_plan(plan_for_path(LOADER_NAME, Path(path), settings), settings, name=name)
+load = loader_for_paths(LOADER_NAME)
 
 
 def load_plan(plan: LoadPlan, settings: LlamaCppSettings, *, name: str) -> LlamaCppModel:

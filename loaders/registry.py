@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -64,6 +65,16 @@ def plan_for_path(loader: str, path: Path, settings: LoaderSettings) -> LoadPlan
 
 def load_plan(plan: LoadPlan, settings: LoaderSettings, *, name: str) -> LoadedModel:
     return loader_module(plan.loader).load_plan(plan, settings, name=name)
+
+
+def loader_for_paths(loader: str) -> Callable[..., LoadedModel]:
+    """A loader module's `load(path, settings, *, name)`: read the files, plan, carry the plan out."""
+
+    def load(path: Path, settings: LoaderSettings, *, name: str) -> LoadedModel:
+        return load_model(loader, path, settings, name=name)
+
+    load.__doc__ = f"Load the model at `path` with the {loader} loader (files read and the load planned first)."
+    return load
 
 
 def load_model(loader: str, path: Path, settings: LoaderSettings, *, name: str) -> LoadedModel:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import gc
 import inspect
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,10 @@ class TorchCausalLM:
         self.dtype = _activation_dtype(module, self._input_device)
         # Prefill needs the last position's logits only; HF models skip the rest of the LM head when told so.
         self._keep_last = "logits_to_keep" in inspect.signature(module.forward).parameters
+        # One token through the model now: memory-mapped weights become resident and the kernels' first-call setup
+        # happens during the load, so the memory and the time the load reports are what the first reply will find.
+        self.warmup_seconds = self._warm_up(module)
+        self.load_seconds += self.warmup_seconds
 
     def generate_tokens(
         self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event
@@ -115,6 +120,13 @@ class TorchCausalLM:
         state.length += 1
         return token
 
+    @torch.inference_mode()
+    def _warm_up(self, module: torch.nn.Module) -> float:
+        started = time.perf_counter()
+        token = self.tokenizer.bos_token_id or 0
+        self._forward(module, torch.tensor([[token]], device=self._input_device), self._new_cache(module, 1))
+        return time.perf_counter() - started
+
     def _new_cache(self, module: torch.nn.Module, max_length: int) -> Any:
         """A growing transformers DynamicCache (`max_length` is for a future static cache)."""
         from transformers import DynamicCache, PreTrainedConfig
@@ -142,6 +154,22 @@ def _input_device(module: torch.nn.Module) -> torch.device:
     if embeddings is not None and embeddings() is not None:
         return embeddings().weight.device
     return next(module.parameters()).device
+
+
+def memory_of(tensors: Iterable[torch.Tensor]) -> MemoryReport:
+    """Bytes of `tensors` per device, each storage counted once (tied weights, views of one memory map)."""
+    seen: set[int] = set()
+    ram, vram = 0, {}
+    for tensor in tensors:
+        key = tensor.untyped_storage().data_ptr()
+        if key in seen:
+            continue
+        seen.add(key)
+        if tensor.is_cuda:
+            vram[tensor.device.index] = vram.get(tensor.device.index, 0) + tensor.nbytes
+        else:
+            ram += tensor.nbytes
+    return MemoryReport(ram_bytes=ram, vram_bytes=vram)
 
 
 @torch.inference_mode()

@@ -19,6 +19,7 @@ from loaders.base import MemoryReport
 from loaders.errors import ModelFormatError, UnsupportedModelError
 from loaders.hf_tokenizer import HFTokenizer
 from loaders.plan import LoadPlan
+from loaders.registry import loader_for_paths
 from loaders.settings import TransformersSettings
 from loaders.torch_lm import TorchCausalLM
 
@@ -28,11 +29,7 @@ LOADER_NAME = "transformers"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def load(path: Path, settings: TransformersSettings, *, name: str) -> TorchCausalLM:
-    """Load the folder `path` for generation (files read and the load planned first)."""
-    from loaders.registry import plan_for_path
-
-    return load_plan(plan_for_path(LOADER_NAME, path, settings), settings, name=name)
+load = loader_for_paths(LOADER_NAME)
 
 
 def load_plan(plan: LoadPlan, settings: TransformersSettings, *, name: str) -> TorchCausalLM:
