@@ -339,7 +339,7 @@ def test_ui_and_api_share_the_line_and_stop_is_per_session(server: ApiServer, cl
 def test_listen_needs_an_api_key() -> None:
     import argparse
 
-    from webui.api import bind_address
+    from webui.api import api_address as bind_address
 
     def args(**kw: object) -> argparse.Namespace:
         return argparse.Namespace(**({"listen": False, "listen_host": None, "api_key": None} | kw))
@@ -349,3 +349,19 @@ def test_listen_needs_an_api_key() -> None:
         bind_address(args(listen=True))
     assert bind_address(args(listen=True, api_key="k")) == "0.0.0.0"
     assert bind_address(args(listen=True, api_key="k", listen_host="10.0.0.2")) == "10.0.0.2"
+
+
+def test_ui_binds_like_the_api() -> None:
+    import argparse
+
+    from webui.server import ui_address
+
+    def args(**kw: object) -> argparse.Namespace:
+        return argparse.Namespace(**({"listen": False, "listen_host": None, "gradio_auth": None,
+                                      "insecure_listen": False} | kw))  # fmt: skip
+
+    assert ui_address(args()) == "127.0.0.1"
+    with pytest.raises(SystemExit, match="--gradio-auth"):
+        ui_address(args(listen=True))
+    assert ui_address(args(listen=True, gradio_auth="u:p")) == "0.0.0.0"
+    assert ui_address(args(listen=True, insecure_listen=True, listen_host="10.0.0.2")) == "10.0.0.2"

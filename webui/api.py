@@ -46,6 +46,7 @@ from loaders.errors import (
 from webui import chat_turn
 from webui.engine import GenerationStats, is_token_model
 from webui.generation import StreamUpdate, Turn, TurnBuilder
+from webui.listen import bind_address
 from webui.state import AppState
 from webui.templates import Message
 
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
 DISCONNECT_POLL_SECONDS = 0.1  # while a request waits in line, how often we look for its client having gone
 FINISH_REASONS = {"eos": "stop", "stop_string": "stop", "max_tokens": "length", "cancelled": "stop"}
 ROLE_ALIASES = {"developer": "system"}
@@ -559,14 +559,9 @@ def _add_generation_routes(app: FastAPI, state: AppState) -> None:
 # --- serving ------------------------------------------------------------------------------------------------------
 
 
-def bind_address(args: argparse.Namespace) -> str:
+def api_address(args: argparse.Namespace) -> str:
     """127.0.0.1 unless `--listen`; beyond loopback the API needs `--api-key` (no exception: a key is cheap)."""
-    if not args.listen:
-        return LOOPBACK
-    if not args.api_key:
-        raise SystemExit("--listen exposes the API to your network: add --api-key KEY (clients send it as a Bearer "
-                         "token).")
-    return args.listen_host or "0.0.0.0"
+    return bind_address(args, protected=bool(args.api_key), needs="--api-key KEY (clients send it as a Bearer token)")
 
 
 class ApiServer:
@@ -605,7 +600,7 @@ class ApiServer:
 
 def api_server(state: AppState, args: argparse.Namespace) -> ApiServer:
     """The server `--api` asks for (raises `SystemExit` for an unsafe `--listen`)."""
-    return ApiServer(state, host=bind_address(args), port=args.api_port, api_key=args.api_key)
+    return ApiServer(state, host=api_address(args), port=args.api_port, api_key=args.api_key)
 
 
 def launch_api(state: AppState, args: argparse.Namespace, *, foreground: bool) -> int:

@@ -10,22 +10,15 @@ import argparse
 import logging
 
 from loaders.errors import CorralError
+from webui.listen import bind_address
 from webui.state import AppState
 
 log = logging.getLogger(__name__)
 
 
-def bind_address(args: argparse.Namespace) -> str:
-    if not args.listen:
-        return "127.0.0.1"
-    if args.gradio_auth is None and not args.insecure_listen:
-        raise SystemExit(
-            "--listen exposes the app to your network: add --gradio-auth USER:PASS, "
-            "or --insecure-listen if you really want it open."
-        )
-    if args.gradio_auth is None:
-        log.warning("Listening on all interfaces WITHOUT a login (--insecure-listen).")
-    return args.listen_host or "0.0.0.0"
+def ui_address(args: argparse.Namespace) -> str:
+    return bind_address(args, protected=args.gradio_auth is not None, insecure_ok=args.insecure_listen,
+                        needs="--gradio-auth USER:PASS, or --insecure-listen if you really want it open")
 
 
 def parse_auth(text: str | None) -> tuple[str, str] | None:
@@ -40,7 +33,7 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 def launch(state: AppState, args: argparse.Namespace) -> int:
     from webui.ui.app import build_ui, launch_kwargs
 
-    host = bind_address(args)
+    host = ui_address(args)
     auth = parse_auth(args.gradio_auth)
     if args.model:
         try:
