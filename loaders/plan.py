@@ -68,7 +68,8 @@ class LoadPlan:
         """"Will load SmolLM2.Q8_0.gguf (Q8_0) on cpu in float32, context 4096." for the Model tab."""
         names = ", ".join(p.name for p in self.opens[:2]) + (f" and {len(self.opens) - 2} more" if len(self.opens) > 2
                                                               else "")  # fmt: skip
-        text = f"Will load {names} ({self.quant}) with {self.loader} on {self.device} in {self.dtype}, " \
+        computes = f"KV cache in {self.dtype}" if self.loader == "llama.cpp" else f"in {self.dtype}"
+        text = f"Will load {names} ({self.quant}) with {self.loader} on {self.device}, {computes}, " \
                f"context {self.context} tokens"  # fmt: skip
         if self.weight_cache:
             text += f", GPTQ weights: {self.weight_cache}"

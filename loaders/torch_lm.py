@@ -9,8 +9,10 @@ cache / `torch.compile` path for CUDA would replace.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import inspect
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -73,6 +75,7 @@ class TorchCausalLM:
         # happens during the load, so the memory and the time the load reports are what the first reply will find.
         self.warmup_seconds = self._warm_up(module)
         self.load_seconds += self.warmup_seconds
+        _return_freed_heap()
 
     def generate_tokens(
         self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event
@@ -154,6 +157,16 @@ def _input_device(module: torch.nn.Module) -> torch.device:
     if embeddings is not None and embeddings() is not None:
         return embeddings().weight.device
     return next(module.parameters()).device
+
+
+def _return_freed_heap() -> None:
+    """Give the heap that loading freed (dtype casts, dequantization temporaries) back to the system: glibc keeps
+    it otherwise, and the process would hold ~100 MB more than its tensors for a 135M GPTQ model (measured)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+            pass
 
 
 def memory_of(tensors: Iterable[torch.Tensor]) -> MemoryReport:

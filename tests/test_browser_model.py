@@ -121,3 +121,34 @@ def test_an_empty_models_folder_says_where_to_get_one(tmp_path: Path, browser_pa
         assert running.process.poll() is None
     finally:
         stop_app(running)
+
+
+def test_the_picked_quant_is_planned_estimated_and_loaded(tmp_path: Path, browser_page) -> None:
+    """A folder with Q4_K_M, Q8_0 and Q2_K: the Model tab shows the plan and the memory at load / at full context
+    for the detected Q4_K_M; picking Q8_0 and loading loads Q8_0, and the status line names the file."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("needs llama-cpp-python to make the quants")
+    from tests.realmodel import smollm2_quants
+
+    models = tmp_path / "models"
+    link_tree(smollm2_quants(), models / "SmolLM2-quants-GGUF")
+    running = start_app(models, tmp_path)
+    try:
+        page = browser_page
+        open_model_tab(page, running.url)
+        page.locator("#model-autoload input").uncheck()
+        select_dropdown(page, "model-dropdown", "SmolLM2-quants-GGUF")
+        page.wait_for_function("() => document.querySelector('#model-details').innerText.includes('Plan:')")
+        details = page.locator("#model-details").inner_text()
+        assert "Q4_K_M.gguf (Q4_K_M)" in details and "at load" in details and "at the full context" in details
+        select_dropdown(page, "llamacpp-file", "smollm2-135m-instruct.Q8_0.gguf")
+        page.locator("#model-estimate").click()
+        page.wait_for_function("() => document.querySelector('#model-details').innerText.includes('Q8_0.gguf (Q8_0)')")
+        page.locator("#model-load").click()
+        text = wait_status(page, "loaded with", "smollm2-135m-instruct.Q8_0.gguf", "at load")
+        screenshot(page, "model-picked-quant")
+        assert "Q4_K_M" not in text
+    finally:
+        stop_app(running)

@@ -9,7 +9,7 @@ and compute buffers); the rest grows with use, up to the full context.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from loaders.errors import InsufficientMemoryError
@@ -23,14 +23,13 @@ GIB = 1024**3
 
 # Fixed costs, measured on the SmolLM2 fixtures (tests/test_estimate.py re-measures them): the resident memory of
 # the Python process with the backend imported and initialised, before any weights.
-RUNTIME_RAM = {"llama.cpp": 40 * MIB, "transformers": 380 * MIB, "gptq": 380 * MIB, "gguf": 380 * MIB}
+RUNTIME_RAM = {"llama.cpp": 40 * MIB, "transformers": 400 * MIB, "gptq": 400 * MIB, "gguf": 400 * MIB}
+# The native GGUF loader builds its tokenizer through transformers' GGUF converter, which keeps ~1.7 KB of Python
+# objects per vocabulary entry (measured: +84 MB for SmolLM2's 49152 tokens).
+TOKENIZER_BYTES_PER_TOKEN = {"gguf": 1700}
 CUDA_CONTEXT = 500 * MIB  # per GPU used: the CUDA context, cuBLAS workspace, kernels
 CUDA_HOST_RAM = 300 * MIB  # host side of the CUDA runtime when any GPU is used
 TIGHT_MARGIN = 0.10  # "tight" when less than 10% of the free memory would be left
-# What is allocated only as the context fills: torch loaders grow their KV cache (DynamicCache) and activations
-# with the prompt; llama.cpp allocates its whole KV cache and compute buffers when the context is created.
-GROWS_WITH_USE = {"llama.cpp": (), "transformers": ("kv_cache", "buffers"), "gptq": ("kv_cache", "buffers"),
-                  "gguf": ("kv_cache", "buffers")}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -53,6 +52,7 @@ class Estimate:
     n_gpu_layers: int
     n_layers: int
     parts: dict[str, dict[str, int]]
+    grows: dict[str, int] = field(default_factory=dict)  # per device: bytes among `parts` that only the context fills
     file_bytes: int = 0
     source: str = ""
     notes: tuple[str, ...] = ()
@@ -62,8 +62,7 @@ class Estimate:
 
     def device_at_load(self, device: str) -> int:
         """What `device` holds right after the load, before any context is used."""
-        grows = GROWS_WITH_USE.get(self.loader, ("kv_cache", "buffers"))
-        return sum(v for part, v in self.parts.get(device, {}).items() if part not in grows)
+        return self.device_total(device) - self.grows.get(device, 0)
 
     @property
     def ram_at_load(self) -> int:
@@ -156,10 +155,16 @@ def estimate(
     embed_dev = gpu_dev if loader != "llama.cpp" and n_gpu_layers else "ram"  # llama.cpp keeps token_embd on CPU
     parts[embed_dev]["weights"] += loaded.embed_bytes()
     parts[head_dev]["weights"] += loaded.output_bytes()
+    grows: dict[str, int] = {}
     for device in parts:
-        parts[device]["buffers"] = _buffers(shape, loader, ctx, batch, act_bytes, on_cpu=device == "ram")
+        fixed, growing = _buffers(shape, loader, ctx, batch, act_bytes, on_cpu=device == "ram")
+        parts[device]["buffers"] = fixed + growing
+        # llama.cpp allocates its KV cache when the context is created (and clears it: resident at once); the
+        # torch loaders' cache (DynamicCache) and activations grow with the prompt.
+        grows[device] = growing + (0 if loader == "llama.cpp" else parts[device]["kv_cache"])
     parts["ram"]["overhead"] += RUNTIME_RAM.get(loader, RUNTIME_RAM["transformers"])
-    return Estimate(loader, ctx, n_gpu_layers, shape.n_layers, parts, weights.file_bytes, weights.source, notes)
+    parts["ram"]["overhead"] += TOKENIZER_BYTES_PER_TOKEN.get(loader, 0) * shape.vocab
+    return Estimate(loader, ctx, n_gpu_layers, shape.n_layers, parts, grows, weights.file_bytes, weights.source, notes)
 
 
 def _gpu_layers(loader: str, n_layers: int, n_gpu_layers: int) -> set[int]:
@@ -169,30 +174,32 @@ def _gpu_layers(loader: str, n_layers: int, n_gpu_layers: int) -> set[int]:
     return set(range(count))
 
 
-def _buffers(shape: ModelShape, loader: str, ctx: int, batch: int, act_bytes: int, *, on_cpu: bool = False) -> int:
-    """Compute/activation buffers at a full context.
+def _buffers(shape: ModelShape, loader: str, ctx: int, batch: int, act_bytes: int, *,
+             on_cpu: bool = False) -> tuple[int, int]:  # fmt: skip
+    """Compute/activation buffers at a full context: (touched at load, touched only as the context fills).
 
     llama.cpp evaluates the prompt `batch` tokens at a time: the attention scores of the last batch against the
-    whole context (KQ and its softmax, f32) plus the feed-forward activations. Torch loaders run the whole prompt
-    at once: hidden states and the MLP of every prompt token, and on the CPU, where SDPA with Transformers' mask
-    takes its math path, one layer's ctx × ctx scores of every head (measured: +150 MB for SmolLM2 at 2048).
-    On CUDA the fused kernels keep scores per block.
+    whole context (KQ and its softmax, f32; its allocator reserves them at load, the pages are touched as the
+    context fills) plus the feed-forward activations. Torch loaders run the whole prompt at once: hidden states and
+    the MLP of every prompt token, and on the CPU, where SDPA with Transformers' mask takes its math path, one
+    layer's ctx × ctx scores of every head (measured: +150 MB for SmolLM2 at 2048). On CUDA the fused kernels keep
+    scores per block. Measured on SmolLM2 (tests/test_estimate.py).
     """
     if loader == "llama.cpp":
-        kq = ctx * batch * shape.n_heads * 4
+        kq = 2 * ctx * batch * shape.n_heads * 4
         ffn = batch * (3 * shape.ffn + 4 * shape.hidden) * 4
-        return kq + ffn + shape.vocab * 4
+        return ffn + shape.vocab * 4, kq
     tokens = ctx
     mlp = tokens * (3 * shape.ffn + 6 * shape.hidden) * act_bytes
     scores = shape.n_heads * tokens * tokens * act_bytes if on_cpu else 0
-    return mlp + scores + shape.vocab * 4 * 2
+    return shape.vocab * 4 * 2, mlp + scores
 
 
 def _layers_within(
     shape: ModelShape, weights: WeightsInfo, loader: str, ctx: int, kv: float, budget: float
 ) -> int:
     """How many layers an accelerate-style GPU budget (bytes) holds, counting weights and their KV cache."""
-    used, count = CUDA_CONTEXT + _buffers(shape, loader, ctx, 512, 2), 0
+    used, count = CUDA_CONTEXT + sum(_buffers(shape, loader, ctx, 512, 2)), 0
     per_layer_kv = shape.kv_cache_bytes(ctx, kv) // shape.n_layers
     for size in weights.layer_bytes(shape.n_layers):
         used += size + per_layer_kv
