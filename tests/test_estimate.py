@@ -355,3 +355,13 @@ def test_estimated_ram_matches_measured(loader: str, fixture: str, ctx: int, val
           f"estimated {est.ram / 1e6:.0f} MB")
     assert within(est.ram_at_load, measured["at_load"], 0.15), (measured, est.parts)
     assert within(est.ram, measured["increase"], 0.15), (measured, est.parts)
+
+
+def test_cli_errors_are_messages(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + b"\xff" * 60)
+    for target in (str(tmp_path / "missing" / "x.gguf"), str(broken)):
+        result = subprocess.run([sys.executable, "-m", "webui.estimate", target], cwd=ROOT, capture_output=True,
+                                text=True, check=False)  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr

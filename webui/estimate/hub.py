@@ -26,6 +26,7 @@ from loaders.hardware import Hardware, snapshot
 from loaders.plan import plan_load
 from loaders.settings import settings_for
 from webui.download import RemoteFile, hub_endpoint, list_files, parse_repo
+from webui.download.hub import hub_errors_as_corral
 from webui.estimate.arithmetic import Estimate
 from webui.estimate.local import estimate_plan
 
@@ -63,13 +64,14 @@ def remote_model_files(repo_ref: str, *, file: str | None = None, token: str | b
     top = [f for f in listing if "/" not in f.path]
     ggufs = group_gguf((f.path, f.size) for f in top if f.path.endswith(".gguf"))
     where = Path(ref.repo_id.replace("/", "_"))
-    if file or (ggufs and not any(f.path == "config.json" for f in top)):
-        chosen, why = choose_gguf(ggufs, wanted=file)
-        header = fetch_gguf_header(ref.repo_id, chosen.name, revision=ref.branch, token=token, size=chosen.size)
-        shape = ModelShape.from_gguf(header.metadata, (t.name for t in header.tensors))
-        return ModelFiles(path=where, folder=where, format="gguf", shape=shape, chat=ChatFacts(), ggufs=tuple(ggufs),
-                          gguf=chosen, gguf_reason=why, header=header)  # fmt: skip
-    return _remote_hf(ref.repo_id, ref.branch, top, where, token=token)
+    with hub_errors_as_corral(ref, endpoint=hub_endpoint(), token=token if isinstance(token, str) else None):
+        if file or (ggufs and not any(f.path == "config.json" for f in top)):
+            chosen, why = choose_gguf(ggufs, wanted=file)
+            header = fetch_gguf_header(ref.repo_id, chosen.name, revision=ref.branch, token=token, size=chosen.size)
+            shape = ModelShape.from_gguf(header.metadata, (t.name for t in header.tensors))
+            return ModelFiles(path=where, folder=where, format="gguf", shape=shape, chat=ChatFacts(),
+                              ggufs=tuple(ggufs), gguf=chosen, gguf_reason=why, header=header)  # fmt: skip
+        return _remote_hf(ref.repo_id, ref.branch, top, where, token=token)
 
 
 def _remote_hf(repo: str, revision: str, files: Sequence[RemoteFile], where: Path, *,
