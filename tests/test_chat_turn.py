@@ -221,7 +221,7 @@ WINDOW = 20
 
 
 def long_chat(messages: int) -> Chat:
-    chat = Chat(id="long", mode="instruct", template="chatml")
+    chat = Chat(id=f"long-{messages}", mode="instruct", template="chatml")  # one chat per size: ids are files
     chat.messages = [Message("user" if i % 2 == 0 else "assistant", f"message {i} " * 20) for i in range(messages)]
     return chat
 

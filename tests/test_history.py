@@ -209,3 +209,30 @@ def test_concurrent_saves_keep_every_chat_in_the_index(store: HistoryStore) -> N
         thread.join()
     entries = json.loads((store.directory / INDEX_NAME).read_text(encoding="utf-8"))["chats"]
     assert sorted(entries) == sorted(chat.id for chat in chats)
+
+
+def test_a_chat_saved_after_the_store_was_made_is_listed_by_a_fresh_read(store: HistoryStore) -> None:
+    first = sample(store, "before", 1.0)
+    store.save(first)
+    assert [s.title for s in store.list()] == ["before"]  # the index now exists
+    later = HistoryStore(store.directory)  # another tab's, or the same store later: the list is read each time
+    second = sample(later, "after", 2.0)
+    later.save(second)
+    assert [s.title for s in store.list()] == ["after", "before"]
+    assert [s.title for s in HistoryStore(store.directory).list()] == ["after", "before"]
+
+
+def test_every_save_bumps_the_revision_and_old_files_read_as_revision_0(store: HistoryStore) -> None:
+    chat = sample(store, "counted", 1.0)
+    store.save(chat)
+    store.save(chat)
+    assert chat.revision == 2 == store.load(chat.id).revision
+    path = store.path(chat.id)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    del data["revision"]
+    path.write_text(json.dumps(data), encoding="utf-8")
+    assert store.load(chat.id).revision == 0
+    data["revision"] = -1
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(HistoryError, match="revision"):
+        store.load(chat.id)

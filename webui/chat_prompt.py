@@ -17,7 +17,7 @@ import dataclasses
 import time
 
 from loaders.errors import GenerationError
-from webui.history import Chat
+from webui.history import Chat, common_prefix
 from webui.templates import Message, PromptTemplate, TemplateRegistry
 
 CHAT_INSTRUCT_COMMAND = 'Continue the chat dialogue below. Write a single reply for the character "{bot_name}".'
@@ -122,7 +122,9 @@ def _chat_instruct(chat: Chat, template: PromptTemplate, bos: str, eos: str, *, 
 
 
 def _with_messages(chat: Chat, messages: list[Message], **changes: str) -> Chat:
-    return dataclasses.replace(chat, messages=messages, updated=time.time(), **changes)
+    # `synced` (how much still matches the saved file) shrinks to what the operation kept: a save then merges.
+    synced = min(chat.synced, common_prefix(chat.messages, messages))
+    return dataclasses.replace(chat, messages=messages, updated=time.time(), synced=synced, **changes)
 
 
 def add_user_message(chat: Chat, text: str) -> Chat:
@@ -162,8 +164,10 @@ class StreamedReply:
         """The chat with `text` (the reply so far) as the bot's reply."""
         if not self._started:
             self._start()
-        self.chat.messages[-1] = Message("assistant", self._prefix + self._content(text))
-        self.chat.updated = time.time()
+        chat = self.chat
+        chat.messages[-1] = Message("assistant", self._prefix + self._content(text))
+        chat.synced = min(chat.synced, len(chat.messages) - 1)  # the reply is this copy's own until saved
+        chat.updated = time.time()
         return self.chat
 
     def _start(self) -> None:

@@ -7,10 +7,17 @@ refreshed by the listing only for files whose mtime/size changed or that it lack
 it is a cache, rebuilt from the chat files if it is damaged or deleted. Listing has no side effect on the chats:
 an unreadable file is reported, not moved. `load` of a file that cannot be read as a chat moves it aside with
 `fileio.quarantine` (`<id>.broken-<time>.json`) and says so; no chat file is ever deleted except by `delete`.
+
+Chats never lose a turn: each file carries a `revision` (older files without one read as 0), bumped by every save.
+`save` is a merge onto the file's current revision: a copy older than the file keeps the file's messages and
+appends the copy's own (those after its `synced` prefix, i.e. the turn it added since it last matched the file),
+so two tabs, or two sends in one tab, never overwrite each other's turns. `chat_lock(id)` is the one writer per
+chat in this process: the chat service holds it for a whole turn.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -38,6 +45,7 @@ INDEX_NAME = "index.cache"  # not "*.json": only chat files match that
 INDEX_VERSION = 1
 _LOCKS: dict[Path, threading.Lock] = {}  # one per chats folder: every store on it shares the index
 _LOCKS_GUARD = threading.Lock()
+_CHAT_LOCKS: dict[tuple[Path, str], threading.Lock] = {}  # one per chat: a turn is written by one writer at a time
 
 
 @dataclass
@@ -55,6 +63,9 @@ class Chat:
     messages: list[Message] = field(default_factory=list)
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
+    revision: int = 0  # the file's revision this copy was loaded or last saved at
+    # How many leading messages are the file's at `revision`; the rest are this copy's own (not saved, or changed).
+    synced: int = field(default=0, compare=False, repr=False)
 
     @property
     def display_title(self) -> str:
@@ -89,6 +100,7 @@ class _Entry:
     updated: float = 0.0
     message_count: int = 0
     problem: str = ""
+    revision: int = 0  # lets a save skip reading an unchanged file that is no newer than its copy
 
     def matches(self, stat: os.stat_result) -> bool:
         return (self.mtime_ns, self.size) == (stat.st_mtime_ns, stat.st_size)
@@ -104,7 +116,7 @@ class _Entry:
         try:
             return cls(mtime_ns=data["mtime_ns"], size=int(data["size"]), title=str(data.get("title", "")),
                        updated=float(data.get("updated", 0.0)), message_count=int(data.get("message_count", 0)),
-                       problem=str(data.get("problem", "")))
+                       problem=str(data.get("problem", "")), revision=int(data.get("revision", 0)))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -126,6 +138,7 @@ def chat_to_json(chat: Chat) -> dict[str, Any]:
         "bot_name": chat.bot_name,
         "created": chat.created,
         "updated": chat.updated,
+        "revision": chat.revision,
         "messages": [{"role": m.role, "content": m.content} for m in chat.messages],
     }
 
@@ -139,14 +152,37 @@ def chat_from_json(data: Any) -> Chat:
     text = {key: _typed(data, key, str) for key in _TEXT_FIELDS}
     if data.get("mode") not in CHAT_MODES:
         raise ValueError(f"mode must be one of {', '.join(CHAT_MODES)}, got {data.get('mode')!r}")
-    messages = _typed(data, "messages", list)
+    messages = [_message_from_json(item) for item in _typed(data, "messages", list)]
+    revision = data.get("revision", 0)  # files written before revisions existed are revision 0
+    if not isinstance(revision, int) or isinstance(revision, bool) or revision < 0:
+        raise ValueError(f"'revision' must be a whole number >= 0, got {revision!r}")
     return Chat(
         **text,
         mode=data["mode"],
-        messages=[_message_from_json(item) for item in messages],
+        messages=messages,
         created=float(_typed(data, "created", int | float)),
         updated=float(_typed(data, "updated", int | float)),
+        revision=revision,
+        synced=len(messages),
     )
+
+
+def merged_messages(disk: Chat, copy: Chat) -> list[Message]:
+    """The messages a save of `copy` writes over `disk`: the copy's if it is as new as the file, else the file's
+    followed by the copy's own (the turn it added since it last matched the file): never drops a saved turn."""
+    if copy.revision >= disk.revision:
+        return copy.messages
+    return [*disk.messages, *copy.messages[copy.synced :]]
+
+
+def common_prefix(old: list[Message], new: list[Message]) -> int:
+    """How many leading messages two lists share (a chat operation keeps `synced` within them)."""
+    count = 0
+    for a, b in zip(old, new, strict=False):
+        if a != b:
+            break
+        count += 1
+    return count
 
 
 def _typed(data: dict[str, Any], key: str, kind: Any) -> Any:
@@ -189,17 +225,61 @@ class HistoryStore:
         return self.directory / f"{chat_id}{_SUFFIX}"
 
     def save(self, chat: Chat) -> Path:
-        """Write the chat atomically: a crash leaves the previous version or this one, never half a file."""
+        """Write the chat atomically (a crash leaves the previous version or this one, never half a file), merged
+        onto the file's current revision (`merged_messages`). `chat` takes the result back: the next revision and,
+        if the file had turns it lacked, the merged messages (the copy's own stay last, so a streaming reply is
+        still the last message)."""
         path = self.path(chat.id)
-        text = json.dumps(chat_to_json(chat), ensure_ascii=False, indent=1)
-        with self._lock:  # the file and its index entry change together
-            atomic_write_text(path, text)
-            stat = path.stat()
-            entry = _Entry(stat.st_mtime_ns, stat.st_size, chat.title, chat.updated, len(chat.messages))
+        with self._lock:  # read, merge and write as one step; the file and its index entry change together
             index = self._read_index()
-            index[chat.id] = entry
+            disk = self._current(path, index.get(chat.id), chat.revision)
+            if disk is not None and disk.revision > chat.revision:
+                log.info("Chat %s changed since this copy (revision %d < %d); merging.", chat.id,
+                         chat.revision, disk.revision)  # fmt: skip
+            messages = chat.messages if disk is None else merged_messages(disk, chat)
+            revision = max(chat.revision, disk.revision if disk else 0) + 1
+            saved = dataclasses.replace(chat, messages=messages, revision=revision)
+            atomic_write_text(path, json.dumps(chat_to_json(saved), ensure_ascii=False, indent=1))
+            chat.messages, chat.revision, chat.synced = messages, revision, len(messages)  # only once it is written
+            stat = path.stat()
+            index[chat.id] = _Entry(stat.st_mtime_ns, stat.st_size, chat.title, chat.updated, len(messages),
+                                    revision=revision)  # fmt: skip
             self._write_index(index)
         return path
+
+    def chat_lock(self, chat_id: str) -> threading.Lock:
+        """The lock of one chat in this process: whoever writes a turn into the chat holds it for the turn. A plain
+        Lock, not an RLock: a streaming turn may be resumed, and end, on another thread than the one it began on."""
+        key = (self.directory.resolve(), chat_id)
+        with _LOCKS_GUARD:
+            return _CHAT_LOCKS.setdefault(key, threading.Lock())
+
+    def newer(self, chat: Chat) -> Chat | None:
+        """The saved chat if its file is at a newer revision than `chat` (an edit of the copy's messages could then
+        drop a turn saved since), else None."""
+        with self._lock:
+            disk = self._current(self.path(chat.id), self._read_index().get(chat.id), chat.revision)
+        return disk if disk is not None and disk.revision > chat.revision else None
+
+    def _current(self, path: Path, known: _Entry | None, revision: int) -> Chat | None:
+        """The chat in `path` as it is now, for a merge; None if there is none or it is not a readable chat (then
+        the save replaces it, as it always did: `load` would have quarantined it). A file the index knows as it is,
+        at no newer a revision than `revision`, is not read: its messages do not matter then, only its revision."""
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            stat = None
+        if stat is not None and known is not None and known.matches(stat) and known.revision <= revision:
+            return Chat(id=path.stem, revision=known.revision)
+        try:
+            return chat_from_json(json.loads(path.read_bytes().decode("utf-8")))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            log.warning("Saved chat %s cannot be read (%s); saving over it.", path, error)
+            return None
 
     def load(self, chat_id: str) -> Chat:
         """The saved chat; a file that is not a valid chat is quarantined and raises `HistoryError` naming it."""
@@ -279,7 +359,8 @@ class HistoryStore:
                        "(opening it moves it aside).")
             log.warning("%s", problem)
             return _Entry(stat.st_mtime_ns, stat.st_size, problem=problem)
-        return _Entry(stat.st_mtime_ns, stat.st_size, chat.title, chat.updated, len(chat.messages))
+        return _Entry(stat.st_mtime_ns, stat.st_size, chat.title, chat.updated, len(chat.messages),
+                      revision=chat.revision)  # fmt: skip
 
     @property
     def _index_path(self) -> Path:

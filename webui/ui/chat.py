@@ -13,8 +13,9 @@ import time
 from dataclasses import dataclass
 
 import gradio as gr
+from gradio.context import Context
 
-from webui import chat_prompt, chat_service
+from webui import chat_service
 from webui.generation import Pacer
 from webui.history import CHAT_MODES, Chat
 from webui.state import AppState
@@ -33,7 +34,7 @@ def build_tab(state: AppState, controls: ParamControls) -> ChatControls:
     with gr.Row():
         with gr.Column(scale=1, min_width=220):
             new = gr.Button("New chat", elem_id="chat-new")
-            past = gr.Dropdown(choices=_chat_choices(state), label="Past chats", elem_id="chat-past")
+            past = gr.Dropdown(choices=[], label="Past chats", elem_id="chat-past")  # filled as the page opens
             delete = gr.Button("Delete this chat", variant="stop")
             mode = gr.Radio(list(CHAT_MODES), value="instruct", label="Mode", elem_id="chat-mode")
             template = gr.Dropdown(
@@ -102,9 +103,8 @@ def build_tab(state: AppState, controls: ParamControls) -> ChatControls:
     def on_remove_last(chat: Chat | None):
         if chat is None:
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        chat, text = chat_prompt.remove_last(chat)
         try:
-            state.history.save(chat)
+            chat, text = chat_service.remove_last(state, chat)
         except Exception as error:  # noqa: BLE001 - as above
             return gr.skip(), gr.skip(), gr.skip(), error_text(error, "saving the chat")
         return _messages(chat), chat, text, gr.skip()
@@ -112,9 +112,8 @@ def build_tab(state: AppState, controls: ParamControls) -> ChatControls:
     def on_clear(chat: Chat | None):
         if chat is None:
             return gr.skip(), gr.skip(), gr.skip()
-        chat = chat_prompt.clear_messages(chat)
         try:
-            state.history.save(chat)
+            chat = chat_service.clear(state, chat)
         except Exception as error:  # noqa: BLE001 - as above
             return gr.skip(), gr.skip(), error_text(error, "saving the chat")
         return _messages(chat), chat, gr.skip()
@@ -136,6 +135,12 @@ def build_tab(state: AppState, controls: ParamControls) -> ChatControls:
             chat.bot_name,
             f"Opened “{chat.display_title}”.",
         )
+
+    def on_page_open():
+        try:
+            return gr.update(choices=_chat_choices(state), value=None), gr.skip()
+        except Exception as error:  # noqa: BLE001 - as above
+            return gr.skip(), error_text(error, "listing the chats")
 
     def on_new():
         return [], None, gr.update(value=None), "New chat."
@@ -160,6 +165,8 @@ def build_tab(state: AppState, controls: ParamControls) -> ChatControls:
     past.input(on_open, past, [chatbot, chat_state, *settings, status])
     new.click(on_new, None, [chatbot, chat_state, past, status])
     delete.click(on_delete, chat_state, [chatbot, chat_state, past, status])
+    # Listed when each page opens, not when the app is built: a chat saved since (in any tab) is then in the list.
+    Context.root_block.load(on_page_open, None, [past, status])
     return ChatControls(template=template)
 
 
