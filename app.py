@@ -31,11 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=7860, help="port of the web UI (default 7860)")
     server.add_argument("--gradio-auth", default=None, metavar="USER:PASS", help="require this login for the UI")
     server.add_argument("--insecure-listen", action="store_true", help="allow --listen without --gradio-auth")
+    server.add_argument("--allowed-hosts", default=None, metavar="NAME[:PORT],...",
+                        help="with --listen: the host names the UI and API are reached by (besides 127.0.0.1, "
+                             "localhost and the bind address); requests naming any other host are refused")
     api = parser.add_argument_group("OpenAI-compatible API")
     api.add_argument("--api", action="store_true", help="serve the API too (bound like the UI: see --listen)")
     api.add_argument("--api-port", type=int, default=5000, help="port of the API (default 5000)")
     api.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (needed with --listen)")
     api.add_argument("--nowebui", action="store_true", help="serve only the API, no web UI (implies --api)")
+    api.add_argument("--max-body-mb", type=float, default=8, help="largest API request body in MB (default 8)")
+    api.add_argument("--max-prompt-chars", type=int, default=1_000_000,
+                     help="longest API prompt in characters (default 1000000)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=None, help="model folder (or .gguf file) under the models folder to load")
     model.add_argument("--models-dir", type=Path, default=None, help="models folder (default: ./models)")
@@ -43,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--loader", choices=loader_names(), default=None, help="override the detected loader")
     model.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     model.add_argument("--yes", action="store_true", help="load even when the memory estimate says it won't fit")
+    model.add_argument("--trust-remote-code", action="store_true",
+                       help="let the transformers loader run Python code that comes with a model (only for "
+                            "models whose authors you trust; the UI and the API cannot turn this on)")
     once = parser.add_argument_group("one-shot generation (prints the reply and exits; needs --model)")
     once.add_argument("--prompt", default=None, help="the prompt; with --chat, the user's message")
     once.add_argument("--chat", action="store_true", help="apply the chat template to the prompt")
@@ -64,7 +73,11 @@ def build_state(args: argparse.Namespace) -> AppState:
         paths["models_dir"] = args.models_dir.resolve()
     if args.data_dir is not None:
         paths["user_data_dir"] = args.data_dir.resolve()
-    return AppState(config=AppConfig(force_cpu=args.cpu, default_loader=args.loader, **paths))
+    if args.max_body_mb <= 0 or args.max_prompt_chars <= 0:
+        raise SystemExit("--max-body-mb and --max-prompt-chars must be positive")
+    limits = {"max_body_bytes": int(args.max_body_mb * 1_000_000), "max_prompt_chars": args.max_prompt_chars}
+    return AppState(config=AppConfig(force_cpu=args.cpu, default_loader=args.loader,
+                                     trust_remote_code=args.trust_remote_code, **limits, **paths))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,8 +123,8 @@ def _config_error(error: Exception, config_file: Path, settings: TransformersSet
     text = str(error)
     if "trust_remote_code" in text and not settings.trust_remote_code:
         return UnsupportedModelError(
-            "This model needs its own Python code (trust_remote_code). Enable it in the loader settings only if "
-            "you trust the model's authors.", path=config_file,
+            "This model needs its own Python code (trust_remote_code). Restart Corral with --trust-remote-code "
+            "to allow it, only if you trust the model's authors.", path=config_file,
         )
     return ModelFormatError(f"The model configuration could not be used: {text}", path=config_file)
 

@@ -235,7 +235,7 @@ def test_no_model_loaded_is_503_then_load_and_unload(models_root: Path) -> None:
         assert loaded.status_code == 200 and loaded.json()["loader"] == "llama.cpp"
         assert state.models.current.context_length == 512
         assert client.completions.create(model=MODEL, prompt="Hi", max_tokens=2).usage.completion_tokens >= 1
-        assert httpx.post(f"{base}/unload").status_code == 200 and state.models.current is None
+        assert httpx.post(f"{base}/unload", json={}).status_code == 200 and state.models.current is None
         with pytest.raises(openai.InternalServerError):
             client.completions.create(model="", prompt="hi", max_tokens=2)
     finally:

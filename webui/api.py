@@ -9,6 +9,12 @@ logged with their traceback and answered 500 ("Internal error; see the server lo
 Each request runs in its own worker thread and is cancelled the moment its client goes away, which frees the
 engine within one token. Every failure is an `{"error": {"message", "type", "param", "code"}}` body with the
 status an OpenAI client expects. Flags are parsed in `app.py`; this module gets plain values.
+
+What a request must be before any route runs (`webui/listen.HostGuard`, then `RequestGuard`): for one of our
+host names (no DNS rebinding) from no web page but ours (no cross-site request), and, for a POST (every route that
+changes state or generates), an `application/json` body (HTML forms and "simple" cross-site requests cannot send
+one) of at most `AppConfig.max_body_bytes`, nested at most `MAX_JSON_DEPTH` deep, with no lone UTF-16 surrogate.
+A prompt longer than `AppConfig.max_prompt_chars` is refused before it is queued.
 """
 
 from __future__ import annotations
@@ -31,7 +37,11 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from starlette.types import Receive, Scope, Send
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Message as AsgiMessage
 
 from loaders.base import AnyModel, GenerationParams
 from loaders.errors import (
@@ -46,7 +56,7 @@ from loaders.errors import (
 from webui import chat_turn
 from webui.engine import GenerationStats, is_token_model
 from webui.generation import StreamUpdate, Turn, TurnBuilder
-from webui.listen import bind_address
+from webui.listen import AllowedHosts, HostGuard, allowed_hosts, bind_address, hosts_of_args
 from webui.state import AppState
 from webui.templates import Message
 
@@ -58,6 +68,7 @@ log = logging.getLogger(__name__)
 DISCONNECT_POLL_SECONDS = 0.1  # while a request waits in line, how often we look for its client having gone
 FINISH_REASONS = {"eos": "stop", "stop_string": "stop", "max_tokens": "length", "cancelled": "stop"}
 ROLE_ALIASES = {"developer": "system"}
+MAX_JSON_DEPTH = 64  # far beyond any OpenAI request; bounds the work of parsing and validating one
 
 
 # --- errors -------------------------------------------------------------------------------------------------------
@@ -91,6 +102,16 @@ def api_error(error: CorralError) -> ApiError:
     if isinstance(error, GenerationError):
         return ApiError(400, str(error), code="generation_error")
     return ApiError(400, str(error))
+
+
+def _refusal(status: int, message: str, code: str) -> Response:
+    return ApiError(status, message, code=code).response()
+
+
+def _http_error(_request: Request, error: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own 404 / 405, in the OpenAI shape too."""
+    return ApiError(error.status_code, str(error.detail), code="not_found" if error.status_code == 404 else None
+                    ).response()
 
 
 def _validation_error(error: RequestValidationError) -> ApiError:
@@ -465,13 +486,140 @@ async def _events(
         job.cancel()
 
 
+# --- what a request must be ---------------------------------------------------------------------------------------
+
+
+class RequestGuard:
+    """ASGI middleware: a POST must be `application/json`, at most `max_bytes`, and JSON that
+    parses within `MAX_JSON_DEPTH` levels with no lone surrogate; otherwise it is refused in the OpenAI shape
+    before any route runs. The body read here is handed on unchanged."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":  # every route that acts is a POST; others 405
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await self._body(scope, receive)
+            if body is None:  # the client left while sending it
+                return
+            _check_json(body)
+        except ApiError as error:
+            await error.response()(scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _body(self, scope: Scope, receive: Receive) -> bytes | None:
+        headers = Headers(scope=scope)
+        media_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise ApiError(415, "POST requests take a JSON body: send 'Content-Type: application/json' "
+                           f"(got {media_type or 'none'!r}).", code="unsupported_media_type")
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise self._too_large()
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise self._too_large()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _too_large(self) -> ApiError:
+        return ApiError(413, f"The request body is larger than {self.max_bytes / 1_000_000:g} MB (start Corral with "
+                        "--max-body-mb to change the limit).", code="request_too_large")
+
+
+def _check_json(body: bytes) -> None:
+    """Refuse a body that is not JSON, nests deeper than `MAX_JSON_DEPTH` or holds a lone surrogate (it would
+    fail much later, when the text is encoded for the model)."""
+    if not body:
+        return  # a POST with no body (unload): the route says whether it needs one
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise _too_deep() from None
+    except ValueError as error:  # also UnicodeDecodeError: bytes that are no Unicode encoding
+        raise ApiError(400, f"The request body is not valid JSON: {error}.") from None
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:  # iterative: a deep (but parseable) body must not exhaust the Python stack here
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _check_text(item)
+        elif isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise _too_deep()
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    _check_text(key)
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+
+
+def _check_text(text: str) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "The request holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape); "
+                       "send valid Unicode text.", code="invalid_unicode") from None
+
+
+def _too_deep() -> ApiError:
+    return ApiError(400, f"The request body nests deeper than {MAX_JSON_DEPTH} levels.", code="json_too_deep")
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that gives the body already read, then the client's own messages (its disconnect)."""
+    sent = False
+
+    async def replay() -> AsgiMessage:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _check_prompt_size(state: AppState, text: str, param: str) -> None:
+    """Refuse a prompt over `max_prompt_chars` before it is queued or tokenized."""
+    limit = state.config.max_prompt_chars
+    if len(text) > limit:
+        raise ApiError(400, f"The prompt is {len(text)} characters long; this server takes at most {limit} (start "
+                       "Corral with --max-prompt-chars to change the limit).", param=param, code="prompt_too_long")
+
+
+def _request_text(body: CompletionRequest | ChatRequest) -> str:
+    if isinstance(body, CompletionRequest):
+        return body.text
+    return "".join(message.to_message().content for message in body.messages)
+
+
 # --- the app ------------------------------------------------------------------------------------------------------
 
 
-def create_app(state: AppState, *, api_key: str | None = None) -> FastAPI:
-    """The API for `state`; with `api_key`, every request needs `Authorization: Bearer <api_key>`."""
-    app = FastAPI(title="Corral API", dependencies=[Depends(_key_checker(api_key))], docs_url=None, redoc_url=None)
+def create_app(state: AppState, *, api_key: str | None = None, hosts: AllowedHosts | None = None) -> FastAPI:
+    """The API for `state`; with `api_key`, every request needs `Authorization: Bearer <api_key>`. `hosts`: the
+    names it answers for (default: loopback only)."""
+    app = FastAPI(title="Corral API", dependencies=[Depends(_key_checker(api_key))], docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    # add_middleware wraps: the last added runs first, so the Host / Origin check comes before the body is read
+    app.add_middleware(RequestGuard, max_bytes=state.config.max_body_bytes)
+    app.add_middleware(HostGuard, hosts=hosts or allowed_hosts("127.0.0.1"), refuse=_refusal)
     app.add_exception_handler(ApiError, lambda _request, error: error.response())
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, lambda _r, error: _validation_error(error).response())
     app.add_exception_handler(CorralError, lambda _request, error: api_error(error).response())
     app.add_exception_handler(Exception, _internal_error)
@@ -535,6 +683,7 @@ def _add_model_routes(app: FastAPI, state: AppState) -> None:
 
     @app.post("/v1/internal/token-count")
     def token_count(body: TokenCountRequest) -> dict[str, int]:
+        _check_prompt_size(state, body.text, "text")
         return {"length": state.generation.count_tokens(body.text)}
 
 
@@ -545,12 +694,14 @@ def _model_card(name: str) -> dict[str, Any]:
 def _add_generation_routes(app: FastAPI, state: AppState) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
+        _check_prompt_size(state, body.text, "prompt")
         info = _check_model(state, body.model, state.models.current_info)  # fail fast, before waiting in line
         job = Job(state, body, info.view.name, prompt_param="prompt")
         return await _respond(job, request, Shape(chat=False), stream=body.stream, include_usage=body.include_usage)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
+        _check_prompt_size(state, _request_text(body), "messages")
         info = _check_model(state, body.model, state.models.current_info)  # fail fast, before waiting in line
         job = Job(state, body, info.view.name, prompt_param="messages")
         return await _respond(job, request, Shape(chat=True), stream=body.stream, include_usage=body.include_usage)
@@ -567,9 +718,11 @@ def api_address(args: argparse.Namespace) -> str:
 class ApiServer:
     """uvicorn serving `create_app(state)`, in the foreground (`run`) or on a daemon thread (`start`)."""
 
-    def __init__(self, state: AppState, *, host: str, port: int, api_key: str | None = None) -> None:
-        config = uvicorn.Config(create_app(state, api_key=api_key), host=host, port=port, log_level="warning",
-                                timeout_graceful_shutdown=2)
+    def __init__(
+        self, state: AppState, *, host: str, port: int, api_key: str | None = None, hosts: AllowedHosts | None = None
+    ) -> None:
+        app = create_app(state, api_key=api_key, hosts=hosts or allowed_hosts(host))
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
         self.state, self.host, self.port = state, host, port
         self._thread: threading.Thread | None = None
@@ -600,7 +753,8 @@ class ApiServer:
 
 def api_server(state: AppState, args: argparse.Namespace) -> ApiServer:
     """The server `--api` asks for (raises `SystemExit` for an unsafe `--listen`)."""
-    return ApiServer(state, host=api_address(args), port=args.api_port, api_key=args.api_key)
+    host = api_address(args)
+    return ApiServer(state, host=host, port=args.api_port, api_key=args.api_key, hosts=hosts_of_args(args, host))
 
 
 def launch_api(state: AppState, args: argparse.Namespace, *, foreground: bool) -> int:

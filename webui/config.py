@@ -19,3 +19,8 @@ class AppConfig:
     force_cpu: bool = False
     default_loader: str | None = None  # --loader: overrides detection for --model
     default_preset: str = "Default"
+    # --trust-remote-code: let the transformers loader run a model's own Python code. Only a flag, never a page
+    # or API setting, so a web page or an API client cannot turn a download into code execution.
+    trust_remote_code: bool = False
+    max_body_bytes: int = 8 * 1000 * 1000  # --max-body-mb: the largest API request body
+    max_prompt_chars: int = 1_000_000  # --max-prompt-chars: the longest API prompt (all messages together)

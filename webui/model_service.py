@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from loaders.base import LoadedModel
 from loaders.detect import Detection, detect_files
-from loaders.errors import CorralError
+from loaders.errors import CorralError, SettingsError
 from loaders.files import list_models, model_path, read_model_files
 from loaders.hardware import snapshot
 from loaders.plan import LoadPlan, plan_load
@@ -29,6 +29,9 @@ from webui.remote_models import RemoteCatalog, RemoteEndpoint
 from webui.settings import ResolvedSettings, SettingsStore
 
 log = logging.getLogger(__name__)
+
+REMOTE_CODE_REFUSED = ("Running a model's own Python code (trust_remote_code) can only be allowed when Corral "
+                       "starts: restart it with --trust-remote-code, and only for models whose authors you trust.")
 
 
 @dataclass(frozen=True)
@@ -94,15 +97,29 @@ class ModelService:
             raise CorralError("The remote loader is for the engines listed in models/remote.yaml; pick one of those.")
         files = read_model_files(self.path_of(name))
         detection = detect_files(files)
-        resolved = self._settings.resolve(name, detection, loader=loader)
+        resolved = self._with_flags(self._settings.resolve(name, detection, loader=loader))
         view = ModelView(name=name, detection=detection, resolved=resolved, warnings=tuple(resolved.warnings))
         return self._planned(view, self._settings_of(resolved, loader_settings))
 
     def _settings_of(self, resolved: ResolvedSettings, overrides: dict[str, Any] | None) -> LoaderSettings:
+        """The loader settings of a load: resolved < overrides, then what only flags decide (--cpu,
+        --trust-remote-code). Asking for remote code without the flag is refused, never quietly dropped."""
+        _check_types(resolved.loader_settings, overrides or {})
         values = asdict(resolved.loader_settings) | (overrides or {})
         if self._config.force_cpu:
             values.update({"device": "cpu", "n_gpu_layers": 0})
+        if resolved.loader == "transformers":
+            if (overrides or {}).get("trust_remote_code") and not self._config.trust_remote_code:
+                raise SettingsError(REMOTE_CODE_REFUSED)
+            values["trust_remote_code"] = self._config.trust_remote_code  # config.yaml / saved values cannot
         return settings_for(resolved.loader, values)
+
+    def _with_flags(self, resolved: ResolvedSettings) -> ResolvedSettings:
+        """`resolved` showing what the flags decide (the Model tab shows the flag's value, and sends it back)."""
+        current = resolved.loader_settings
+        if not hasattr(current, "trust_remote_code") or current.trust_remote_code == self._config.trust_remote_code:
+            return resolved
+        return replace(resolved, loader_settings=replace(current, trust_remote_code=self._config.trust_remote_code))
 
     def _planned(self, view: ModelView, settings: LoaderSettings) -> ModelView:
         """`view` with the plan of `settings` and its estimate (a plan that cannot be made says why)."""
@@ -191,7 +208,29 @@ class ModelService:
         return self.remote.get(name)
 
 
-def _replace_view(view: ModelView, **changes: Any) -> ModelView:
-    from dataclasses import replace
+def _check_types(current: LoaderSettings, overrides: dict[str, Any]) -> None:
+    """Refuse an override of the wrong type (from the API's JSON) as a message, before it reaches a planner."""
+    for f in fields(current):
+        if f.name not in overrides:
+            continue
+        value, expected = overrides[f.name], _expected_types(getattr(current, f.name))
+        if not isinstance(value, expected) or (isinstance(value, bool) and bool not in expected):
+            raise SettingsError(f"The setting {f.name} must be {_TYPE_NAMES[expected]}, not {value!r}.")
 
+
+def _expected_types(default: Any) -> tuple[type, ...]:
+    if isinstance(default, bool):
+        return (bool,)
+    if isinstance(default, float):
+        return (int, float)
+    if default is None or isinstance(default, dict):
+        return (dict, type(None))
+    return (type(default),)
+
+
+_TYPE_NAMES = {(bool,): "true or false", (int, float): "a number", (int,): "a whole number", (str,): "text",
+               (dict, type(None)): "an object (or null)"}
+
+
+def _replace_view(view: ModelView, **changes: Any) -> ModelView:
     return replace(view, **changes)

@@ -1,7 +1,8 @@
 """The loader-specific controls of the Model tab, generated from the settings dataclasses in `loaders/settings.py`.
 
 One group per loader, only the chosen loader's group visible. A field becomes a checkbox, number or text box by
-its type; settings read from the model's files (GPTQ bits, group size, act-order...) are shown read-only.
+its type; settings read from the model's files (GPTQ bits, group size, act-order...) are shown read-only, and so
+are settings only a start-up flag decides (`trust_remote_code`: `--trust-remote-code`), which show the flag's value.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import gradio as gr
 from loaders.settings import SETTINGS_CLASSES
 
 READ_ONLY = {"gptq": {"bits", "group_size", "desc_act", "sym", "checkpoint_format", "weights_file"}}
+# Settings a page must never change: running a model's own code is decided at start-up, by the flag alone.
+FLAG_ONLY = {"trust_remote_code": "set at start: --trust-remote-code"}
 CHOICES = {
     "dtype": ["auto", "float32", "float16", "bfloat16"],
     "device": ["auto", "cpu", "cuda", "cuda:0", "cuda:1"],
@@ -34,7 +37,6 @@ HELP = {
     "n_batch": "prompt tokens per step",
     "use_mmap": "map the file instead of reading it",
     "use_mlock": "keep the weights in RAM (no swap)",
-    "trust_remote_code": "run the model's own Python code",
     "dequantize_cache": "keep dequantized weights: faster, more RAM",
     "dtype": "auto = bf16/fp16 where fast, else fp32",
     "file": "which .gguf file",
@@ -101,8 +103,9 @@ def _default(f) -> Any:
 
 
 def _control(loader: str, f) -> gr.components.Component:
-    read_only = f.name in READ_ONLY.get(loader, set())
-    info = "read from the model's files" if read_only else HELP.get(f.name)
+    from_files = f.name in READ_ONLY.get(loader, set())
+    read_only = from_files or f.name in FLAG_ONLY
+    info = "read from the model's files" if from_files else FLAG_ONLY.get(f.name) or HELP.get(f.name)
     default = _default(f)
     elem_id = f"{loader.replace('.', '')}-{f.name}"
     common = {"label": f.name, "info": info, "interactive": not read_only, "elem_id": elem_id}
