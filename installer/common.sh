@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
 # Shared steps of Corral's one-click installer (sourced by start_linux.sh, start_macos.sh and update_*.sh).
 #
-# First run: find Python >= 3.10, create installer_files/env, detect the hardware, install the matching PyTorch and
-# llama-cpp-python builds, then requirements.txt. Later runs: compare a stamp of what was installed with what is
-# wanted now and start at once when nothing changed. Every step is logged to installer_files/install.log.
+# First run: find Python >= 3.11 (transformers 5 needs it), create installer_files/env, detect the hardware, install
+# the matching PyTorch and llama-cpp-python builds, then requirements.txt. Later runs: compare a stamp of what was
+# installed with what is wanted now and start at once when nothing changed. Every step is logged to
+# installer_files/install.log.
+#
+# Nothing optional can half-fail an install: a llama.cpp build that fails (no compiler, no CUDA toolkit) leaves a
+# working app without that loader (installer_files/llama-cpp.failed says why; --llama-cpp retries just that build),
+# and a PyTorch index that cannot be reached within seconds is skipped for pip's own (PyPI) instead of retried.
 
 CORRAL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 INSTALL_DIR="${CORRAL_INSTALL_DIR:-$CORRAL_ROOT/installer_files}"
 ENV_DIR="$INSTALL_DIR/env"
 LOG_FILE="$INSTALL_DIR/install.log"
 STAMP_FILE="$INSTALL_DIR/installed.stamp"
+LLAMA_FAILED_FILE="$INSTALL_DIR/llama-cpp.failed"
+PYTHON_MIN="3.11"
+PROBE_SECONDS="${CORRAL_PROBE_SECONDS:-5}"  # how long the PyTorch index may take to answer before PyPI is used
 WHEEL_CACHE="${CORRAL_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/corral/wheels}"
 TORCH_VERSION="${CORRAL_TORCH_VERSION:-2.13.0}"
 LLAMA_CPP_VERSION="${CORRAL_LLAMA_CPP_VERSION:-0.3.36}"
@@ -20,6 +28,7 @@ TORCH_CUDA_INDEX="${CORRAL_TORCH_CUDA_INDEX:-https://download.pytorch.org/whl/$C
 
 OPT_VARIANT=""        # cpu | cuda | metal ; "" = detect
 OPT_LLAMA_CPP=1
+OPT_LLAMA_RETRY=0     # --llama-cpp: build llama-cpp-python again (after a failed build)
 OPT_REINSTALL=0
 OPT_DRY_RUN=0
 OPT_DEV=0             # also install requirements-dev.txt (tests)
@@ -45,6 +54,7 @@ parse_flags() {
             --cuda) OPT_VARIANT=cuda ;;
             --metal) OPT_VARIANT=metal ;;
             --no-llama-cpp) OPT_LLAMA_CPP=0 ;;
+            --llama-cpp) OPT_LLAMA_CPP=1; OPT_LLAMA_RETRY=1 ;;
             --reinstall) OPT_REINSTALL=1 ;;
             --dry-run) OPT_DRY_RUN=1 ;;
             --dev) OPT_DEV=1 ;;
@@ -59,15 +69,15 @@ parse_flags() {
 
 find_python() {
     local candidate
-    for candidate in "${CORRAL_PYTHON:-}" python3.13 python3.12 python3.11 python3.10 python3; do
+    for candidate in "${CORRAL_PYTHON:-}" python3.13 python3.12 python3.11 python3; do
         [ -n "$candidate" ] || continue
         command -v "$candidate" >/dev/null 2>&1 || continue
-        if "$candidate" -c 'import sys, venv; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
+        if "$candidate" -c 'import sys, venv; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
             PYTHON="$(command -v "$candidate")"
             return 0
         fi
     done
-    fail "find Python" "no Python 3.10 or newer with the venv module was found on PATH" \
+    fail "find Python" "no Python $PYTHON_MIN or newer with the venv module was found on PATH (transformers 5 needs $PYTHON_MIN)" \
         "install Python 3.11 (Debian/Ubuntu: sudo apt install python3 python3-venv; macOS: brew install python@3.11), or set CORRAL_PYTHON=/path/to/python3"
 }
 
@@ -127,7 +137,7 @@ print_plan() {
     say "plan: python=$PYTHON env=$ENV_DIR"
     say "plan: torch=$TORCH_SPEC from ${TORCH_INDEX}"
     if [ "$OPT_LLAMA_CPP" = 1 ]; then
-        say "plan: llama-cpp-python==$LLAMA_CPP_VERSION CMAKE_ARGS='${LLAMA_CMAKE_ARGS}'"
+        say "plan: llama-cpp-python==$LLAMA_CPP_VERSION CMAKE_ARGS='${LLAMA_CMAKE_ARGS}' (optional: skipped if it fails to build)"
     else
         say "plan: llama-cpp-python skipped (--no-llama-cpp)"
     fi
@@ -143,10 +153,38 @@ pip_install() {
 pip_run() {
     # pip_run STEP COMMAND ARGS... : run pip COMMAND in the env, log everything, fail with the step's name.
     local step="$1"; shift
-    log_step "$step"
-    if ! "$ENV_DIR/bin/python" -m pip "$@" --disable-pip-version-check >>"$LOG_FILE" 2>&1; then
+    if ! pip_try "$step" "$@"; then
         fail "$step" "pip exited with an error (last lines below)$(printf '\n'; tail -n 5 "$LOG_FILE")" \
             "check your network or disk space, then run again with --reinstall"
+    fi
+}
+
+pip_try() {
+    # pip_try STEP COMMAND ARGS... : as pip_run, but returns pip's status instead of ending the install.
+    local step="$1"; shift
+    log_step "$step"
+    "$ENV_DIR/bin/python" -m pip "$@" --disable-pip-version-check >>"$LOG_FILE" 2>&1
+}
+
+torch_source() {
+    # The index to install PyTorch from: TORCH_INDEX if it answers within PROBE_SECONDS, else "pypi". Without the
+    # probe, pip retries an unreachable index for about 1.5 minutes before it falls back to the extra index.
+    if [ "$TORCH_INDEX" = pypi ]; then echo pypi; return; fi
+    if "$PYTHON" - "$TORCH_INDEX" "$PROBE_SECONDS" >>"$LOG_FILE" 2>&1 <<'PY'
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])).close()
+except urllib.error.HTTPError:
+    pass  # it answered: reachable (pip reads the package pages, not this one)
+except (OSError, ValueError) as error:
+    print(f"PyTorch index {sys.argv[1]} unreachable: {error}")
+    sys.exit(1)
+PY
+    then
+        echo "$TORCH_INDEX"
+    else
+        say "the PyTorch index $TORCH_INDEX did not answer within ${PROBE_SECONDS} s; installing PyTorch from PyPI instead" >&2
+        echo pypi
     fi
 }
 
@@ -160,10 +198,12 @@ install_all() {
         "$PYTHON" -m venv "$ENV_DIR" >>"$LOG_FILE" 2>&1 ||
             fail "create the environment" "python -m venv failed" "install the venv module (Debian/Ubuntu: sudo apt install python3-venv)"
     fi
-    if [ "$TORCH_INDEX" = pypi ]; then
+    local source
+    source="$(torch_source)"  # the stamp keeps TORCH_INDEX (the wish), so a fallback does not reinstall next start
+    if [ "$source" = pypi ]; then
         pip_install "install PyTorch ($VARIANT)" "$TORCH_SPEC"
     else
-        pip_install "install PyTorch ($VARIANT)" "$TORCH_SPEC" --index-url "$TORCH_INDEX" --extra-index-url https://pypi.org/simple
+        pip_install "install PyTorch ($VARIANT)" "$TORCH_SPEC" --index-url "$source" --extra-index-url https://pypi.org/simple
     fi
     if [ "$OPT_LLAMA_CPP" = 1 ]; then
         install_llama_cpp
@@ -178,16 +218,37 @@ install_all() {
 install_llama_cpp() {
     # Built from source once per version and build flags (minutes), kept as a wheel under ~/.cache/corral/wheels.
     # pip's own wheel cache is not used: it ignores CMAKE_ARGS and would hand back a build made with other flags.
-    local flags_sum wheels
+    # Optional: a failed build is logged and skipped (the app runs with its other loaders), never the install's end.
+    local flags_sum wheels step
     flags_sum="$(printf '%s' "$LLAMA_CMAKE_ARGS" | cksum | cut -d' ' -f1)"
     wheels="$WHEEL_CACHE/llama-cpp-python-$LLAMA_CPP_VERSION-$VARIANT-$flags_sum"
+    rm -f "$LLAMA_FAILED_FILE"
     if ! ls "$wheels"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-        CMAKE_ARGS="$LLAMA_CMAKE_ARGS" pip_run "build llama-cpp-python ($VARIANT; minutes, once)" wheel --no-deps \
-            --no-cache-dir --wheel-dir "$wheels" "llama-cpp-python==$LLAMA_CPP_VERSION"
+        step="build llama-cpp-python ($VARIANT; minutes, once)"
+        if ! CMAKE_ARGS="$LLAMA_CMAKE_ARGS" pip_try "$step" wheel --no-deps --no-cache-dir --wheel-dir "$wheels" \
+            "llama-cpp-python==$LLAMA_CPP_VERSION"; then
+            llama_cpp_skipped "$step"
+            return 0
+        fi
     fi
     # A build with other flags may be installed already; pip would keep it as "already satisfied".
     pip_run "remove any other llama-cpp-python build" uninstall --yes llama-cpp-python
     pip_install "install llama-cpp-python ($VARIANT)" --only-binary llama-cpp-python --find-links "$wheels" "llama-cpp-python==$LLAMA_CPP_VERSION"
+}
+
+llama_cpp_skipped() {
+    # llama_cpp_skipped STEP : say why llama.cpp is missing and how to retry; the install goes on without it.
+    local why
+    why="$(tail -n 300 "$LOG_FILE" | grep -iE 'error|not found|could not|unable' | tail -n 3)"
+    {
+        echo "step: $1"
+        echo "CMAKE_ARGS: $LLAMA_CMAKE_ARGS"
+        echo "$why"
+    } >"$LLAMA_FAILED_FILE"
+    say "WARNING: $1 failed; Corral is installed without the llama.cpp loader (GGUF models use the native loader)."
+    say "  why: ${why:-see the log}"
+    say "  try: install a C/C++ compiler and CMake$([ "$VARIANT" = cuda ] && echo ' and the CUDA toolkit (nvcc)'), then run again with --llama-cpp (or --reinstall)"
+    say "  full log: $LOG_FILE"
 }
 
 ensure_installed() {
@@ -197,6 +258,10 @@ ensure_installed() {
     if [ "$OPT_DRY_RUN" = 1 ]; then print_plan; exit 0; fi
     if [ "$OPT_REINSTALL" = 0 ] && [ -x "$ENV_DIR/bin/python" ] && [ -f "$STAMP_FILE" ] &&
         [ "$(cat "$STAMP_FILE")" = "$(wanted_stamp)" ]; then
+        if [ "$OPT_LLAMA_RETRY" = 1 ]; then install_llama_cpp; fi
+        if [ -f "$LLAMA_FAILED_FILE" ]; then
+            say "note: the llama.cpp loader is not installed (its build failed; see $LLAMA_FAILED_FILE). Retry: --llama-cpp"
+        fi
         return 0
     fi
     print_plan

