@@ -613,8 +613,7 @@ def _request_text(body: CompletionRequest | ChatRequest) -> str:
 def create_app(state: AppState, *, api_key: str | None = None, hosts: AllowedHosts | None = None) -> FastAPI:
     """The API for `state`; with `api_key`, every request needs `Authorization: Bearer <api_key>`. `hosts`: the
     names it answers for (default: loopback only)."""
-    app = FastAPI(title="Corral API", dependencies=[Depends(_key_checker(api_key))], docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(title="Corral API", dependencies=[Depends(_key_checker(api_key))], docs_url=None, redoc_url=None)
     # add_middleware wraps: the last added runs first, so the Host / Origin check comes before the body is read
     app.add_middleware(RequestGuard, max_bytes=state.config.max_body_bytes)
     app.add_middleware(HostGuard, hosts=hosts or allowed_hosts("127.0.0.1"), refuse=_refusal)

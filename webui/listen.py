@@ -74,8 +74,10 @@ def allowed_hosts(bound: str, extra: Iterable[str] = ()) -> AllowedHosts:
 def hosts_of_args(args: argparse.Namespace, bound: str) -> AllowedHosts:
     """The hosts a server bound at `bound` answers for these flags (`--allowed-hosts` only counts with --listen:
     without it, the server is reached on loopback only)."""
-    names = [n for n in (getattr(args, "allowed_hosts", None) or "").split(",") if n.strip()] if args.listen else []
-    return allowed_hosts(bound, names)
+    names = [n for n in (getattr(args, "allowed_hosts", None) or "").split(",") if n.strip()]
+    if names and not args.listen:
+        log.warning("--allowed-hosts is ignored without --listen: Corral is reached on loopback only.")
+    return allowed_hosts(bound, names if args.listen else [])
 
 
 def _split_authority(authority: str) -> tuple[str, int | None] | None:
