@@ -269,3 +269,18 @@ def test_ui_load_with_remote_code_is_refused_without_the_flag(ui) -> None:
         text = "".join(stream.iter_text())
     assert "event: complete" in text and "--trust-remote-code" in text, text
     assert not marker(ui.root).exists()
+
+
+def test_listen_serves_the_allowed_hosts_only(tmp_path: Path) -> None:
+    """`--listen --allowed-hosts NAME`: the UI answers for NAME (and loopback), still for no other name."""
+    (tmp_path / "models").mkdir()
+    running = start_app(tmp_path / "models", tmp_path, "--listen", "--insecure-listen", "--allowed-hosts",
+                        "corral.test,proxy.test:443")
+    try:
+        base = running.url.rstrip("/")
+        port = base.rsplit(":", 1)[1]
+        for host, status in ((f"corral.test:{port}", 200), ("proxy.test:443", 200), (f"127.0.0.1:{port}", 200),
+                             (f"evil.example:{port}", 403), (f"proxy.test:{port}", 403)):
+            assert httpx.get(f"{base}/", headers={"Host": host}).status_code == status, host
+    finally:
+        stop_app(running)
