@@ -239,7 +239,8 @@ def _detect_gguf(files: ModelFiles) -> Detection:
              f"context length {context}, RoPE theta {shape.rope_theta:g}"  # fmt: skip
     if n_ctx < context:
         reason += f"; n_ctx set to {n_ctx} to save memory (raise it if you need a longer context)"
-    detection.reasons.extend([files.gguf_reason, _loader_reason(loader), reason])
+    why = f"{files.gguf_reason} (the quant from each file's general.file_type, not its name)"
+    detection.reasons.extend([why, _loader_reason(loader), reason])
     return detection
 
 
