@@ -12,7 +12,9 @@ Layout on disk: `root/<owner>/<repo>/<branch>/<files...>`. The server speaks the
 - Errors carry the Hub's `X-Error-Code` header (`RepoNotFound`, `RevisionNotFound`, `EntryNotFound`, `GatedRepo`).
 
 No Xet headers are ever sent, so the client downloads over plain HTTP. Fault knobs (`HubServer.faults`): cut the
-connection after N bytes of a file, serve corrupted bytes, throttle; `HubServer.requests` counts GETs per file.
+connection after N bytes of a file, stall (send nothing for a while) after N bytes, answer HTTP errors (429 with
+`Retry-After`, 503) before serving, serve corrupted bytes, throttle; `HubServer.requests` counts GETs per file. A
+hostile Hub (`HubState.hostile`): listing fields of a file replaced (a path as its sha256 or blobId, no hash at all).
 `hub_root` / `hub_server` / `hub` are the pytest fixtures (import `hub_root_fixture`, `hub_server_fixture` and
 `hub_fixture` into a test module to use them).
 """
@@ -69,12 +71,19 @@ class ServedFile:
 
 @dataclass
 class Fault:
-    """What to do wrong when serving one file: cut after `cut_after` bytes (`cuts` times), corrupt, throttle."""
+    """What to do wrong when serving one file: cut after `cut_after` bytes (`cuts` times), stall `stall_s` seconds
+    after `stall_after` bytes then drop the connection (`stalls` times), answer `statuses` (one per GET, in order,
+    with `Retry-After: retry_after` when set) before serving, corrupt, throttle."""
 
     cut_after: int | None = None
     cuts: int = 1
     corrupt: bool = False
     bytes_per_s: float | None = None
+    stall_after: int | None = None
+    stall_s: float = 0.0
+    stalls: int = 1
+    statuses: list[int] = field(default_factory=list)
+    retry_after: str | None = None
 
 
 @dataclass
@@ -86,8 +95,11 @@ class HubState:
     faults: dict[tuple[str, str], Fault] = field(default_factory=dict)
     gated: dict[str, str] = field(default_factory=dict)  # repo id -> the token that has access
     injected: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # repo id -> extra (name, size)
+    # repo id -> file -> sibling fields replaced in model info (`lfs` merged key by key; a None value removes the key)
+    hostile: dict[str, dict[str, dict]] = field(default_factory=dict)
     requests: Counter = field(default_factory=Counter)  # (repo id, file) -> number of GETs of its bytes
     ranges: list[tuple[str, str, int]] = field(default_factory=list)  # (repo id, file, first byte) of each GET
+    refused: list[tuple[str, str, int, float]] = field(default_factory=list)  # (repo, file, status, monotonic time)
     cdn_url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
     _hashes: dict[tuple[int, int, int, int], tuple[str, str]] = field(default_factory=dict)
@@ -157,8 +169,8 @@ def _hash_file(path: Path) -> tuple[str, str]:
 
 
 class _HubError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        self.status, self.code, self.message = status, code, message
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
         super().__init__(message)
 
 
@@ -215,7 +227,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _model_info(self, repo_id: str, branch: str, blobs: bool) -> dict:
         gated = "manual" if repo_id in self.state.gated else False
-        siblings = [f.sibling(blobs) for f in self.state.files(repo_id, branch)]
+        overrides = self.state.hostile.get(repo_id, {})
+        siblings = [_override(f.sibling(blobs), overrides.get(f.path)) for f in self.state.files(repo_id, branch)]
         sha = self.state.commit(repo_id, branch)
         return {"id": repo_id, "modelId": repo_id, "sha": sha, "private": False, "gated": gated, "siblings": siblings}
 
@@ -262,6 +275,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_file(self, method: str, repo_id: str, branch: str, path: str, headers: dict | None = None) -> None:
         served = self._served(repo_id, branch, path)
+        if method == "GET":
+            self._refuse_if_told(repo_id, path)
         first, last = _byte_range(self.headers.get("Range"), served.size)
         headers = dict(headers or {}, **{"Content-Length": str(last - first + 1), "Accept-Ranges": "bytes"})
         headers.setdefault("ETag", f'"{served.sha256 or served.blob_id}"')
@@ -287,6 +302,12 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(chunk[: max(fault.cut_after - offset, 0)])
                     self.close_connection = True
                     return
+                if fault.stall_after is not None and offset + len(chunk) > fault.stall_after:
+                    self.wfile.write(chunk[: max(fault.stall_after - offset, 0)])
+                    self.wfile.flush()
+                    time.sleep(fault.stall_s)  # the connection stays open and silent
+                    self.close_connection = True
+                    return
                 if fault.corrupt:
                     chunk = bytes(b ^ 0x5A for b in chunk[:16]) + chunk[16:]
                 self.wfile.write(chunk)
@@ -294,15 +315,31 @@ class _Handler(BaseHTTPRequestHandler):
                     time.sleep(len(chunk) / fault.bytes_per_s)
 
     def _take_fault(self, repo_id: str, path: str) -> Fault | None:
-        """The fault for this GET; a cut is used up (`cuts` times), corruption and throttling stay."""
+        """The fault for this GET; cuts and stalls are used up (`cuts`, `stalls` times), corruption and throttling
+        stay."""
         with self.state.lock:
             fault = self.state.faults.get((repo_id, path))
-            if fault is None or fault.cut_after is None:
-                return fault
-            if fault.cuts <= 0:
-                return Fault(corrupt=fault.corrupt, bytes_per_s=fault.bytes_per_s)
-            fault.cuts -= 1
-            return fault
+            if fault is None:
+                return None
+            this = Fault(corrupt=fault.corrupt, bytes_per_s=fault.bytes_per_s)
+            if fault.cut_after is not None and fault.cuts > 0:
+                fault.cuts -= 1
+                this.cut_after = fault.cut_after
+            if fault.stall_after is not None and fault.stalls > 0:
+                fault.stalls -= 1
+                this.stall_after, this.stall_s = fault.stall_after, fault.stall_s
+            return this
+
+    def _refuse_if_told(self, repo_id: str, path: str) -> None:
+        """Answer the next status of the file's `Fault.statuses` instead of its bytes (used up one per GET)."""
+        with self.state.lock:
+            fault = self.state.faults.get((repo_id, path))
+            if fault is None or not fault.statuses:
+                return
+            status = fault.statuses.pop(0)
+            self.state.refused.append((repo_id, path, status, time.monotonic()))
+        headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else {}
+        raise _HubError(status, "", f"HTTP {status} (a test fault)", headers)
 
     # helpers ---------------------------------------------------------------------------------------------------------
 
@@ -341,6 +378,7 @@ class _Handler(BaseHTTPRequestHandler):
             "Content-Type": "application/json",
             "Content-Length": str(len(body)),
             "X-Error-Message": error.message,
+            **error.headers,
         }
         if error.code:
             headers["X-Error-Code"] = error.code
@@ -353,6 +391,19 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in headers.items():
             self.send_header(name, value)
         self.end_headers()
+
+
+def _override(entry: dict, fields: dict | None) -> dict:
+    """A sibling with a hostile Hub's fields: replaced, `lfs` merged; a None value removes the key."""
+    result = dict(entry)
+    for key, value in (fields or {}).items():
+        if key == "lfs" and isinstance(value, dict) and isinstance(result.get("lfs"), dict):
+            value = {**result["lfs"], **value}
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = value
+    return result
 
 
 def _tree_entries(files: list[ServedFile], under: str, recursive: bool) -> list[dict]:
@@ -422,8 +473,10 @@ class HubServer:
             self.state.faults.clear()
             self.state.gated.clear()
             self.state.injected.clear()
+            self.state.hostile.clear()
             self.state.requests.clear()
             self.state.ranges.clear()
+            self.state.refused.clear()
             self.state.page_size = 1000
 
     def branch_dir(self, repo_id: str, branch: str = "main") -> Path:

@@ -138,7 +138,7 @@ def test_without_q4_k_m_the_smallest_sensible_gguf_is_chosen() -> None:
         _listing(("m.IQ2_XS.gguf", 1_000_000_000), ("m.Q6_K.gguf", 5_000_000_000), ("m.F16.gguf", 9_000_000_000))
     )
     assert plan.gguf_file == "m.Q6_K.gguf"
-    plan = choose_files(_listing(("m.IQ2_XS.gguf", 1_000_000_000), ("m.F16.gguf", 9_000_000_000), ("x.gguf", 2e9)))
+    plan = choose_files(_listing(("m.IQ2_XS.gguf", 1_000_000_000), ("m.F16.gguf", 9_000_000_000), ("x.gguf", 2 << 30)))
     assert plan.gguf_file == "x.gguf"
 
 

@@ -22,11 +22,19 @@ from webui.download.hub import (
 from webui.download.jobs import DownloadJob, DownloadManager, plan_download
 from webui.download.progress import DownloadProgress, FileProgress, FileState, JobState, ProgressTracker
 from webui.download.record import METADATA_NAME, SourceRecord, destination, remembered_gguf
-from webui.download.transfer import DEFAULT_RETRIES, DEFAULT_THREADS, DISK_MARGIN, PARTIAL_DIR, run_plan
+from webui.download.transfer import (
+    DEFAULT_RETRIES,
+    DEFAULT_STALL_S,
+    DEFAULT_THREADS,
+    DISK_MARGIN,
+    PARTIAL_DIR,
+    run_plan,
+)
 from webui.download.verify import HASH_CHUNK, CheckReport, FileCheck, check
 
 __all__ = [
     "DEFAULT_RETRIES",
+    "DEFAULT_STALL_S",
     "DEFAULT_THREADS",
     "DISK_MARGIN",
     "HASH_CHUNK",

@@ -15,7 +15,7 @@ from webui.download.hub import REPO_FORM, RepoRef, parse_repo
 from webui.download.jobs import DownloadManager, plan_download
 from webui.download.progress import DownloadProgress
 from webui.download.record import destination
-from webui.download.transfer import DEFAULT_THREADS
+from webui.download.transfer import DEFAULT_STALL_S, DEFAULT_THREADS
 from webui.download.verify import CheckReport, check
 
 
@@ -27,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="print the chosen and skipped files, download nothing")
     parser.add_argument("--check", action="store_true", help="verify the downloaded folder, download nothing")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="files downloaded at once")
+    parser.add_argument(
+        "--stall-timeout", type=float, default=DEFAULT_STALL_S, metavar="SECONDS",
+        help=f"seconds without a byte before a transfer is resumed (default {DEFAULT_STALL_S:g})",
+    )  # fmt: skip
     return parser
 
 
@@ -66,7 +70,7 @@ def _print_check(report: CheckReport) -> int:
 
 
 def _download(ref: RepoRef, args: argparse.Namespace) -> int:
-    manager = DownloadManager(args.models_dir, threads=args.threads)
+    manager = DownloadManager(args.models_dir, threads=args.threads, stall_s=args.stall_timeout)
     job = manager.start(ref, gguf_file=args.file, token=os.environ.get("HF_TOKEN"))
     reported: set[str] = set()
     try:

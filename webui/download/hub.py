@@ -3,6 +3,10 @@
 `parse_repo` turns `owner/repo`, `owner/repo:branch` or a Hub URL into a `RepoRef`; `list_files` lists a branch
 (sizes, hashes, commit) without downloading; `hub_errors_as_corral` is the one place where huggingface_hub's
 exceptions become Corral errors; `safe_name` refuses server file names that would escape the model folder.
+
+Everything the Hub says about a file is checked here, where its `RemoteFile` is made: a name that stays in the
+folder, a size, and a hash of the right form (sha256: 64 hex digits, git blob id: 40), because the hash names the
+partial file on disk and is what the bytes are verified against. A file with no usable hash is refused.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from loaders.errors import (
     BranchNotFoundError,
     DownloadError,
     GatedRepoError,
+    IntegrityError,
     RepoNameError,
     RepoNotFoundError,
     UnsafePathError,
@@ -34,6 +39,7 @@ REPO_FORM = "owner/repo, owner/repo:branch or https://huggingface.co/owner/repo/
 _HUB_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")
 # git check-ref-format: no spaces, control characters, ~ ^ : ? * [ \ , "..", "@{", leading "/" or "-".
 _BAD_BRANCH = re.compile(r"[\s~^:?*\[\\\x00-\x1f\x7f]|\.\.|@\{|^[/-]|/$|\.lock$|^$")
+_HEX_DIGITS = {"sha256": 64, "blob id": 40}
 
 
 @dataclass(frozen=True)
@@ -49,12 +55,34 @@ class RepoRef:
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A file of a branch as the Hub lists it: `sha256` for LFS files, `blob_id` (git sha1) for the others."""
+    """A file of a branch as the Hub lists it: `sha256` for LFS files, `blob_id` (git sha1) for the others.
+
+    A hash that is given must be plain hex of its length (it becomes a file name: `.corral-partial/<hash>.part`);
+    anything else raises `IntegrityError` here, so no malformed hash exists past this record."""
 
     path: str
     size: int
     sha256: str | None = None
     blob_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", checked_hex(self.sha256, "sha256", self.path))
+        object.__setattr__(self, "blob_id", checked_hex(self.blob_id, "blob id", self.path))
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
+            raise IntegrityError(f"The server listed {self.path!r} with size {self.size!r}; refused.")
+
+
+def checked_hex(value: object, kind: str, path: str) -> str | None:
+    """`value` lower-cased if it is a hex digest of `kind`'s length, None if absent; `IntegrityError` otherwise."""
+    if value is None:
+        return None
+    digits = _HEX_DIGITS[kind]
+    if not isinstance(value, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{digits}}}", value):
+        raise IntegrityError(
+            f"The server listed {path!r} with {kind} {value!r}, which is not {digits} hex digits; refused "
+            "(the file cannot be verified, and the hash would name a file on disk)."
+        )
+    return value.lower()
 
 
 @dataclass(frozen=True)
@@ -180,13 +208,20 @@ def list_files(ref: RepoRef, *, token: str | None = None) -> RepoListing:
 
 
 def _remote_file(sibling: RepoSibling) -> RemoteFile:
+    """The checked record of one listed file: LFS files by sha256, the others by git blob id; none: refused."""
     lfs = sibling.lfs
-    return RemoteFile(
-        path=safe_name(sibling.rfilename),
-        size=int(lfs.size if lfs else sibling.size or 0),
+    path = safe_name(sibling.rfilename)
+    size = lfs.size if lfs else sibling.size
+    item = RemoteFile(
+        path=path,
+        size=size if isinstance(size, int) else -1,  # a missing or non-integer size is refused by RemoteFile
         sha256=lfs.sha256 if lfs else None,
         blob_id=None if lfs else sibling.blob_id,
     )
+    if item.sha256 is None and item.blob_id is None:
+        kind = "an LFS file without a sha256" if lfs else "a file without a blob id"
+        raise IntegrityError(f"The server listed {path!r} as {kind}: it cannot be verified after download; refused.")
+    return item
 
 
 def _probe_access(ref: RepoRef, revision: str, path: str, *, endpoint: str, token: str | None) -> None:

@@ -13,7 +13,7 @@ from webui.download.choose import DownloadPlan, choose_files
 from webui.download.hub import RepoRef, list_files, parse_repo
 from webui.download.progress import DownloadProgress, ProgressTracker
 from webui.download.record import destination, remembered_gguf
-from webui.download.transfer import DEFAULT_RETRIES, DEFAULT_THREADS, run_plan
+from webui.download.transfer import DEFAULT_RETRIES, DEFAULT_STALL_S, DEFAULT_THREADS, run_plan
 
 
 def plan_download(
@@ -27,11 +27,20 @@ class DownloadJob:
     """One download running in a background thread; the UI polls `snapshot()` and may `cancel()`."""
 
     def __init__(
-        self, ref: RepoRef, folder: Path, *, gguf_file: str | None, token: str | None, threads: int, retries: int
+        self,
+        ref: RepoRef,
+        folder: Path,
+        *,
+        gguf_file: str | None,
+        token: str | None,
+        threads: int,
+        retries: int,
+        stall_s: float = DEFAULT_STALL_S,
     ) -> None:
         self.ref, self.folder = ref, folder
         self.plan: DownloadPlan | None = None
         self._gguf_file, self._token, self._threads, self._retries = gguf_file, token, threads, retries
+        self._stall_s = stall_s
         self._cancel = threading.Event()
         self._tracker = ProgressTracker(ref, folder)
         self._thread = threading.Thread(target=self._run, name=f"download {ref}", daemon=True)
@@ -63,7 +72,7 @@ class DownloadJob:
             self.plan = plan_download(self.ref, self.folder, gguf_file=self._gguf_file, token=self._token)
             run_plan(
                 self.plan, self.folder, tracker, self._cancel,
-                token=self._token, threads=self._threads, retries=self._retries,
+                token=self._token, threads=self._threads, retries=self._retries, stall_s=self._stall_s,
             )  # fmt: skip
             tracker.set("done", f"Done: {self.ref} is in {self.folder}")
         except DownloadCancelled as error:
@@ -80,7 +89,8 @@ class DownloadJob:
 class DownloadManager:
     """Starts downloads into `models_dir` and keeps track of them; one job per destination folder at a time.
 
-    `on_done(job)` runs in the download's own thread when a job ends (done, failed or cancelled).
+    `on_done(job)` runs in the download's own thread when a job ends (done, failed or cancelled); `stall_s`: seconds
+    without a byte after which a transfer is cut and resumed.
     """
 
     def __init__(
@@ -89,10 +99,11 @@ class DownloadManager:
         *,
         threads: int = DEFAULT_THREADS,
         retries: int = DEFAULT_RETRIES,
+        stall_s: float = DEFAULT_STALL_S,
         on_done: Callable[[DownloadJob], None] | None = None,
     ) -> None:
         self.models_dir = Path(models_dir)
-        self.threads, self.retries = threads, retries
+        self.threads, self.retries, self.stall_s = threads, retries, stall_s
         self.on_done = on_done
         self._jobs: list[DownloadJob] = []
         self._lock = threading.Lock()
@@ -105,8 +116,9 @@ class DownloadManager:
             if any(job.folder == folder and not job.finished for job in self._jobs):
                 raise DownloadError(f"{ref} is already downloading into {folder}.")
             job = DownloadJob(
-                ref, folder, gguf_file=gguf_file, token=token or None, threads=self.threads, retries=self.retries
-            )
+                ref, folder, gguf_file=gguf_file, token=token or None,
+                threads=self.threads, retries=self.retries, stall_s=self.stall_s,
+            )  # fmt: skip
             self._jobs.append(job)
         job._start(self.on_done)
         return job

@@ -3,6 +3,9 @@ size and hash of every file with the stat it was last verified at, and `gguf_fil
 the folder (the first shard's name), so a later download and the loaders keep to that pick.
 
 Records written before `gguf_file` existed are read as having no pick; keys this version does not know are kept.
+A record is checked as it is read, as the Hub's answers are (`hub.RemoteFile`): every file name stays in the folder
+and every file has a size and a hash of the right form; a record that fails is damaged, set aside, and a fresh one
+starts (its files are then hashed again).
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from webui.download.hub import RemoteFile, RepoRef
+from loaders.errors import DownloadError
+from webui.download.hub import RemoteFile, RepoRef, safe_name
 from webui.fileio import atomic_write_text, quarantine
 
 METADATA_NAME = ".corral-source.json"
@@ -46,11 +50,14 @@ class SourceRecord:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             known = {k: data[k] for k in _FIELDS}
+            _check_files(known["files"])
+            if data.get("gguf_file"):
+                _safe(data["gguf_file"])
             extra = {k: v for k, v in data.items() if k not in (*_FIELDS, "gguf_file")}
             return cls(**known, gguf_file=data.get("gguf_file") or None, extra=extra)
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, DownloadError):  # UnicodeDecodeError is a ValueError
             if repair:
                 quarantine(path)  # keep the user's file, start a fresh record
             return None
@@ -73,6 +80,22 @@ class SourceRecord:
 
     def verified(self, item: RemoteFile, stat: os.stat_result) -> None:
         self.files[item.path]["verified"] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _check_files(files: object) -> None:
+    """Each entry must make a valid `RemoteFile` (safe name, size, hex hash) and carry a hash; raises otherwise."""
+    if not isinstance(files, dict):
+        raise TypeError("files is not a mapping")
+    for name, entry in files.items():
+        item = RemoteFile(_safe(name), entry["size"], entry.get("sha256"), entry.get("blob_id"))
+        if item.sha256 is None and item.blob_id is None:
+            raise ValueError(f"{name}: no hash")
+
+
+def _safe(name: object) -> str:
+    if not isinstance(name, str):
+        raise TypeError("a file name is not a string")
+    return safe_name(name)
 
 
 def remembered_gguf(folder: Path, ref: RepoRef) -> str | None:

@@ -2,7 +2,9 @@
 
 Bytes go to `.corral-partial/<hash>.part` and get their final name only once verified, so a model folder never
 holds a half file. A cut connection is retried from where it stopped (HTTP Range); a failed or cancelled run keeps
-its `.part` files for the next one. Why not `hf_hub_download(local_dir=...)`: in huggingface_hub 2.4 it streams into a
+its `.part` files for the next one. HTTP 429 and 5xx answers are retried with backoff, honouring `Retry-After`
+(huggingface_hub's `http_stream_backoff`), and a transfer that receives no bytes for `stall_s` seconds is cut and
+resumed like a dropped connection. Why not `hf_hub_download(local_dir=...)`: in huggingface_hub 2.4 it streams into a
 process-unique temporary name and deletes it on any failure (huggingface_hub#4228), so nothing is left to resume,
 and its progress hook only sees 10 MB chunks; we use the client's pieces (`hf_hub_url`, `build_hf_headers`,
 `get_session`, `hf_raise_for_status`) instead.
@@ -10,7 +12,6 @@ and its progress hook only sees 10 MB chunks; we use the client's pieces (`hf_hu
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import threading
@@ -21,7 +22,7 @@ from pathlib import Path
 import filelock
 import httpx2
 from huggingface_hub import constants, hf_hub_url
-from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_stream_backoff
 
 from loaders.errors import (
     CorralError,
@@ -42,7 +43,10 @@ PARTIAL_DIR = ".corral-partial"  # resumable `.part` files, named by content has
 DISK_MARGIN = 64 * 1024 * 1024
 DEFAULT_THREADS = 4
 DEFAULT_RETRIES = 3
-_TRANSIENT = (httpx2.TransportError,)
+DEFAULT_STALL_S = 30.0  # no byte for this long: the transfer is cut and resumed
+_TRANSIENT = (httpx2.TransportError,)  # a read timeout (a stall) is one of these
+_RETRY_STATUS = (429, 500, 502, 503, 504)
+_BACKOFF_S = 1.0  # first wait after a 429/5xx without Retry-After; doubles up to 8 s
 
 
 @dataclass(frozen=True)
@@ -57,10 +61,15 @@ class _Transfer:
     cancel: threading.Event
     headers: dict[str, str]
     retries: int
+    stall_s: float = DEFAULT_STALL_S
 
     def partial(self, item: RemoteFile) -> Path:
-        digest = item.sha256 or item.blob_id or hashlib.sha256(item.path.encode()).hexdigest()
-        return self.folder / PARTIAL_DIR / f"{digest}.part"
+        """`.corral-partial/<hash>.part`; the hash is hex (checked by `RemoteFile`), checked again as a path here."""
+        partial_dir = self.folder / PARTIAL_DIR
+        path = partial_dir / f"{expected_digest(item)[1]}.part"
+        if path.resolve().parent != partial_dir.resolve():
+            raise UnsafePathError(f"{item.path}: its partial file would be written outside {partial_dir}; refused.")
+        return path
 
     def save_record(self, item: RemoteFile, path: Path) -> None:
         with self.record_lock:
@@ -77,8 +86,12 @@ def run_plan(
     token: str | None = None,
     threads: int = DEFAULT_THREADS,
     retries: int = DEFAULT_RETRIES,
+    stall_s: float = DEFAULT_STALL_S,
 ) -> None:
-    """Download `plan` into `folder`; files already complete and correct are not fetched again."""
+    """Download `plan` into `folder`; files already complete and correct are not fetched again.
+
+    `retries`: tries after a cut, stalled or refused (429/5xx) transfer; `stall_s`: seconds without a byte that
+    count as a stall."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / PARTIAL_DIR).mkdir(exist_ok=True)
     lock = filelock.FileLock(folder / PARTIAL_DIR / "download.lock", timeout=0)
@@ -88,34 +101,26 @@ def run_plan(
         raise DownloadError(f"Another download into {folder} is running; wait for it or cancel it.") from error
     try:
         headers = build_hf_headers(token=token)
-        _run_locked(plan, folder, tracker, cancel, headers=headers, threads=threads, retries=retries)
+        record = _updated_record(plan, folder)
+        job = _Transfer(plan, folder, record, threading.Lock(), tracker, cancel, headers, retries, stall_s)
+        _run_locked(job, threads=threads)
     finally:
         if not any((folder / PARTIAL_DIR).glob("*.part")):  # nothing left to resume: leave a clean model folder
             shutil.rmtree(folder / PARTIAL_DIR, ignore_errors=True)
         lock.release()
 
 
-def _run_locked(
-    plan: DownloadPlan,
-    folder: Path,
-    tracker: ProgressTracker,
-    cancel: threading.Event,
-    *,
-    headers: dict[str, str],
-    threads: int,
-    retries: int,
-) -> None:
-    record = _updated_record(plan, folder)
+def _run_locked(job: _Transfer, *, threads: int) -> None:
+    plan, folder, tracker = job.plan, job.folder, job.tracker
     tracker.plan(plan.chosen)
     tracker.set("running", "Checking files already on disk…")
-    todo = [f for f in plan.chosen if not _mark_present(folder, f, record, tracker, cancel)]
-    record.write(folder)
-    job = _Transfer(plan, folder, record, threading.Lock(), tracker, cancel, headers, retries)
+    todo = [f for f in plan.chosen if not _mark_present(folder, f, job.record, tracker, job.cancel)]
+    job.record.write(folder)
     _check_disk(folder, sum(f.size - _size(job.partial(f)) for f in todo))
     tracker.set("running", f"Downloading {len(todo)} of {len(plan.chosen)} files…")
     with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="corral-download") as pool:
         results = list(pool.map(lambda item: _fetch_reporting(item, job), todo))
-    _finish(cancel, results)
+    _finish(job.cancel, results)
 
 
 def _updated_record(plan: DownloadPlan, folder: Path) -> SourceRecord:
@@ -163,7 +168,7 @@ def _fetch_reporting(item: RemoteFile, job: _Transfer) -> str | None:
         return "cancelled"
     except CorralError as error:
         job.tracker.file(item.path, state="failed", error=str(error))
-        return str(error)
+        return str(error) if item.path in str(error) else f"{item.path}: {error}"  # say which file
     return None
 
 
@@ -179,11 +184,11 @@ def _fetch(item: RemoteFile, job: _Transfer) -> None:
     """Download one file to its `.part`, verify it, then give it its final name."""
     if job.cancel.is_set():
         raise DownloadCancelled("Download cancelled.")
+    expected = expected_digest(item)  # no hash: refused before a byte is fetched
     part = job.partial(item)
     job.tracker.file(item.path, state="downloading", done=_size(part))
     digest = _stream_with_retries(item, part, job)
-    expected = expected_digest(item)
-    if expected is not None and digest != expected[1]:
+    if digest != expected[1]:
         part.unlink(missing_ok=True)  # corrupted bytes are no use for resuming
         raise IntegrityError(
             f"{item.path}: {expected[0]} {digest[:12]}… does not match the Hub's {expected[1][:12]}…; "
@@ -218,8 +223,9 @@ def _stream_with_retries(item: RemoteFile, part: Path, job: _Transfer) -> str:
             return _stream(url, item, part, job)
         except _TRANSIENT as error:
             if attempt == job.retries:
+                what = "stalled" if isinstance(error, httpx2.TimeoutException) else "connection lost"
                 raise DownloadError(
-                    f"{item.path}: connection lost ({type(error).__name__}) after {attempt + 1} tries; "
+                    f"{item.path}: {what} ({type(error).__name__}) after {attempt + 1} tries; "
                     f"{format_bytes(_size(part))} kept, run the download again to resume."
                 ) from error
             if job.cancel.wait(0.5 * (attempt + 1)):
@@ -237,8 +243,7 @@ def _stream(url: str, item: RemoteFile, part: Path, job: _Transfer) -> str:
     if offset == item.size:
         return hasher.hexdigest()
     headers = dict(job.headers, Range=f"bytes={offset}-") if offset else job.headers
-    timeout = constants.HF_HUB_DOWNLOAD_TIMEOUT
-    with get_session().stream("GET", url, headers=headers, follow_redirects=True, timeout=timeout) as response:
+    with _open_stream(url, headers, job) as response:
         hf_raise_for_status(response)
         if offset and response.status_code == 200:  # the server ignored Range: start over
             offset, hasher = 0, new_hasher(item)
@@ -254,3 +259,15 @@ def _stream(url: str, item: RemoteFile, part: Path, job: _Transfer) -> str:
     if _size(part) != item.size:
         raise httpx2.RemoteProtocolError(f"got {_size(part)} of {item.size} bytes")
     return hasher.hexdigest()
+
+
+def _open_stream(url: str, headers: dict[str, str], job: _Transfer):  # noqa: ANN202 - a context manager of a response
+    """GET `url` streaming; 429/5xx answers are retried by the client's own backoff, which honours `Retry-After`.
+
+    Exceptions are left to `_stream_with_retries` (retry_on_exceptions=()): it resumes from the bytes kept, where the
+    helper would start the request over. The read timeout is the stall limit: no byte for `stall_s` raises."""
+    timeout = httpx2.Timeout(constants.HF_HUB_DOWNLOAD_TIMEOUT, read=job.stall_s)
+    return http_stream_backoff(
+        "GET", url, headers=headers, follow_redirects=True, timeout=timeout,
+        max_retries=job.retries, base_wait_time=_BACKOFF_S, retry_on_exceptions=(), retry_on_status_codes=_RETRY_STATUS,
+    )  # fmt: skip

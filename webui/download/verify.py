@@ -2,7 +2,8 @@
 verifies a downloaded folder against its `.corral-source.json` without network.
 
 A hash is trusted again while the file's size and mtime are those it was verified at, so a second download or check
-of a large model does not read every byte again.
+of a large model does not read every byte again. A file is never accepted on its size alone: with no hash to compare
+against, `expected_digest` raises `IntegrityError` (the listing refuses such files before that).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from loaders.errors import DownloadCancelled, DownloadError
+from loaders.errors import DownloadCancelled, DownloadError, IntegrityError
 from webui.download.hub import RemoteFile, RepoRef, safe_name
 from webui.download.record import METADATA_NAME, SourceRecord
 
@@ -44,20 +45,19 @@ class CheckReport:
         return all(f.status == "ok" for f in self.files)
 
 
-def expected_digest(item: RemoteFile) -> tuple[str, str] | None:
-    """(kind, hex digest) the Hub gave for `item`, None when it gave none."""
+def expected_digest(item: RemoteFile) -> tuple[str, str]:
+    """(kind, hex digest) the Hub gave for `item`; `IntegrityError` when it gave none (nothing to verify against)."""
     if item.sha256:
         return "sha256", item.sha256
     if item.blob_id:
         return "git-sha1", item.blob_id
-    return None
+    raise IntegrityError(f"{item.path}: the Hub gave no sha256 or blob id, so its bytes cannot be verified; refused.")
 
 
 def new_hasher(item: RemoteFile) -> Hasher:
     """sha256 for LFS files; git's blob sha1 (`blob <size>\\0` + bytes) for the others."""
-    if item.sha256 or not item.blob_id:
-        return hashlib.sha256()
-    return hashlib.sha1(b"blob %d\0" % item.size)
+    kind, _digest = expected_digest(item)
+    return hashlib.sha256() if kind == "sha256" else hashlib.sha1(b"blob %d\0" % item.size)
 
 
 def hash_into(path: Path, hasher: Hasher, cancel: threading.Event | None = None) -> Hasher:
@@ -81,8 +81,7 @@ def is_complete(folder: Path, item: RemoteFile, record: SourceRecord, cancel: th
         return False
     if record.files.get(item.path, {}).get("verified") == _stat_key(stat.st_size, stat.st_mtime_ns):
         return True
-    expected = expected_digest(item)
-    if expected is not None and hash_into(path, new_hasher(item), cancel).hexdigest() != expected[1]:
+    if hash_into(path, new_hasher(item), cancel).hexdigest() != expected_digest(item)[1]:
         return False
     record.verified(item, stat)
     return True
@@ -95,7 +94,13 @@ def _stat_key(size: int, mtime_ns: int) -> dict[str, int]:
 def check(folder: Path, *, rehash: bool = False) -> CheckReport:
     """Verify a downloaded folder against its record, offline: present, right size, right hash."""
     folder = Path(folder)
+    had_record = (folder / METADATA_NAME).exists()
     record = SourceRecord.read(folder)
+    if record is None and had_record:
+        raise DownloadError(
+            f"{folder / METADATA_NAME} is damaged (it was set aside as a .broken file); download the model again "
+            "to rebuild it."
+        )
     if record is None:
         raise DownloadError(f"{folder} has no {METADATA_NAME}: it was not downloaded by Corral, nothing to check.")
     results = tuple(_check_one(folder, name, entry, rehash) for name, entry in record.files.items())
@@ -114,8 +119,6 @@ def _check_one(folder: Path, name: str, entry: dict, rehash: bool) -> FileCheck:
     if not rehash and entry.get("verified") == _stat_key(stat.st_size, stat.st_mtime_ns):
         return FileCheck(name, "ok", "verified earlier, unchanged since")
     expected = expected_digest(item)
-    if expected is None:
-        return FileCheck(name, "ok", "size matches (the Hub gave no hash)")
     actual = hash_into(path, new_hasher(item)).hexdigest()
     if actual != expected[1]:
         return FileCheck(name, "hash", f"{expected[0]} {actual[:12]}…, expected {expected[1][:12]}…")
