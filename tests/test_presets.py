@@ -76,17 +76,21 @@ def test_save_overwrites_and_delete_removes(store: PresetStore) -> None:
         ("temperature: -1\n", "'temperature' must be at least"),
     ],
 )
-def test_malformed_preset_is_reported_and_store_keeps_working(store: PresetStore, content: str, problem: str) -> None:
+def test_malformed_preset_is_set_aside_with_a_warning_and_store_keeps_working(
+    store: PresetStore, content: str, problem: str
+) -> None:
     (store.directory / "Broken.yaml").write_text(content, encoding="utf-8")
-    with pytest.raises(PresetError, match=problem) as caught:
-        store.load("Broken")
-    assert "Broken.yaml" in str(caught.value)
-    assert "Broken" in store.names()  # still listed, so the user can fix or delete it
+    params, warning = store.load_with_warning("Broken")
+    assert params == GenerationParams()  # the built-in defaults stand in for it
+    assert warning is not None and problem in warning and "Broken.yaml" in warning
+    (kept,) = store.directory.glob("Broken.broken-*.yaml")
+    assert kept.read_text(encoding="utf-8") == content and kept.name in warning
+    assert "Broken" not in store.names() and store.warnings == [warning]
     assert store.load("Deterministic").do_sample is False
     store.save("After", replace(GenerationParams(), top_p=0.5))
     assert store.load("After").top_p == 0.5
-    store.delete("Broken")
-    assert "Broken" not in store.names()
+    store.save("Broken", replace(GenerationParams(), top_k=7))  # saving the name again replaces the stand-in
+    assert store.load_with_warning("Broken") == (replace(GenerationParams(), top_k=7), None)
 
 
 def test_integers_are_accepted_for_float_fields(store: PresetStore) -> None:

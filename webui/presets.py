@@ -2,13 +2,16 @@
 
 A preset file is a YAML mapping whose keys are `GenerationParams` field names; keys left out take the defaults.
 `save` writes only the values that differ from the defaults, so a preset says what makes it special and reads the
-same way as the shipped ones. Every problem with a file (malformed YAML, not a mapping, unknown key, wrong type, value
-out of range) is a `PresetError` naming the file and the problem; the store itself keeps working.
+same way as the shipped ones. A file that cannot be used (unreadable, not UTF-8, malformed YAML, not a mapping,
+unknown key, wrong type, value out of range) is moved aside with its content kept (`fileio.quarantine`,
+`<name>.broken-<time>.yaml`), the problem is recorded in `PresetStore.warnings`, and the built-in defaults
+(`GenerationParams()`) are used in its place, then and on every later load of that name until it is fixed and
+renamed back: a broken `Default.yaml` never makes a request fail. Only a name with no file at all is a `PresetError`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ import yaml
 
 from loaders.base import GenerationParams
 from loaders.errors import PresetError
-from webui.fileio import atomic_write_yaml, read_yaml
+from webui.fileio import BROKEN_MARK, atomic_write_yaml, quarantine, read_problem, read_yaml
 
 _SUFFIX = ".yaml"
 _MAX_NAME = 100
@@ -51,28 +54,66 @@ def validate_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class PresetStore:
-    """The presets in `directory`; every call reads the disk, so files edited by hand take effect at once."""
+    """The presets in `directory`; every call reads the disk, so files edited by hand take effect at once.
+    `warnings`: every broken preset set aside so far (once each), for the Parameters tab."""
 
     directory: Path
+    warnings: list[str] = field(default_factory=list, compare=False, repr=False)
 
     def names(self) -> list[str]:
         if not self.directory.is_dir():
             return []
-        return sorted((p.stem for p in self.directory.glob(f"*{_SUFFIX}") if not p.stem.startswith(".")), key=str.lower)
+        usable = (p.stem for p in self.directory.glob(f"*{_SUFFIX}") if not _hidden_or_broken(p.stem))
+        return sorted(usable, key=str.lower)
 
     def path(self, name: str) -> Path:
         return self.directory / f"{validate_name(name)}{_SUFFIX}"
 
     def load(self, name: str) -> GenerationParams:
+        """The preset's params; the built-in defaults (with a warning) when its file is broken or was set aside."""
+        return self.load_with_warning(name)[0]
+
+    def load_with_warning(self, name: str) -> tuple[GenerationParams, str | None]:
+        """(params, warning): the warning says the preset was broken and the defaults are used in its place."""
         path = self.path(name)
         if not path.is_file():
+            return self._set_aside_earlier(name)
+        try:
+            return params_from_mapping(_read(path), source=path), None
+        except PresetError as error:
+            return self._set_aside(path, error)
+
+    def _set_aside(self, path: Path, error: PresetError) -> tuple[GenerationParams, str]:
+        try:
+            moved = quarantine(path)
+        except OSError as move_error:
+            warning = f"{error} It could not be moved aside ({move_error}); the built-in defaults are used."
+        else:
+            warning = (
+                f"{error} It was moved to {moved.name} (its content kept) and the built-in defaults are used; "
+                f"fix that file and rename it back to {path.name} to use it."
+            )
+        return GenerationParams(), self._warn(warning)
+
+    def _set_aside_earlier(self, name: str) -> tuple[GenerationParams, str]:
+        """A name whose file was set aside as broken keeps working with the defaults; any other is an error."""
+        stem = validate_name(name)
+        broken = sorted(p.name for p in self._files() if p.stem.startswith(f"{stem}{BROKEN_MARK}"))
+        if not broken:
             known = ", ".join(self.names())
             raise PresetError(f"No preset named '{name}' in {self.directory}. Known presets: {known}.")
-        try:
-            data = read_yaml(path)
-        except (OSError, yaml.YAMLError) as error:
-            raise PresetError(f"Preset file {path} cannot be read: {error}") from error
-        return params_from_mapping(data, source=path)
+        return GenerationParams(), self._warn(
+            f"Preset '{stem}' was broken and set aside as {broken[-1]}; the built-in defaults are used until it is "
+            f"fixed and renamed back to {stem}{_SUFFIX}."
+        )
+
+    def _files(self) -> list[Path]:
+        return list(self.directory.glob(f"*{_SUFFIX}")) if self.directory.is_dir() else []
+
+    def _warn(self, warning: str) -> str:
+        if warning not in self.warnings:  # the same broken file is reported once, not on every request
+            self.warnings.append(warning)
+        return warning
 
     def save(self, name: str, params: GenerationParams) -> Path:
         """Write the preset atomically (values that differ from the defaults only); returns its path."""
@@ -87,6 +128,18 @@ class PresetStore:
             path.unlink()
         except FileNotFoundError as error:
             raise PresetError(f"No preset named '{name}' to delete in {self.directory}.") from error
+
+
+def _hidden_or_broken(stem: str) -> bool:
+    return stem.startswith(".") or BROKEN_MARK in stem
+
+
+def _read(path: Path) -> Any:
+    """The file's YAML; `PresetError` naming the file when it cannot be read, decoded or parsed."""
+    try:
+        return read_yaml(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise PresetError(f"Preset file {path} cannot be read: {read_problem(error)}.") from error
 
 
 def non_default_values(params: GenerationParams) -> dict[str, Any]:

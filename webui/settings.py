@@ -10,7 +10,8 @@ Two YAML files, both readable and editable by hand:
 
 `SettingsStore.resolve` layers detected settings, pattern defaults, the user's values (and an explicit loader
 override) and records which layer each value came from. A value of None means "no preference" at every layer.
-A broken user file is moved aside (`fileio.quarantine`) and reported as a warning; the app goes on with defaults.
+A broken user file (unreadable, not UTF-8, malformed YAML, not a mapping) is moved aside with its content kept
+(`fileio.quarantine`) and reported as a warning; the app goes on with defaults, so it never blocks a load.
 """
 
 from __future__ import annotations
@@ -132,7 +133,9 @@ class SettingsStore:
 
     def saved(self, model_name: str) -> ModelSettings | None:
         """The user's saved settings of `model_name`, as stored (None when nothing is saved)."""
-        entry = self._read_user([]).get(model_name)
+        warnings: list[str] = []
+        entry = self._read_user(warnings).get(model_name)
+        self.warnings.extend(warnings)  # kept: the file is moved aside now, a later read would not see the problem
         if not isinstance(entry, dict):
             return None
         return ModelSettings(
@@ -149,7 +152,7 @@ class SettingsStore:
         entry = _entry(settings)
         self._check_template(entry.get("template"))
         warnings: list[str] = []
-        data = self._read_user(warnings)
+        data = self._read_user(warnings, for_write=True)
         data[model_name] = entry
         self._write_user(data)
         self.warnings.extend(warnings)
@@ -158,7 +161,7 @@ class SettingsStore:
     def forget(self, model_name: str) -> bool:
         """Delete the saved settings of `model_name`; False when there were none."""
         warnings: list[str] = []
-        data = self._read_user(warnings)
+        data = self._read_user(warnings, for_write=True)
         self.warnings.extend(warnings)
         if data.pop(model_name, None) is None:
             return False
@@ -176,24 +179,33 @@ class SettingsStore:
 
     # --- the user file ------------------------------------------------------------------------------------------------
 
-    def _read_user(self, warnings: list[str]) -> dict[str, Any]:
-        """The user file as a dict; a malformed one is moved aside and reported, and {} returned."""
+    def _read_user(self, warnings: list[str], *, for_write: bool = False) -> dict[str, Any]:
+        """The user file as a dict; an unreadable, undecodable or malformed one is moved aside and reported, and {}
+        returned. `for_write`: the caller will write the file, so one that cannot be moved aside is an error."""
         if not self.user_path.is_file():
             return {}
         try:
             data = fileio.read_yaml(self.user_path)
         except yaml.YAMLError as error:
-            return self._quarantine(f"is not valid YAML ({_yaml_where(error)})", warnings)
+            return self._quarantine(f"is not valid YAML ({_yaml_where(error)})", warnings, for_write=for_write)
         except (OSError, UnicodeDecodeError) as error:
-            raise SettingsError(f"Cannot read {self.user_path}: {error}") from error
+            problem = fileio.read_problem(error).removeprefix("it ")
+            return self._quarantine(problem, warnings, for_write=for_write)
         if data is None:
             return {}
         if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-            return self._quarantine("should map model names to settings", warnings)
+            return self._quarantine("should map model names to settings", warnings, for_write=for_write)
         return data
 
-    def _quarantine(self, problem: str, warnings: list[str]) -> dict[str, Any]:
-        moved = fileio.quarantine(self.user_path)
+    def _quarantine(self, problem: str, warnings: list[str], *, for_write: bool) -> dict[str, Any]:
+        try:
+            moved = fileio.quarantine(self.user_path)
+        except OSError as error:
+            message = f"{self.user_path} {problem} and cannot be moved aside ({error.strerror or error})"
+            if for_write:  # writing now would overwrite the user's file: refuse instead
+                raise SettingsError(f"Cannot save: {message}. Fix or move that file first.") from error
+            warnings.append(f"{message}; your saved settings are not used.")
+            return {}
         error = SettingsError(
             f"{self.user_path.name} {problem}. It was moved to {moved.name} and your saved settings are not used; "
             f"fix that file and rename it back to {self.user_path.name} to get them back."

@@ -1,7 +1,9 @@
 """Parameters tab: every sampler of `GenerationParams`, stop strings, seed, and presets (choose, save as, delete).
 
 The controls are created unrendered by `create_controls` so the Chat and Notebook tabs can take them as inputs;
-`build_tab` renders them inside the Parameters tab and wires the preset buttons to the preset store.
+`build_tab` renders them inside the Parameters tab and wires the preset buttons to the preset store. A preset that
+was broken and set aside (the store uses the built-in defaults in its place) shows as a warning line: when it is
+chosen, and on page load / refresh for one set aside elsewhere (an API request, the CLI).
 """
 
 from __future__ import annotations
@@ -96,6 +98,11 @@ def _preset_names(state: AppState) -> list[str]:
     return state.presets.names()
 
 
+def _preset_warnings(state: AppState) -> str:
+    """One warning line per broken preset set aside so far (empty when none)."""
+    return "\n\n".join(f"⚠️ {warning}" for warning in state.presets.warnings)
+
+
 def build_tab(state: AppState, controls: ParamControls) -> None:
     with gr.Row():
         controls.preset.render()
@@ -104,7 +111,7 @@ def build_tab(state: AppState, controls: ParamControls) -> None:
         save_name = gr.Textbox(label="Save current values as preset", placeholder="My preset", scale=3)
         save = gr.Button("Save preset", scale=1)
         delete = gr.Button("Delete preset", variant="stop", scale=1)
-    status = gr.Markdown()
+    status = gr.Markdown(lambda: _preset_warnings(state))  # evaluated on every page load
     with gr.Row():
         with gr.Column():
             for name in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "typical_p", "min_p"):
@@ -126,9 +133,10 @@ def build_tab(state: AppState, controls: ParamControls) -> None:
 
     def on_preset(name: str):
         try:
-            return *values_from_params(state.presets.load(name)), f"Preset **{name}** applied."
+            params, warning = state.presets.load_with_warning(name)
         except PresetError as error:
             return *[gr.skip()] * len(controls.components), f"⚠️ {error}"
+        return *values_from_params(params), f"⚠️ {warning}" if warning else f"Preset **{name}** applied."
 
     def on_save(name: str, *values):
         try:
@@ -145,6 +153,7 @@ def build_tab(state: AppState, controls: ParamControls) -> None:
         return gr.update(choices=_preset_names(state), value=None), f"Deleted preset **{name}**."
 
     controls.preset.input(on_preset, controls.preset, [*controls.inputs, status])
-    refresh.click(lambda: gr.update(choices=_preset_names(state)), None, controls.preset)
+    refresh.click(lambda: (gr.update(choices=_preset_names(state)), _preset_warnings(state)), None,
+                  [controls.preset, status])  # fmt: skip
     save.click(on_save, [save_name, *controls.inputs], [controls.preset, status])
     delete.click(on_delete, controls.preset, [controls.preset, status])
