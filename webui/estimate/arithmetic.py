@@ -182,7 +182,7 @@ def _buffers(shape: ModelShape, loader: str, ctx: int, batch: int, act_bytes: in
     whole context (KQ and its softmax, f32; its allocator reserves them at load, the pages are touched as the
     context fills) plus the feed-forward activations. Torch loaders run the whole prompt at once: hidden states and
     the MLP of every prompt token, and on the CPU, where SDPA with Transformers' mask takes its math path, one
-    layer's ctx × ctx scores of every head (measured: +150 MB for SmolLM2 at 2048). On CUDA the fused kernels keep
+    layer's ctx × ctx scores (half the heads at once, as measured on SmolLM2). On CUDA the fused kernels keep
     scores per block. Measured on SmolLM2 (tests/test_estimate.py).
     """
     if loader == "llama.cpp":
@@ -191,7 +191,9 @@ def _buffers(shape: ModelShape, loader: str, ctx: int, batch: int, act_bytes: in
         return ffn + shape.vocab * 4, kq
     tokens = ctx
     mlp = tokens * (3 * shape.ffn + 6 * shape.hidden) * act_bytes
-    scores = shape.n_heads * tokens * tokens * act_bytes if on_cpu else 0
+    # Half of one layer's heads' scores at a time fits the measured peaks (SmolLM2, 1024 and 2048 tokens, every
+    # torch loader); the full ctx x ctx x heads overestimated by ~100 MB at 2048.
+    scores = shape.n_heads * tokens * tokens * act_bytes // 2 if on_cpu else 0
     return shape.vocab * 4 * 2, mlp + scores
 
 
