@@ -148,7 +148,9 @@ def test_the_picked_quant_is_planned_estimated_and_loaded(tmp_path: Path, browse
         page.wait_for_function("() => document.querySelector('#model-details').innerText.includes('Q8_0.gguf (Q8_0)')")
         page.locator("#model-load").click()
         text = wait_status(page, "loaded with", "smollm2-135m-instruct.Q8_0.gguf", "at load")
-        screenshot(page, "model-picked-quant")
         assert "Q4_K_M" not in text
+        open_model_tab(page, running.url)  # a reload: the page shows what the server holds
+        wait_status(page, "loaded with", "smollm2-135m-instruct.Q8_0.gguf", timeout=30_000)
+        screenshot(page, "model-picked-quant")
     finally:
         stop_app(running)

@@ -129,8 +129,8 @@ class ModelService:
             files = files.with_gguf(getattr(settings, "file", "")) if files.format == "gguf" else files
             plan = plan_load(view.resolved.loader, files, settings, snapshot())
         except CorralError as error:
-            return _replace_view(view, plan_error=str(error))
-        return _replace_view(view, plan=plan, estimate=estimate_plan(plan))
+            return replace(view, plan_error=str(error))
+        return replace(view, plan=plan, estimate=estimate_plan(plan))
 
     def save_settings(
         self, name: str, loader: str, loader_settings: dict[str, Any], *, template: str | None, preset: str | None
@@ -230,7 +230,3 @@ def _expected_types(default: Any) -> tuple[type, ...]:
 
 _TYPE_NAMES = {(bool,): "true or false", (int, float): "a number", (int,): "a whole number", (str,): "text",
                (dict, type(None)): "an object (or null)"}
-
-
-def _replace_view(view: ModelView, **changes: Any) -> ModelView:
-    return replace(view, **changes)

@@ -16,6 +16,7 @@ from loaders.errors import CorralError, InsufficientMemoryError
 from loaders.settings import SETTINGS_CLASSES, settings_for
 from loaders.units import format_bytes
 from webui import estimate
+from webui.estimate.local import GPU_LAYER_LOADERS
 from webui.model_service import ModelView
 from webui.state import AppState
 from webui.templates import AUTO_TEMPLATE
@@ -171,7 +172,6 @@ def build_tab(state: AppState, controls: ParamControls, chat: ChatControls) -> N
     fit_btn.click(on_fit, [model_name, *settings_inputs], [*gpu_layer_fields, details])
 
 
-GPU_LAYER_LOADERS = ("llama.cpp", "gguf")
 
 
 def _names(state: AppState) -> list[str]:
