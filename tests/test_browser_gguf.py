@@ -35,7 +35,7 @@ def load_with(page, loader: str) -> str:
     page.locator("#model-load").click()
     page.wait_for_function(
         "want => document.querySelector('#model-status').innerText.includes(want)",
-        arg=f"{GGUF} loaded with {loader} on",
+        arg=f"{GGUF} loaded with {loader} from",
         timeout=240_000,
     )
     return page.locator("#model-status").inner_text()
