@@ -103,10 +103,10 @@ class StampedModel:
         return getattr(self._model, name)
 
     def generate_tokens(
-        self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event
+        self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event, info: object = None
     ) -> Iterator[int]:
         self.prompt_tokens = len(prompt_ids)
-        for token in self._model.generate_tokens(prompt_ids, params, cancel):
+        for token in self._model.generate_tokens(prompt_ids, params, cancel, info):
             self.stamps.append(time.perf_counter())
             yield token
 

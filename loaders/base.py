@@ -84,9 +84,20 @@ class MemoryReport:
         return sum(self.vram_bytes.values())
 
 
+@dataclass
+class DecodeInfo:
+    """What a backend tells the engine about one `generate_tokens` call, filled in as it goes."""
+
+    cached_tokens: int = 0  # prompt tokens whose KV was reused from an earlier request (prefix reuse)
+
+
 @runtime_checkable
 class LoadedModel(Protocol):
-    """A model ready to generate. One object per load; `unload()` frees everything it holds."""
+    """A model ready to generate. One object per load; `unload()` frees everything it holds.
+
+    `slots` is how many `generate_tokens` calls may run at once, each from its own thread (continuous batching
+    inside the backend); 1 = one at a time. A call's generator yields that request's tokens only; closing it or
+    setting `cancel` frees its slot within one decode step."""
 
     name: str  # folder name under models/
     loader: str  # registry name: transformers, gptq, gguf, llama.cpp
@@ -96,12 +107,15 @@ class LoadedModel(Protocol):
     device: str  # human-readable: "cpu", "cuda:0", "cuda:0 + cpu (20/30 layers on GPU)"
     load_seconds: float
     memory: MemoryReport
+    slots: int
 
     def generate_tokens(
-        self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event
+        self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event,
+        info: DecodeInfo | None = None,
     ) -> Iterator[int]:
         """Yield new token ids one at a time, stopping at EOS (unless banned), at `params.max_new_tokens`,
-        or as soon as `cancel` is set. EOS itself is not yielded."""
+        or as soon as `cancel` is set. EOS itself is not yielded. `info`, when given, is filled in by the
+        backend (prompt tokens reused from its cache)."""
         ...
 
     def unload(self) -> None:

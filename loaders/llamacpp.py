@@ -19,7 +19,7 @@ from pathlib import Path
 import llama_cpp
 import psutil
 
-from loaders.base import GenerationParams, MemoryReport
+from loaders.base import DecodeInfo, GenerationParams, MemoryReport
 from loaders.errors import GenerationError, ModelFormatError, ModelNotLoadedError
 from loaders.plan import LoadPlan
 from loaders.registry import loader_for_paths
@@ -200,9 +200,11 @@ class LlamaCppModel:
     plan: LoadPlan | None = field(default=None, repr=False)
     weight_cache: str = ""
     loader: str = LOADER_NAME
+    slots: int = 1  # one generation at a time
 
     def generate_tokens(
-        self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event
+        self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event,
+        info: DecodeInfo | None = None,
     ) -> Iterator[int]:
         llm = self._live()
         n_ctx = llm.n_ctx()
@@ -215,7 +217,7 @@ class LlamaCppModel:
             )
         budget = min(params.max_new_tokens, n_ctx - len(prompt_ids))
         banned = self.tokenizer.eos_token_ids if params.ban_eos_token else ()
-        return self._decode(llm, prompt_ids, params, cancel, budget, banned)
+        return self._decode(llm, prompt_ids, params, cancel, budget, banned, info or DecodeInfo())
 
     def _decode(
         self,
@@ -225,13 +227,14 @@ class LlamaCppModel:
         cancel: threading.Event,
         budget: int,
         banned: Sequence[int],
+        info: DecodeInfo,
     ) -> Iterator[int]:
         stop_ids = frozenset(self.tokenizer.eos_token_ids)
         with _SamplerChain(params, n_vocab=llm.n_vocab(), n_ctx=llm.n_ctx(), banned=banned) as sampler:
             if _has_penalties(params):
                 window = params.repetition_penalty_range
                 sampler.accept_history(prompt_ids[-window:] if window else prompt_ids)
-            self._eval_prompt(llm, prompt_ids)
+            info.cached_tokens = self._eval_prompt(llm, prompt_ids)
             for produced in range(budget):
                 if cancel.is_set():
                     return
@@ -243,8 +246,9 @@ class LlamaCppModel:
                     return  # the last token is never evaluated: nothing will read its logits
                 llm.eval([token])
 
-    def _eval_prompt(self, llm: llama_cpp.Llama, prompt_ids: list[int]) -> None:
-        """Evaluate the prompt, keeping the KV cache of the prefix it shares with the previous call."""
+    def _eval_prompt(self, llm: llama_cpp.Llama, prompt_ids: list[int]) -> int:
+        """Evaluate the prompt, keeping the KV cache of the prefix it shares with the previous call; the number of
+        prompt tokens kept."""
         cached = llm.input_ids[: llm.n_tokens].tolist()
         keep = 0
         if not self.recurrent:
@@ -257,6 +261,7 @@ class LlamaCppModel:
             llm.reset()
         llm.n_tokens = keep  # Llama.eval drops the KV cache from n_tokens on, then decodes the rest
         llm.eval(prompt_ids[keep:])
+        return keep
 
     def unload(self) -> None:
         if self.llm is not None:

@@ -51,6 +51,7 @@ class LoadPlan:
     weight_cache: WeightCache = ""
     max_memory_gib: dict[str, float] | None = None  # accelerate-style budget: the estimator counts the layers
     batch: int = 512
+    slots: int = 1  # sequences decoded at once (continuous batching); each has its own KV cache of `context`
     notes: tuple[str, ...] = ()
 
     @property

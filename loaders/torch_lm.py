@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from loaders.base import GenerationParams, MemoryReport, ModelTokenizer
+from loaders.base import DecodeInfo, GenerationParams, MemoryReport, ModelTokenizer
 from loaders.errors import ModelNotLoadedError
 from loaders.plan import LoadPlan
 from loaders.sampling import sample_next
@@ -77,8 +77,11 @@ class TorchCausalLM:
         self.load_seconds += self.warmup_seconds
         _return_freed_heap()
 
+    slots = 1  # one generation at a time
+
     def generate_tokens(
-        self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event
+        self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event,
+        info: DecodeInfo | None = None,
     ) -> Iterator[int]:
         """Yield new token ids; stops at EOS (not yielded; never sampled when banned), max_new_tokens or cancel."""
         module = self._live()

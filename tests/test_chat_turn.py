@@ -54,15 +54,15 @@ class FakeModel:
     """A `LoadedModel` that writes `reply` (cycled up to max_new_tokens, then EOS) at no cost. With `hold`, it waits
     after its first token until `hold` is set (a request that keeps the model busy)."""
 
-    loader, path, context_length, device, load_seconds = "fake", Path("."), 100_000, "cpu", 0.0
+    loader, path, context_length, device, load_seconds, slots = "fake", Path("."), 100_000, "cpu", 0.0, 1
     memory = MemoryReport(ram_bytes=0)
 
     def __init__(self, name: str, tokenizer: FakeTokenizer, reply: str, *, hold: threading.Event | None = None):
         self.name, self.tokenizer, self.reply, self.hold = name, tokenizer, reply, hold
         self.started = threading.Event()
 
-    def generate_tokens(self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event
-                        ) -> Iterator[int]:
+    def generate_tokens(self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event,
+                        info: object = None) -> Iterator[int]:
         for i in range(min(params.max_new_tokens, len(self.reply))):
             if cancel.is_set():
                 return

@@ -18,7 +18,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from loaders.base import AnyModel, GenerationParams, LoadedModel, ModelTokenizer, TextStreamingModel, TextUsage
+from loaders.base import (
+    AnyModel,
+    DecodeInfo,
+    GenerationParams,
+    LoadedModel,
+    ModelTokenizer,
+    TextStreamingModel,
+    TextUsage,
+)
 from loaders.errors import GenerationError
 
 REPLACEMENT_CHAR = "\ufffd"
@@ -30,6 +38,7 @@ class GenerationStats:
     new_tokens: int
     seconds: float  # from the first request for a token (prefill included) to the end
     stop_reason: str  # "eos" | "stop_string" | "max_tokens" | "cancelled"
+    cached_tokens: int = 0  # prompt tokens the backend reused from its cache instead of computing them
 
     @property
     def tokens_per_second(self) -> float:
@@ -115,6 +124,7 @@ class Generation:
         self.prompt_ids = prompt_ids
         self.prompt_text = prompt_text  # set for a text-streaming model: the prompt is sent as text
         self.usage = TextUsage()  # what a text-streaming model reports
+        self.decode_info = DecodeInfo()  # what a token model reports (prompt tokens reused)
         self.params = params
         self.cancel = cancel
         self.text = ""
@@ -131,7 +141,7 @@ class Generation:
         stops = StopStrings(self.params.stop)
         if self.prompt_text is None:
             detokenizer = Detokenizer(self.model.tokenizer, skip_special_tokens=self.params.skip_special_tokens)
-            tokens = self.model.generate_tokens(self.prompt_ids, self.params, self.cancel)
+            tokens = self.model.generate_tokens(self.prompt_ids, self.params, self.cancel, self.decode_info)
             pieces = self._deltas(tokens, detokenizer, stops)
         else:
             tokens = self.model.stream_text(self.prompt_text, self.params, self.cancel, self.usage)
@@ -149,7 +159,7 @@ class Generation:
                 close()  # ends the model's loop (and frees its cache) when we stop early
             self.stats = GenerationStats(
                 len(self.prompt_ids) or self.usage.prompt_tokens, len(self.token_ids) or self.usage.new_tokens,
-                time.perf_counter() - start, self._reason,
+                time.perf_counter() - start, self._reason, self.decode_info.cached_tokens,
             )
 
     def _deltas(
