@@ -205,3 +205,80 @@ def test_real_header_parses_like_the_library(smollm2_gguf: Path) -> None:
     assert [t.nbytes for t in header.tensors] == [int(t.n_bytes) for t in reader.tensors]
     assert header.quant == "Q4_1" and header.get("general.architecture") == "llama"
     assert os.path.getsize(smollm2_gguf) > header.size > 1_000_000
+
+
+EVIL_GGUF = _header(_array_kv(2**40, GGUFValueType.UINT32))
+PROBE = """
+import resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+from loaders.errors import ModelFormatError
+from loaders.files import read_model_files
+started = time.monotonic()
+try:
+    read_model_files(__import__("pathlib").Path(sys.argv[1]))
+except ModelFormatError as error:
+    print(f"{{time.monotonic() - started:.3f}} {{error}}")
+"""
+
+
+def test_hostile_gguf_is_refused_under_an_address_space_limit(tmp_path: Path) -> None:
+    """`ulimit -v` leaves the interpreter 300 MB above what it needs to start: a parser that allocated by the
+    header's counts would die with MemoryError; ours answers with the clear error in well under a second."""
+    (tmp_path / "evil").mkdir()
+    (tmp_path / "evil" / "evil.gguf").write_bytes(EVIL_GGUF + b"\0" * (1024 - len(EVIL_GGUF)))
+    start = subprocess.run([sys.executable, "-c", "import loaders.files, resource, psutil; "
+                            "print(psutil.Process().memory_info().vms)"],
+                           capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent)  # fmt: skip
+    limit = int(start.stdout) + 300 * 1024 * 1024
+    probe = subprocess.run([sys.executable, "-c", PROBE.format(limit=limit), str(tmp_path / "evil")],
+                           capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    seconds, message = probe.stdout.split(" ", 1)
+    assert float(seconds) < 1.0 and "more than the file can hold" in message, probe.stdout
+
+
+def test_the_app_keeps_answering_next_to_a_hostile_gguf(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """The hostile file in the models folder: listed, its inspection and load refused with the clear error, and the
+    real model beside it still loads and answers."""
+    from tests.conftest import link_tree
+
+    models = tmp_path / "models"
+    link_tree(smollm2_gguf.parent, models / "real")
+    (models / "evil").mkdir()
+    (models / "evil" / "evil.gguf").write_bytes(EVIL_GGUF + b"\0" * (1024 - len(EVIL_GGUF)))
+    state = AppState(config=AppConfig(models_dir=models, user_data_dir=tmp_path / "data"))
+    assert {"evil", "real"} <= set(state.models.names())
+    with pytest.raises(ModelFormatError, match="more than the file can hold"):
+        state.models.inspect("evil")
+    with pytest.raises(ModelFormatError, match="more than the file can hold"):
+        state.models.load("evil", confirm_memory=True)
+    state.models.load("real", loader_settings={"n_ctx": 256}, confirm_memory=True)
+    try:
+        assert state.models.current_info.view.name == "real"
+    finally:
+        state.models.unload()
+
+
+LOAD_CYCLES = """
+import sys, psutil
+from pathlib import Path
+from webui.state import AppConfig, AppState
+state = AppState(config=AppConfig(models_dir=Path(sys.argv[1]), user_data_dir=Path(sys.argv[2])))
+for _ in range(20):
+    state.models.load("real", loader="llama.cpp", loader_settings={"n_ctx": 256}, confirm_memory=True)
+    state.models.unload()
+    print(psutil.Process().memory_info().rss)
+"""
+
+
+def test_twenty_load_unload_cycles_do_not_leak(tmp_path: Path, smollm2_gguf: Path) -> None:
+    """Resident memory after the 20th load/unload cycle within 20 MB of the second's (a fresh process)."""
+    from tests.conftest import link_tree
+
+    link_tree(smollm2_gguf.parent, tmp_path / "models" / "real")
+    run = subprocess.run([sys.executable, "-c", LOAD_CYCLES, str(tmp_path / "models"), str(tmp_path / "data")],
+                         capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent.parent)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rss = [int(line) for line in run.stdout.split()]
+    assert len(rss) == 20
+    assert rss[-1] - rss[1] < 20 * 1024 * 1024, [r >> 20 for r in rss]
