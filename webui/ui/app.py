@@ -54,6 +54,8 @@ CSS = """
 .corral-memory .mb-seg.kv_cache, .corral-memory .mb-key.kv_cache { background: #f59e0b; }
 .corral-memory .mb-seg.buffers, .corral-memory .mb-key.buffers { background: #10b981; }
 .corral-memory .mb-seg.overhead, .corral-memory .mb-key.overhead { background: #94a3b8; }
+.corral-memory .mb-bar.thin { height: 8px; }
+.corral-memory .mb-seg.need { background: #6366f1; }
 .corral-memory .mb-mark { position: absolute; top: 0; bottom: 0; width: 2px; }
 .corral-memory .mb-mark.load { background: #111827; }
 .corral-memory .mb-mark.free { background: #dc2626; width: 3px; }

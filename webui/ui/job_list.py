@@ -52,7 +52,7 @@ def _row(job_id: str, snap: DownloadProgress, gguf: str | None) -> str:
     )
     pick = f'<span class="job-gguf">GGUF: {escape(gguf)}</span>' if gguf else ""
     return (
-        f'<div class="job" data-job="{escape(job_id)}" data-state="{state}">'
+        f'<div class="job" data-job="{escape(job_id)}" data-ref="{escape(snap.ref)}" data-state="{state}">'
         f'<div class="job-head"><b>{escape(snap.ref)}</b> <span class="job-state {state}">'
         f"{STATE_LABEL.get(state, escape(state))}</span>{pick}"
         f'<span class="job-actions">{buttons}</span></div>'

@@ -26,6 +26,7 @@ CHOICES = {
     "kind": ["openai", "tgi"],
 }
 PER_ROW = 5  # controls per row: labels stay readable at a laptop's width
+WIDE = ("file", "weights_file")  # on a row of their own
 HELP = {
     "n_gpu_layers": "layers on the GPU (0 = CPU only)",
     "n_ctx": "context length in tokens",
@@ -87,9 +88,13 @@ def build(initial_loader: str = "transformers") -> LoaderControls:
         items = list(fields(cls))
         controls[loader] = {}
         with gr.Group(visible=loader == initial_loader, elem_id=f"loader-{loader.replace('.', '')}") as group:
-            for start in range(0, len(items), PER_ROW):
+            wide = [f for f in items if f.name in WIDE]  # a file name needs the whole width to be read
+            for f in wide:
+                controls[loader][f.name] = _control(loader, f)
+            rest = [f for f in items if f.name not in WIDE]
+            for start in range(0, len(rest), PER_ROW):
                 with gr.Row(equal_height=True):
-                    controls[loader].update({f.name: _control(loader, f) for f in items[start : start + PER_ROW]})
+                    controls[loader].update({f.name: _control(loader, f) for f in rest[start : start + PER_ROW]})
         groups[loader] = group
     return LoaderControls(groups, controls)
 

@@ -1,6 +1,6 @@
 """The Model tab's memory bar, as HTML: for each device the plan uses (RAM, each GPU), the weights, KV cache,
-buffers and overhead of the estimate drawn against the memory free for the model, with a mark where the model
-stands right after the load ("at load") and where it ends with the context full ("at full context").
+buffers and overhead of the estimate at full context, with a mark where the model stands right after the load
+("at load"), and under it the whole need against the memory free for the model, with the estimate's verdict.
 
 For a loaded model the memory it holds now counts as free for it (it would be freed to load it again). Pure
 functions of an `Estimate` and a `Hardware` snapshot; the verdict is the estimate's own (`Estimate.fit` margins).
@@ -34,24 +34,28 @@ def memory_html(est: Estimate | None, hw: Hardware, *, loaded: MemoryReport | No
 
 
 def _device(est: Estimate, device: str, hw: Hardware) -> str:
+    """Two bars: the parts, scaled to the model's need at full context (the mark: at load), then that need
+    against the free memory (the mark: free, when it does not fit)."""
     parts = est.parts[device]
     full, at_load = est.device_total(device), est.device_at_load(device)
     free = hw.free(device)
-    scale = max(full, free, 1)
-    segments = "".join(f'<div class="mb-seg {k}" style="width:{100 * parts.get(k, 0) / scale:.2f}%" '
+    segments = "".join(f'<div class="mb-seg {k}" style="width:{100 * parts.get(k, 0) / max(full, 1):.2f}%" '
                        f'title="{v} {format_bytes(parts.get(k, 0))}"></div>' for k, v in PARTS.items())  # fmt: skip
-    marks = f'<div class="mb-mark load" style="left:{100 * at_load / scale:.2f}%" title="at load"></div>'
-    if full > free:
-        marks += f'<div class="mb-mark free" style="left:{100 * free / scale:.2f}%" title="free"></div>'
+    load_mark = f'<div class="mb-mark load" style="left:{100 * at_load / max(full, 1):.2f}%" title="at load"></div>'
+    scale = max(full, free, 1)
+    need = f'<div class="mb-seg need" style="width:{100 * full / scale:.2f}%"></div>'
+    free_mark = "" if full <= free else f'<div class="mb-mark free" style="left:{100 * free / scale:.2f}%"></div>'
     verdict = replace(est, parts={device: parts}).fit(hw).verdict  # the estimate's own rule, for this device
     name = "RAM" if device == "ram" else _gpu_name(device, hw)
     sizes = " · ".join(f"{v} {format_bytes(parts.get(k, 0))}" for k, v in PARTS.items() if parts.get(k))
     return (
         f'<div class="mb-row" data-device="{escape(device)}"><div class="mb-name">{escape(name)}</div>'
-        f'<div class="mb-bar">{segments}{marks}</div>'
-        f'<div class="mb-text"><b>{format_bytes(at_load)}</b> at load, <b>{format_bytes(full)}</b> at full context, '
-        f'{format_bytes(free)} free <span class="mb-verdict {verdict.replace(chr(39), "")}">{verdict}</span>'
-        f'<br><span class="mb-parts">{sizes}</span></div></div>'
+        f'<div class="mb-bar" title="the model at full context; the mark: at load">{segments}{load_mark}</div>'
+        f'<div class="mb-text"><b>{format_bytes(at_load)}</b> at load, <b>{format_bytes(full)}</b> at full context '
+        f'<span class="mb-parts">({sizes})</span></div>'
+        f'<div class="mb-bar thin" title="against the free memory">{need}{free_mark}</div>'
+        f'<div class="mb-text">{format_bytes(full)} of {format_bytes(free)} free '
+        f'<span class="mb-verdict {verdict.replace(chr(39), "")}">{verdict}</span></div></div>'
     )
 
 

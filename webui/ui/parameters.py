@@ -15,7 +15,7 @@ from typing import Any
 import gradio as gr
 
 from loaders.base import GenerationParams
-from loaders.errors import PresetError
+from loaders.errors import CorralError, PresetError
 from webui.state import AppState
 from webui.ui.common import ERROR, warning_lines
 from webui.ui.wiring import Ctx, Values, listen
@@ -68,9 +68,17 @@ def preset_updates(state: AppState, name: str) -> Values:
 
 
 def page_preset(state: AppState) -> str:
-    """The preset a page opens with: the loaded model's saved preset, else the default."""
+    """The preset a page opens with: the loaded model's preset as its settings say now (saved since the load
+    included), else the default."""
     info = state.models.current_info
-    preset = getattr(getattr(info.view, "resolved", None), "preset", None) if info is not None else None
+    if info is None:
+        return state.config.default_preset
+    preset = info.view.resolved.preset
+    if info.view.detection.files is not None:  # a local model (a remote engine's settings live in remote.yaml)
+        try:
+            preset = state.settings.resolve(info.view.name, info.view.detection).preset
+        except CorralError:  # the model's files changed under it: what it was loaded with still holds
+            pass
     return preset or state.config.default_preset
 
 
