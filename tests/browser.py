@@ -85,6 +85,13 @@ def start_app(
     raise RuntimeError(f"app did not serve within {timeout} s:\n{app.log_text()[-4000:]}")
 
 
+def start_hub_app(root: Path, hub_url: str) -> RunningApp:
+    """The app on an empty models folder under `root`, downloading from the hub test server at `hub_url`."""
+    (root / "models").mkdir(exist_ok=True)
+    env = {"HF_ENDPOINT": hub_url, "HF_TOKEN": "", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    return start_app(root / "models", root, env=env)
+
+
 def stop_app(app: RunningApp) -> None:
     if app.process.poll() is None:
         os.killpg(app.process.pid, signal.SIGTERM)

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import browser_context, doc_screenshots, screenshot, select_dropdown, start_app, stop_app, wait_text
+from tests.browser import (
+    browser_context,
+    doc_screenshots,
+    screenshot,
+    select_dropdown,
+    start_hub_app,
+    stop_app,
+    wait_text,
+)
 from tests.conftest import link_tree
 from tests.hubserver import GPTQ_BRANCH, GPTQ_REPO, Fault, HubServer, hub_root_fixture, hub_server_fixture  # noqa: F401
 
@@ -27,10 +35,7 @@ Q8_0 = "smollm2-135m-instruct.Q8_0.gguf"
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, hub_server: HubServer):
-    root = tmp_path_factory.mktemp("download-jobs")
-    (root / "models").mkdir()
-    env = {"HF_ENDPOINT": hub_server.url, "HF_TOKEN": "", "HF_HUB_DISABLE_TELEMETRY": "1"}
-    running = start_app(root / "models", root, env=env)
+    running = start_hub_app(tmp_path_factory.mktemp("download-jobs"), hub_server.url)
     yield running
     stop_app(running)
 

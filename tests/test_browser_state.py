@@ -171,21 +171,22 @@ def test_the_prompt_view_shows_the_llama2_prompt_and_a_reload_keeps_the_chat(pag
 
 
 def test_two_tabs_sending_to_one_chat_keep_both_turns(page, browser, app, root: Path) -> None:
-    other = browser.new_page()  # same browser: it opens the same chat, at the same revision
+    other = browser.new_page()  # same browser: it opens the same chat, at the same revision, and lists it
     other.goto(app.url)
     wait_text(other, "#chat-box", "Name a color.", timeout=30_000)
+    wait_text(other, "#chat-past", "Name a color.")
     set_max_new_tokens(other)
     set_max_new_tokens(page)
     first = send(page, "from the first tab")
-    second = send(other, "from the second tab")  # sent at once: the second tab has not seen the first's message
-    replied(page, first)
-    status = replied(other, second)
+    second = send(other, "from the second tab")  # at once: neither tab has seen the other's message
+    statuses = {"first": replied(page, first), "second": replied(other, second)}
     (saved,) = chats(root)
     users = [m["content"] for m in saved["messages"] if m["role"] == "user"]
-    assert users == ["Name a color.", "from the first tab", "from the second tab"], contents(saved)
-    assert [m["role"] for m in saved["messages"]] == ["user", "assistant"] * 3
-    assert "another tab" in status, status
-    wait_text(other, "#chat-box", "from the first tab")  # the tab shows what it was told about
+    assert users[0] == "Name a color." and sorted(users[1:]) == ["from the first tab", "from the second tab"]
+    assert [m["role"] for m in saved["messages"]] == ["user", "assistant"] * 3, contents(saved)
+    told = [tab for tab, status in statuses.items() if "another tab" in status]
+    assert len(told) == 1, statuses  # the tab whose turn went second is told, and shows the other's turn
+    wait_text(page if told == ["first"] else other, "#chat-box", "from the first tab", "from the second tab")
     other.close()
 
 

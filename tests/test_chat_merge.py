@@ -22,12 +22,17 @@ from webui.templates import Message
 GREEDY = GenerationParams(do_sample=False, max_new_tokens=16)
 
 
-@pytest.fixture()
-def state(tmp_path: Path) -> AppState:
+def fake_app(tmp_path: Path) -> AppState:
+    """An app on empty folders under `tmp_path` with a fake model loaded (it answers "ok")."""
     (tmp_path / "models").mkdir()
     app = AppState(config=AppConfig(models_dir=tmp_path / "models", user_data_dir=tmp_path / "data"))
     app.models._loaded = info(FakeModel("fake", FakeTokenizer("<s>", own_template("T")), "ok"), "fake")
     return app
+
+
+@pytest.fixture()
+def state(tmp_path: Path) -> AppState:
+    return fake_app(tmp_path)
 
 
 def opened(state: AppState) -> tuple[Chat, Chat]:

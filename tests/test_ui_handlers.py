@@ -12,11 +12,12 @@ import pytest
 from loaders.base import GenerationParams, MemoryReport
 from loaders.hardware import GPU, Hardware
 from loaders.units import format_bytes
+from tests.test_chat_merge import fake_app
 from tests.test_chat_turn import FakeModel, FakeTokenizer, info, own_template
 from webui.engine import encode_prompt
 from webui.estimate import Estimate
 from webui.prompt_record import BUSY, GONE, PromptLog
-from webui.state import AppConfig, AppState
+from webui.state import AppState
 from webui.ui import chat_handlers as chat
 from webui.ui import parameters
 from webui.ui.job_list import jobs_html
@@ -28,10 +29,7 @@ from webui.ui.wiring import Ctx, _flatten, _nest, _to_components
 
 @pytest.fixture()
 def state(tmp_path: Path) -> AppState:
-    (tmp_path / "models").mkdir()
-    app = AppState(config=AppConfig(models_dir=tmp_path / "models", user_data_dir=tmp_path / "data"))
-    app.models._loaded = info(FakeModel("fake", FakeTokenizer("<s>", own_template("T")), "ok"), "fake")
-    return app
+    return fake_app(tmp_path)
 
 
 def turn_values(message: str = "", ref: dict | None = None, template: str = "auto") -> dict:
