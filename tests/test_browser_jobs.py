@@ -101,6 +101,7 @@ def test_the_q8_0_pick_is_the_one_downloaded_and_loaded(page, app, hub: HubServe
     wait_text(page, "#download-files", "to download")
     select_dropdown(page, "download-gguf-file", Q8_0)
     table = wait_text(page, "#download-files", f"{Q8_0} chosen")
+    doc_screenshots(page, "download-gguf-picker", focus="#download-gguf-file")
     rows = {line.split("\t")[0]: line for line in table.splitlines() if ".gguf\t" in line}
     assert rows[Q8_0].endswith("download") and sum(r.endswith("download") for r in rows.values()) == 1, table
     page.locator("#download-start").click()

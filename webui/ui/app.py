@@ -93,11 +93,12 @@ CSS = """
 def build_ui(state: AppState) -> gr.Blocks:
     with gr.Blocks(title="Corral") as demo:
         controls = parameters.create_controls(state)
+        open_chat, notebook_text = chat.open_chat(), notebook.saved_text()  # the browser's own storage
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
-                chat_tab = chat.build_tab(state)
+                chat_tab = chat.build_tab(state, open_chat)
             with gr.Tab("Notebook", id="notebook"):
-                notebook_tab = notebook.build_tab()
+                notebook_tab = notebook.build_tab(notebook_text)
             with gr.Tab("Parameters", id="parameters"):
                 params_tab = parameters.build_tab(controls)
             with gr.Tab("Model", id="model"):

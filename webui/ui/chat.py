@@ -55,8 +55,12 @@ class ChatTab:
         return self.settings["template"]  # type: ignore[return-value]
 
 
-def build_tab(state: AppState) -> ChatTab:
-    ref = gr.BrowserState({"id": None, "revision": 0}, storage_key=OPEN_CHAT_KEY, secret=OPEN_CHAT_SECRET)
+def open_chat() -> gr.BrowserState:
+    """The browser's reference to its open chat; made outside the tabs, so it is read as the page opens."""
+    return gr.BrowserState({"id": None, "revision": 0}, storage_key=OPEN_CHAT_KEY, secret=OPEN_CHAT_SECRET)
+
+
+def build_tab(state: AppState, ref: gr.BrowserState) -> ChatTab:
     with gr.Row(elem_id="chat-layout"):
         with gr.Column(scale=1, min_width=260, elem_id="chat-side"):
             with gr.Row():

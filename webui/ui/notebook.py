@@ -40,8 +40,13 @@ class NotebookTab:
     prompt: gr.HTML
 
 
-def build_tab() -> NotebookTab:
-    saved = gr.BrowserState({"text": ""}, storage_key=SAVED_TEXT_KEY, secret=SAVED_TEXT_SECRET)
+def saved_text() -> gr.BrowserState:
+    """The text as the browser keeps it; made outside the tabs, so it is read as the page opens (a component in a
+    tab not shown yet is not mounted, and would still hold its default when the page-load event reads it)."""
+    return gr.BrowserState({"text": ""}, storage_key=SAVED_TEXT_KEY, secret=SAVED_TEXT_SECRET)
+
+
+def build_tab(saved: gr.BrowserState) -> NotebookTab:
     text = gr.Textbox(lines=20, max_lines=40, label="Text", elem_id="notebook-text",
                       placeholder="Write here; Generate continues it.")  # fmt: skip
     with gr.Row():
@@ -105,10 +110,15 @@ def wire(state: AppState, demo: gr.Blocks, tab: NotebookTab, controls: ParamCont
     out = {"text": tab.text, "before": tab.before, "status": tab.status, "prompt": tab.prompt}
     inputs = {"text": tab.text, "before": tab.before, "params": controls.components}
     listen(demo.load, on_page_load, state, {"saved": tab.saved}, {"text": tab.text}, show_progress="hidden")
-    # The browser copies the text into its own storage as it changes: no server call.
-    tab.text.change(None, tab.text, tab.saved, js="(text) => ({text: text})")
-    listen(tab.generate.click, on_generate, state, inputs, out, concurrency_id="model")
-    listen(tab.regenerate.click, on_regenerate, state, inputs, out, concurrency_id="model")
-    listen(tab.undo.click, on_undo, state, {"before": tab.before}, out)
+    # The browser copies the text into its own storage after each edit and each generation: no server call.
+    # (Not on every change: the empty box a page starts with would overwrite the saved text before it is read.)
+    keep = {"fn": None, "inputs": tab.text, "outputs": tab.saved, "js": "(text) => ({text: text})"}
+    tab.text.input(**keep)
+    for done in (
+        listen(tab.generate.click, on_generate, state, inputs, out, concurrency_id="model"),
+        listen(tab.regenerate.click, on_regenerate, state, inputs, out, concurrency_id="model"),
+        listen(tab.undo.click, on_undo, state, {"before": tab.before}, out),
+    ):
+        done.then(**keep)
     listen(tab.stop.click, on_stop, state, None, None)
     listen(tab.count.click, on_count, state, {"text": tab.text}, out)
