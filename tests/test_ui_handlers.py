@@ -188,3 +188,24 @@ def test_the_job_list_has_each_jobs_state_pick_and_buttons(tmp_path: Path) -> No
     job._tracker.set("running", "")
     assert 'data-action="cancel"' in jobs_html([job]) and 'data-action="resume"' not in jobs_html([job])
     assert "No downloads yet" in jobs_html([])
+
+
+def test_picking_a_model_applies_its_saved_preset_values_and_a_page_shows_the_loaded_model(
+    tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    from tests.conftest import link_tree
+    from webui.settings import ModelSettings
+    from webui.ui import model_handlers
+
+    app = fake_app(tmp_path)
+    app.models._loaded = None
+    link_tree(smollm2_gguf.parent, app.config.models_dir / "SmolLM2-GGUF")
+    app.settings.save("SmolLM2-GGUF", ModelSettings("llama.cpp", {"n_ctx": 1024}, "chatml", "Min-P", None))
+    picked = model_handlers.on_select(app, {"name": "SmolLM2-GGUF"}, Ctx())
+    assert picked["loader"] == "llama.cpp" and picked["fields"]["llama.cpp"]["n_ctx"] == 1024
+    assert picked["preset"]["value"] == "Min-P" and picked["params"]["min_p"] == 0.05 and picked["params"]["top_k"] == 0
+    assert picked["template"]["value"] == "chatml" and picked["groups"]["llama.cpp"]["visible"]
+    assert "at load" in picked["memory"] and "Plan:" in picked["details"]
+    page = model_handlers.on_page_load(app, {}, Ctx())
+    assert page["name"]["value"] is None and page["status"].startswith("No model loaded")
+    assert "SmolLM2-GGUF" in page["name"]["choices"]
