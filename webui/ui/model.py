@@ -82,7 +82,7 @@ def wire(state: AppState, demo: gr.Blocks, tab: ModelTab, chat: ChatTab, control
     settings = {"name": t.name, "loader": t.loader, "fields": t.loader_ui.fields}
     load_in = settings | {"force": t.force, "autoload": t.autoload}
     load_out = {"status": t.status, "details": t.details, "memory": t.memory}
-    model = {"concurrency_id": "model"}
+    model = {"concurrency_id": "model", "show_progress_on": [t.status]}  # the spinner and the time on the status
     listen(demo.load, h.on_page_load, state, None, view | {"name": t.name, "status": t.status},
            show_progress="hidden")  # fmt: skip
     picked = {"template": chat.template, "preset": controls.preset, "params": controls.components,
