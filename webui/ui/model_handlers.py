@@ -101,6 +101,12 @@ def view_values(view: ModelView, settings: dict[str, Any] | None = None, loaded:
     }
 
 
+def loaded_as(state: AppState, name: str) -> LoadedInfo | None:
+    """The loaded model's info if it is `name` (its memory is then free for its own bar: a reload frees it)."""
+    info = state.models.current_info
+    return info if info is not None and info.view.name == name else None
+
+
 def error_values(error: CorralError) -> Values:
     """A model that cannot be read: no loader controls (they would be another model's), the error in details."""
     return {"groups": visibility(None), "fit": gr.update(visible=False), "details": f"{ERROR} {error}",
@@ -131,7 +137,8 @@ def on_select(state: AppState, values: Values, ctx: Ctx) -> Values:
         view = state.models.inspect(name)
     except CorralError as error:
         return error_values(error)
-    out = view_values(view) | {"template": gr.update(value=view.resolved.template or AUTO_TEMPLATE)}
+    out = view_values(view, loaded=loaded_as(state, name))
+    out["template"] = gr.update(value=view.resolved.template or AUTO_TEMPLATE)
     if view.resolved.preset:  # the model's saved preset, with its values (not only its name)
         preset = preset_updates(state, view.resolved.preset)
         out |= {"preset": preset.get("preset", gr.skip()), "params": preset.get("params", {}),
@@ -203,7 +210,9 @@ def on_estimate(state: AppState, values: Values, ctx: Ctx) -> Values:
     if view.plan is None or view.estimate is None:
         reason = view.plan_error or "a remote engine holds its memory on its own machine"
         return {"details": f"{ERROR} No estimate: {reason}", "memory": memory_html(None, hardware.snapshot())}
-    return {"details": describe(view), "memory": memory_html(view.estimate, hardware.snapshot())}
+    loaded = loaded_as(state, values["name"])
+    memory = memory_html(view.estimate, hardware.snapshot(), loaded=loaded.model.memory if loaded else None)
+    return {"details": describe(view), "memory": memory}
 
 
 def on_fit(state: AppState, values: Values, ctx: Ctx) -> Values:
