@@ -83,11 +83,10 @@ def test_a_multi_gguf_repo_offers_one_file(app, hub: HubServer, browser_page) ->
     row = next(line for line in table.splitlines() if line.startswith(f"{Q4_K_M}\t"))  # the file table's row
     assert row.endswith("download"), table  # the default quant, and only it
     assert table.count("skipped: another GGUF quant") == 2, table
-    assert page.locator("#download-gguf-file input").input_value() == Q4_K_M
+    assert page.locator("#download-gguf-file input:checked").input_value() == Q4_K_M
 
     # Another pick redraws the table from the plan for that pick: Q8_0 downloaded, Q4_K_M skipped.
-    page.locator("#download-gguf-file input").click()
-    page.get_by_role("option", name=Q8_0, exact=True).click()
+    page.locator("#download-gguf-file label", has_text=Q8_0).click()
     page.wait_for_function(
         f"() => document.querySelector('#download-files').innerText.includes('{Q8_0} chosen')", timeout=30_000
     )

@@ -19,10 +19,12 @@ CSS = """
 #chat-past { max-height: 420px; overflow-y: auto; }
 #chat-past .wrap { flex-direction: column; gap: 2px; }
 #chat-past label { width: 100%; white-space: normal; overflow-wrap: anywhere; }
-#download-gguf-file input { padding-right: 2em; text-overflow: ellipsis; }
-#download-gguf-file li { white-space: normal; overflow-wrap: anywhere; }
-#download-files td:nth-child(2), #download-estimates td { white-space: nowrap; }
-#download-files td:first-child { overflow-wrap: anywhere; min-width: 10em; }
+#download-gguf-file .wrap { flex-direction: column; gap: 2px; }
+#download-gguf-file label { width: 100%; white-space: normal; overflow-wrap: anywhere; }
+#download-files td:nth-child(2), #download-estimates td:not(:first-child) { white-space: nowrap; }
+#download-files table, #download-estimates table { display: block; overflow-x: auto; }
+#download-files td:first-child, #download-estimates td:first-child { overflow-wrap: anywhere; min-width: 8em; }
+#download-files td:nth-child(3) { min-width: 10em; word-break: normal; overflow-wrap: normal; }
 @media (max-width: 720px) {
   #chat-layout { flex-direction: column; }
   #chat-main { order: 1; }

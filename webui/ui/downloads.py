@@ -36,7 +36,7 @@ class DownloadsBox:
     ctx: gr.Number
     list_btn: gr.Button
     start: gr.Button
-    gguf_file: gr.Dropdown
+    gguf_file: gr.Radio
     files: gr.Markdown
     estimates: gr.Markdown
     message: gr.Markdown
@@ -55,8 +55,9 @@ def build_box() -> DownloadsBox:
     with gr.Row():
         list_btn = gr.Button("Get file list", elem_id="download-list", min_width=120)
         start = gr.Button("Download", variant="primary", elem_id="download-start", min_width=120)
-    gguf_file = gr.Dropdown(choices=[], label="GGUF file (one quant per download)", allow_custom_value=True,
-                            visible=False, elem_id="download-gguf-file")  # fmt: skip
+    # A list, not a dropdown: every quant's whole file name readable at once, on a phone too.
+    gguf_file = gr.Radio(choices=[], label="GGUF file (one quant per download)", visible=False,
+                         elem_id="download-gguf-file")  # fmt: skip
     files = gr.Markdown(elem_id="download-files")
     estimates = gr.Markdown(elem_id="download-estimates")
     message = gr.Markdown(elem_id="download-progress")
