@@ -10,26 +10,33 @@ from pathlib import Path
 import pytest
 
 from tests.browser import screenshot, select_dropdown, start_app, stop_app
+from tests.conftest import link_tree
 
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture()
-def app(models_dir: Path, tmp_path: Path):
-    running = start_app(models_dir, tmp_path, "--data-dir", str(tmp_path / "data"))
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, smollm2_hf: Path):
+    """One app for the module (the page shows what it holds: a model loaded by the first test stays loaded)."""
+    root = tmp_path_factory.mktemp("chat")
+    link_tree(smollm2_hf, root / "models" / "SmolLM2-135M-Instruct")
+    running = start_app(root / "models", root, "--data-dir", str(root / "data"))
     yield running
     stop_app(running)
 
 
 def load_model(page, name: str) -> None:
     page.get_by_role("tab", name="Model").click()
+    page.wait_for_function("() => document.querySelector('#model-status')?.innerText.trim()")  # filled on load
+    if f"{name} loaded with" in page.locator("#model-status").inner_text():
+        return
     select_dropdown(page, "model-dropdown", name)
     page.wait_for_function(
         "() => document.querySelector('#model-status').innerText.includes('loaded with')", timeout=180_000
     )
 
 
-def test_chat_streams_a_reply_from_smollm2(app, browser_page, tmp_path: Path) -> None:
+def test_chat_streams_a_reply_from_smollm2(app, browser_page) -> None:
     page = browser_page
     page.goto(app.url)
     load_model(page, "SmolLM2-135M-Instruct")
@@ -55,7 +62,7 @@ def test_chat_streams_a_reply_from_smollm2(app, browser_page, tmp_path: Path) ->
     assert len({s for s in seen if s}) >= 2 or len(final.split()) <= 3, "the reply did not stream"
 
     # The chat is on disk after the reply, with both messages.
-    chats = list((tmp_path / "data" / "chats").glob("*.json"))
+    chats = list((app.log.parent / "data" / "chats").glob("*.json"))
     saved = [json.loads(p.read_text()) for p in chats]
     assert any(m["content"] == "What is the capital of France?" for c in saved for m in c["messages"])
     assert any(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from loaders.units import format_bytes
-from tests.browser import screenshot, start_app, stop_app
+from tests.browser import screenshot, start_hub_app, stop_app
 from tests.hubserver import GGUF_REPO, GPTQ_BRANCH, GPTQ_REPO, Fault, HubServer, hub_root_fixture, hub_server_fixture  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -19,10 +19,7 @@ FOLDER = f"{GPTQ_REPO.replace('/', '_')}_{GPTQ_BRANCH}"
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory, hub_server: HubServer):
-    root = tmp_path_factory.mktemp("download-tab")
-    (root / "models").mkdir()
-    env = {"HF_ENDPOINT": hub_server.url, "HF_TOKEN": "", "HF_HUB_DISABLE_TELEMETRY": "1"}
-    running = start_app(root / "models", root, env=env)
+    running = start_hub_app(tmp_path_factory.mktemp("download-tab"), hub_server.url)
     yield running
     stop_app(running)
 
@@ -38,7 +35,7 @@ def list_files(page, text: str) -> str:
     page.locator("#download-repo textarea").fill(text)
     page.locator("#download-list").click()
     page.wait_for_function(
-        "() => /⚠️|to download/.test(document.querySelector('#download-files').innerText)", timeout=120_000
+        "() => /Error:|to download/.test(document.querySelector('#download-files').innerText)", timeout=120_000
     )
     return page.locator("#download-files").inner_text()
 
@@ -62,12 +59,12 @@ def test_download_a_branch_from_the_model_tab(app, hub: HubServer, browser_page)
     # Throttled so the progress is seen moving: about 3 s for the weights.
     hub.state.faults[(GPTQ_REPO, "model.safetensors")] = Fault(bytes_per_s=weights.stat().st_size / 3)
     page.locator("#download-start").click()
-    page.wait_for_function("() => document.querySelector('#download-progress').innerText.includes('B/s')")
-    progress = page.locator("#download-progress").inner_text()
+    page.wait_for_function("() => document.querySelector('#download-jobs').innerText.includes('B/s')")
+    progress = page.locator("#download-jobs").inner_text()
     screenshot(page, "download-progress")
     assert "Downloading" in progress and "model.safetensors" in progress, progress
     page.wait_for_function(
-        "() => document.querySelector('#download-progress').innerText.includes('Done')", timeout=120_000
+        "() => document.querySelector('#download-jobs').innerText.includes('Done')", timeout=120_000
     )
     screenshot(page, "download-done")
     assert (app.models_dir / FOLDER / "model.safetensors").stat().st_size == weights.stat().st_size
@@ -86,11 +83,10 @@ def test_a_multi_gguf_repo_offers_one_file(app, hub: HubServer, browser_page) ->
     row = next(line for line in table.splitlines() if line.startswith(f"{Q4_K_M}\t"))  # the file table's row
     assert row.endswith("download"), table  # the default quant, and only it
     assert table.count("skipped: another GGUF quant") == 2, table
-    assert page.locator("#download-gguf-file input").input_value() == Q4_K_M
+    assert page.locator("#download-gguf-file input:checked").input_value() == Q4_K_M
 
     # Another pick redraws the table from the plan for that pick: Q8_0 downloaded, Q4_K_M skipped.
-    page.locator("#download-gguf-file input").click()
-    page.get_by_role("option", name=Q8_0, exact=True).click()
+    page.locator("#download-gguf-file label", has_text=Q8_0).click()
     page.wait_for_function(
         f"() => document.querySelector('#download-files').innerText.includes('{Q8_0} chosen')", timeout=30_000
     )
@@ -113,8 +109,11 @@ def test_a_mistyped_repo_gets_its_own_message(app, hub: HubServer, browser_page,
     page = browser_page
     open_model_tab(page, app.url)
     message = list_files(page, text)
-    assert "⚠️" in message and expected in message and "Traceback" not in message, message
+    assert "Error:" in message and expected in message and "Traceback" not in message, message
     page.locator("#download-start").click()  # Download on the same text: its own message, no job left running
-    page.wait_for_function("() => /⚠️|Failed/.test(document.querySelector('#download-progress').innerText)")
+    page.wait_for_function(
+        "() => /Error:|Failed/.test(document.querySelector('#download-progress').innerText + "
+        "document.querySelector('#download-jobs').innerText)"
+    )
     assert "Traceback" not in page.locator("#download-progress").inner_text()
     assert app.process.poll() is None

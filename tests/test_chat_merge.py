@@ -22,12 +22,17 @@ from webui.templates import Message
 GREEDY = GenerationParams(do_sample=False, max_new_tokens=16)
 
 
-@pytest.fixture()
-def state(tmp_path: Path) -> AppState:
+def fake_app(tmp_path: Path) -> AppState:
+    """An app on empty folders under `tmp_path` with a fake model loaded (it answers "ok")."""
     (tmp_path / "models").mkdir()
     app = AppState(config=AppConfig(models_dir=tmp_path / "models", user_data_dir=tmp_path / "data"))
     app.models._loaded = info(FakeModel("fake", FakeTokenizer("<s>", own_template("T")), "ok"), "fake")
     return app
+
+
+@pytest.fixture()
+def state(tmp_path: Path) -> AppState:
+    return fake_app(tmp_path)
 
 
 def opened(state: AppState) -> tuple[Chat, Chat]:
@@ -149,3 +154,64 @@ def test_a_closed_stream_releases_the_chat(state: AppState) -> None:
 def test_stores_on_one_folder_share_the_chat_lock(tmp_path: Path) -> None:
     assert HistoryStore(tmp_path).chat_lock("a") is HistoryStore(tmp_path / ".." / tmp_path.name).chat_lock("a")
     assert HistoryStore(tmp_path).chat_lock("a") is not HistoryStore(tmp_path).chat_lock("b")
+
+
+# --- a browser tab's view of its chat (TabRef) -----------------------------------------------------------------------
+
+
+SETTINGS = chat_service.ChatSettings(mode="instruct", template="auto")
+
+
+def test_a_send_from_a_tab_behind_the_file_goes_after_its_messages_and_says_so(state: AppState) -> None:
+    chat, _ = opened(state)
+    tab = chat_service.TabRef.of(chat)  # this tab showed revision 1
+    send(state, "other", state.history.load(chat.id), "from the other tab")
+    to_send, note = chat_service.chat_to_send(state, tab, SETTINGS)
+    assert note == chat_service.BEHIND
+    assert [m.content for m in to_send.messages][-2:] == ["from the other tab", "ok"]
+    send(state, "mine", to_send, "mine")
+    assert contents(state, chat.id) == ["hello", "hi", "from the other tab", "ok", "mine", "ok"]
+    current = chat_service.TabRef.of(state.history.load(chat.id))
+    assert chat_service.chat_to_send(state, current, SETTINGS)[1] == ""
+
+
+def test_an_edit_from_a_tab_behind_the_file_gets_the_chat_as_saved_now(state: AppState) -> None:
+    chat, _ = opened(state)
+    tab = chat_service.TabRef.of(chat)
+    send(state, "other", state.history.load(chat.id), "from the other tab")
+    with pytest.raises(chat_service.StaleChat) as stale:
+        chat_service.chat_to_edit(state, tab, SETTINGS)
+    assert [m.content for m in stale.value.chat.messages][-2:] == ["from the other tab", "ok"]
+    fresh = chat_service.TabRef.of(stale.value.chat)
+    assert chat_service.chat_to_edit(state, fresh, SETTINGS).revision == stale.value.chat.revision
+
+
+def test_no_model_refuses_a_send_before_anything_is_saved(state: AppState) -> None:
+    state.models._loaded = None
+    chat = state.history.new()
+    with pytest.raises(chat_service.ModelNotLoadedError, match="still in the box"):
+        list(chat_service.send(state, "s", chat, "hello?", GREEDY))
+    assert state.history.list() == []
+
+
+def test_a_tab_ref_from_the_browser_is_checked(state: AppState) -> None:
+    TabRef = chat_service.TabRef
+    assert TabRef.from_browser({"id": "abc", "revision": 3}) == TabRef("abc", 3)
+    for junk in (None, "x", {"id": 5, "revision": 1}, {"id": "a", "revision": True}, {"id": "a"}):
+        assert TabRef.from_browser(junk) == TabRef()
+    assert chat_service.saved_chat(state, TabRef("../../etc/passwd", 1)) is None  # not a chat id: no chat
+    assert chat_service.saved_chat(state, TabRef("gone-chat", 1)) is None
+
+
+def test_an_empty_reply_is_explained(state: AppState) -> None:
+    from webui.engine import GenerationStats
+
+    chat = Chat(id="c", template="llama-2-chat", messages=[Message("user", "hi"), Message("assistant", "")])
+    stats = GenerationStats(prompt_tokens=10, new_tokens=0, seconds=0.1, stop_reason="eos")
+    note = chat_service.reply_note(state, chat, stats)
+    assert "empty" in note and "'llama-2-chat'" in note and "'auto'" in note
+    chat.template = "auto"
+    assert "Prompt view" in chat_service.reply_note(state, chat, stats) and "'auto'" not in chat_service.reply_note(
+        state, chat, stats)
+    chat.messages[-1] = Message("assistant", "Hello")
+    assert chat_service.reply_note(state, chat, stats) == ""

@@ -291,7 +291,7 @@ def test_streamed_reply_changes_only_the_last_message_in_place() -> None:
 
 
 def test_the_chatbot_list_is_built_once_then_only_its_last_message_changes() -> None:
-    from webui.ui.chat import ShownReply
+    from webui.ui.chat_handlers import ShownReply
 
     chat = chat_prompt.add_user_message(long_chat(6), "next")
     reply, shown = chat_prompt.StreamedReply(chat, continue_last=False), ShownReply()
@@ -332,7 +332,7 @@ def test_api_bug_is_a_500_in_the_openai_shape_and_logged(state: AppState, caplog
 def test_ui_error_text_shows_ours_and_logs_a_bug(caplog) -> None:
     from webui.ui.common import error_text
 
-    assert error_text(GenerationError("Write a message first."), "generating") == "⚠️ Write a message first."
+    assert error_text(GenerationError("Write a message first."), "generating") == "**Error:** Write a message first."
     shown = error_text(RuntimeError("boom"), "generating")
-    assert shown == "⚠️ Internal error while generating; see the server log."
+    assert shown == "**Error:** Internal error while generating; see the server log."
     assert caplog.records[-1].exc_info[1].args == ("boom",)

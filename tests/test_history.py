@@ -236,3 +236,50 @@ def test_every_save_bumps_the_revision_and_old_files_read_as_revision_0(store: H
     path.write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(HistoryError, match="revision"):
         store.load(chat.id)
+
+
+def test_trash_moves_the_chat_aside_for_30_days_and_moving_it_back_restores_it(store: HistoryStore) -> None:
+    import os
+
+    from webui.history import TRASH_DAYS
+
+    keep, doomed = sample(store, "keep", 1.0), sample(store, "doomed", 2.0)
+    store.save(keep)
+    store.save(doomed)
+    moved = store.trash(doomed.id)
+    assert moved.parent == store.trash_dir == store.directory.parent / "trash" / "chats"
+    assert [s.title for s in store.list()] == ["keep"] and not store.path(doomed.id).exists()
+    assert json.loads(moved.read_text(encoding="utf-8"))["title"] == "doomed"  # kept as it was
+    os.replace(moved, store.path(doomed.id))  # restore by hand: the listing picks it up
+    assert [s.title for s in store.list()] == ["doomed", "keep"]
+    old = store.trash(doomed.id, now=time.time() - (TRASH_DAYS + 1) * 86400)
+    store.trash(keep.id)  # trashing another purges the trash of what is older than TRASH_DAYS
+    assert not old.exists() and len(list(store.trash_dir.iterdir())) == 1
+    with pytest.raises(HistoryError, match="No saved chat"):
+        store.trash(keep.id)
+
+
+def test_a_save_that_takes_in_another_copys_turn_says_so(store: HistoryStore) -> None:
+    chat = sample(store, "shared", 1.0)
+    store.save(chat)
+    mine, theirs = store.load(chat.id), store.load(chat.id)
+    theirs.messages.append(Message("user", "from the other tab"))
+    store.save(theirs)
+    assert not theirs.merged
+    mine.messages.append(Message("user", "mine"))
+    store.save(mine)
+    assert mine.merged and [m.content for m in mine.messages][-2:] == ["from the other tab", "mine"]
+
+
+def test_the_listing_carries_when_each_chat_was_started(store: HistoryStore) -> None:
+    chat = sample(store, "dated", 5.0)
+    chat.created = 3.0
+    store.save(chat)
+    assert store.list()[0].created == 3.0
+    index = store.directory / INDEX_NAME
+    data = json.loads(index.read_text(encoding="utf-8"))
+    data["version"] = 1  # an index written before `created` existed is rebuilt from the files
+    for entry in data["chats"].values():
+        entry.pop("created", None)
+    index.write_text(json.dumps(data), encoding="utf-8")
+    assert HistoryStore(store.directory).list()[0].created == 3.0

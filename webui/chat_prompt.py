@@ -21,7 +21,8 @@ from webui.history import Chat, common_prefix
 from webui.templates import Message, PromptTemplate, TemplateRegistry
 
 CHAT_INSTRUCT_COMMAND = 'Continue the chat dialogue below. Write a single reply for the character "{bot_name}".'
-_TITLE_LENGTH = 60
+_TITLE_LENGTH = 48
+_TITLE_WORDS = 8
 
 
 def resolve_template(
@@ -129,8 +130,20 @@ def _with_messages(chat: Chat, messages: list[Message], **changes: str) -> Chat:
 
 def add_user_message(chat: Chat, text: str) -> Chat:
     """Append the user's message; the first one also names an untitled chat."""
-    title = chat.title or " ".join(text.split())[:_TITLE_LENGTH]
-    return _with_messages(chat, [*chat.messages, Message("user", text)], title=title)
+    return _with_messages(chat, [*chat.messages, Message("user", text)], title=chat.title or chat_title(text))
+
+
+def chat_title(text: str) -> str:
+    """A chat's title from its first message: its first words, at most `_TITLE_WORDS` and `_TITLE_LENGTH`
+    characters, cut at a word ("..." when cut). The chat list adds the date and makes titles unique."""
+    words = text.split()
+    title = ""
+    for count, word in enumerate(words):
+        longer = f"{title} {word}" if title else word
+        if count == _TITLE_WORDS or len(longer) > _TITLE_LENGTH:
+            return (title or word[:_TITLE_LENGTH]) + "..."
+        title = longer
+    return title
 
 
 def set_reply(chat: Chat, text: str) -> Chat:

@@ -11,8 +11,13 @@ an unreadable file is reported, not moved. `load` of a file that cannot be read 
 Chats never lose a turn: each file carries a `revision` (older files without one read as 0), bumped by every save.
 `save` is a merge onto the file's current revision: a copy older than the file keeps the file's messages and
 appends the copy's own (those after its `synced` prefix, i.e. the turn it added since it last matched the file),
-so two tabs, or two sends in one tab, never overwrite each other's turns. `chat_lock(id)` is the one writer per
-chat in this process: the chat service holds it for a whole turn.
+so two tabs, or two sends in one tab, never overwrite each other's turns; the copy's `merged` flag then says so,
+for the UI to tell the user. `chat_lock(id)` is the one writer per chat in this process: the chat service holds it
+for a whole turn.
+
+`trash(id)` is the UI's Delete: the file moves to `<user data>/trash/chats/` (named `<id>.<time>.json`), where it
+is kept `TRASH_DAYS` days (older ones are removed at the next trash); moving it back restores it, since the listing
+picks up files copied in by hand.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ _ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,80}")
 _SUFFIX = ".json"
 _TEXT_FIELDS = ("id", "title", "template", "system_prompt", "user_name", "bot_name")
 INDEX_NAME = "index.cache"  # not "*.json": only chat files match that
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: entries carry `created` (the chat list's date); a version-1 index is rebuilt once
+TRASH_DAYS = 30
 _LOCKS: dict[Path, threading.Lock] = {}  # one per chats folder: every store on it shares the index
 _LOCKS_GUARD = threading.Lock()
 _CHAT_LOCKS: dict[tuple[Path, str], threading.Lock] = {}  # one per chat: a turn is written by one writer at a time
@@ -66,6 +72,8 @@ class Chat:
     revision: int = 0  # the file's revision this copy was loaded or last saved at
     # How many leading messages are the file's at `revision`; the rest are this copy's own (not saved, or changed).
     synced: int = field(default=0, compare=False, repr=False)
+    # Set by a save that took in messages saved elsewhere (another tab) that this copy lacked: the UI says so.
+    merged: bool = field(default=False, compare=False, repr=False)
 
     @property
     def display_title(self) -> str:
@@ -80,6 +88,7 @@ class ChatSummary:
     title: str
     updated: float
     message_count: int
+    created: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,7 @@ class _Entry:
     message_count: int = 0
     problem: str = ""
     revision: int = 0  # lets a save skip reading an unchanged file that is no newer than its copy
+    created: float = 0.0
 
     def matches(self, stat: os.stat_result) -> bool:
         return (self.mtime_ns, self.size) == (stat.st_mtime_ns, stat.st_size)
@@ -116,7 +126,8 @@ class _Entry:
         try:
             return cls(mtime_ns=data["mtime_ns"], size=int(data["size"]), title=str(data.get("title", "")),
                        updated=float(data.get("updated", 0.0)), message_count=int(data.get("message_count", 0)),
-                       problem=str(data.get("problem", "")), revision=int(data.get("revision", 0)))
+                       problem=str(data.get("problem", "")), revision=int(data.get("revision", 0)),
+                       created=float(data.get("created", 0.0)))
         except (KeyError, TypeError, ValueError):
             return None
 
@@ -240,10 +251,12 @@ class HistoryStore:
             revision = max(chat.revision, disk.revision if disk else 0) + 1
             saved = dataclasses.replace(chat, messages=messages, revision=revision)
             atomic_write_text(path, json.dumps(chat_to_json(saved), ensure_ascii=False, indent=1))
+            merged = disk is not None and disk.revision > chat.revision and messages != chat.messages
             chat.messages, chat.revision, chat.synced = messages, revision, len(messages)  # only once it is written
+            chat.merged = chat.merged or merged
             stat = path.stat()
             index[chat.id] = _Entry(stat.st_mtime_ns, stat.st_size, chat.title, chat.updated, len(messages),
-                                    revision=revision)  # fmt: skip
+                                    revision=revision, created=chat.created)  # fmt: skip
             self._write_index(index)
         return path
 
@@ -310,6 +323,41 @@ class HistoryStore:
             if index.pop(chat_id, None) is not None:
                 self._write_index(index)
 
+    def trash(self, chat_id: str, *, now: float | None = None) -> Path:
+        """Move the chat to the trash folder (Delete in the UI); returns where it went. Trashed chats older than
+        `TRASH_DAYS` are removed now."""
+        path = self.path(chat_id)
+        now = time.time() if now is None else now
+        target = self.trash_dir / f"{chat_id}.{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}{_SUFFIX}"
+        with self._lock:
+            try:
+                self.trash_dir.mkdir(parents=True, exist_ok=True)
+                os.replace(path, target)
+            except FileNotFoundError as error:
+                raise HistoryError(f"No saved chat '{chat_id}' to delete in {self.directory}.") from error
+            except OSError as error:
+                raise HistoryError(f"Could not move chat {path} to the trash {self.trash_dir}: {error}") from error
+            os.utime(target, (now, now))  # the trash keeps it TRASH_DAYS from now, not from its last save
+            index = self._read_index()
+            if index.pop(chat_id, None) is not None:
+                self._write_index(index)
+        self._purge_trash(now)
+        return target
+
+    @property
+    def trash_dir(self) -> Path:
+        """`<user data>/trash/chats` for chats in `<user data>/chats`."""
+        return self.directory.parent / "trash" / self.directory.name
+
+    def _purge_trash(self, now: float) -> None:
+        cutoff = now - TRASH_DAYS * 86400
+        for item in self.trash_dir.glob(f"*{_SUFFIX}"):
+            try:
+                if item.stat().st_mtime < cutoff:
+                    item.unlink()
+            except OSError as error:  # another process got there first, or no permission: try next time
+                log.warning("Could not remove %s from the trash: %s", item, error)
+
     def scan(self) -> ChatListing:
         """All readable chats, newest first, from the index; files it does not know as they are now are read (and
         the index updated). Unreadable files are reported in `problems` and left where they are."""
@@ -318,7 +366,7 @@ class HistoryStore:
             fresh = {chat_id: self._entry(path, stat, index.get(chat_id)) for chat_id, path, stat in self._chat_files()}
             if fresh != index:
                 self._write_index(fresh)
-        chats = [ChatSummary(chat_id, e.title or "New chat", e.updated, e.message_count)
+        chats = [ChatSummary(chat_id, e.title or "New chat", e.updated, e.message_count, e.created or e.updated)
                  for chat_id, e in fresh.items() if not e.problem]
         chats.sort(key=lambda summary: summary.updated, reverse=True)
         return ChatListing(chats=chats, problems=[e.problem for e in fresh.values() if e.problem])
@@ -360,7 +408,7 @@ class HistoryStore:
             log.warning("%s", problem)
             return _Entry(stat.st_mtime_ns, stat.st_size, problem=problem)
         return _Entry(stat.st_mtime_ns, stat.st_size, chat.title, chat.updated, len(chat.messages),
-                      revision=chat.revision)  # fmt: skip
+                      revision=chat.revision, created=chat.created)  # fmt: skip
 
     @property
     def _index_path(self) -> Path:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from webui.history import HistoryStore
     from webui.model_service import ModelService
     from webui.presets import PresetStore
+    from webui.prompt_record import PromptLog
     from webui.settings import SettingsStore
     from webui.templates import TemplateRegistry
 
@@ -65,6 +66,13 @@ class AppState:
         from webui.model_service import ModelService
 
         return ModelService(self.config, self.settings, self.model_lock)
+
+    @cached_property
+    def prompts(self) -> PromptLog:
+        """The last request's exact prompt per chat / Notebook session, for the Prompt view."""
+        from webui.prompt_record import PromptLog
+
+        return PromptLog(lambda: self.models.current, self.model_lock)
 
     @cached_property
     def generation(self) -> GenerationService:

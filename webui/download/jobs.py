@@ -1,9 +1,16 @@
 """Downloads in the background: `plan_download` (list a branch and choose its files for a folder), `DownloadJob`
 (one download in its own thread, polled and cancelled by the UI and the CLI) and `DownloadManager` (starts jobs
-into the models folder, one per destination folder at a time)."""
+into the models folder, one per destination folder at a time, and keeps the list the Model tab shows: it lives as
+long as the server, so a reloaded page sees every job).
+
+Each job has an id, and knows its GGUF pick: the file asked for, then the plan's own choice once listed, so the
+job list shows the same quant the file table showed and the loader will load. `resume(id)` starts a finished
+(cancelled or failed) job again in its place, with the same pick: the bytes kept in `.corral-partial/` are reused.
+"""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -36,8 +43,9 @@ class DownloadJob:
         threads: int,
         retries: int,
         stall_s: float = DEFAULT_STALL_S,
+        job_id: str = "job",
     ) -> None:
-        self.ref, self.folder = ref, folder
+        self.id, self.ref, self.folder = job_id, ref, folder
         self.plan: DownloadPlan | None = None
         self._gguf_file, self._token, self._threads, self._retries = gguf_file, token, threads, retries
         self._stall_s = stall_s
@@ -59,7 +67,19 @@ class DownloadJob:
 
     @property
     def finished(self) -> bool:
-        return self.snapshot().state in ("done", "failed", "cancelled")
+        return self.snapshot().finished
+
+    @property
+    def gguf_pick(self) -> str | None:
+        """The GGUF file this job fetches: the plan's choice once listed, else the one asked for (None: no GGUF)."""
+        plan = self.plan
+        if plan is not None:
+            return plan.gguf.name if plan.gguf is not None else None
+        return self._gguf_file
+
+    @property
+    def token(self) -> str | None:
+        return self._token
 
     def _start(self, on_done: Callable[[DownloadJob], None] | None) -> None:
         self._on_done = on_done
@@ -107,22 +127,58 @@ class DownloadManager:
         self.on_done = on_done
         self._jobs: list[DownloadJob] = []
         self._lock = threading.Lock()
+        self._ids = itertools.count(1)
 
     def start(self, ref: RepoRef | str, *, gguf_file: str | None = None, token: str | None = None) -> DownloadJob:
         """Start downloading in the background; raises `RepoNameError` at once for a malformed name."""
         ref = parse_repo(ref) if isinstance(ref, str) else ref
+        return self._start(ref, gguf_file=gguf_file, token=token or None, replacing=None)
+
+    def resume(self, job_id: str) -> DownloadJob:
+        """Start a cancelled or failed job again, in its place in the list, with the same GGUF pick."""
+        old = self.get(job_id)
+        if not old.finished:
+            raise DownloadError(f"The download of {old.ref} is still running.")
+        return self._start(old.ref, gguf_file=old.gguf_pick, token=old.token, replacing=old)
+
+    def cancel(self, job_id: str) -> DownloadJob:
+        job = self.get(job_id)
+        job.cancel()
+        return job
+
+    def dismiss(self, job_id: str) -> None:
+        """Take a finished job off the list (its files stay where they are)."""
+        job = self.get(job_id)
+        if not job.finished:
+            raise DownloadError(f"The download of {job.ref} is still running: cancel it first.")
+        with self._lock:
+            self._jobs = [j for j in self._jobs if j is not job]
+
+    def get(self, job_id: str) -> DownloadJob:
+        with self._lock:
+            found = next((job for job in self._jobs if job.id == job_id), None)
+        if found is None:
+            raise DownloadError("That download is no longer in the list; start it again from the repo name.")
+        return found
+
+    def jobs(self) -> list[DownloadJob]:
+        with self._lock:
+            return list(self._jobs)
+
+    def _start(
+        self, ref: RepoRef, *, gguf_file: str | None, token: str | None, replacing: DownloadJob | None
+    ) -> DownloadJob:
         folder = destination(self.models_dir, ref)
         with self._lock:
             if any(job.folder == folder and not job.finished for job in self._jobs):
                 raise DownloadError(f"{ref} is already downloading into {folder}.")
             job = DownloadJob(
-                ref, folder, gguf_file=gguf_file, token=token or None,
-                threads=self.threads, retries=self.retries, stall_s=self.stall_s,
+                ref, folder, gguf_file=gguf_file, token=token,
+                threads=self.threads, retries=self.retries, stall_s=self.stall_s, job_id=f"job-{next(self._ids)}",
             )  # fmt: skip
-            self._jobs.append(job)
+            if replacing is not None and replacing in self._jobs:
+                self._jobs[self._jobs.index(replacing)] = job
+            else:
+                self._jobs.append(job)
         job._start(self.on_done)
         return job
-
-    def jobs(self) -> list[DownloadJob]:
-        with self._lock:
-            return list(self._jobs)

@@ -1,5 +1,8 @@
 """Progress of one download: per-file bytes and states written by the worker threads, read by the UI and the CLI
-as plain `DownloadProgress` snapshots (with speed over the last seconds and an ETA)."""
+as plain `DownloadProgress` snapshots (with speed over the last seconds and an ETA).
+
+A job is "queued" until its thread starts, "verifying" while the files already on disk are hashed against the
+Hub's, "running" while bytes arrive, then "done", "cancelled" or "failed" (with the reason in `message`)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from typing import Literal
 
 from webui.download.hub import RemoteFile, RepoRef
 
-JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+JobState = Literal["queued", "verifying", "running", "done", "failed", "cancelled"]
+FINISHED: tuple[str, ...] = ("done", "failed", "cancelled")
 FileState = Literal["waiting", "downloading", "done", "present", "failed", "cancelled"]
 _SPEED_WINDOW_S = 5.0
 
@@ -44,6 +48,10 @@ class DownloadProgress:
     @property
     def fraction(self) -> float:
         return self.done_bytes / self.total_bytes if self.total_bytes else (1.0 if self.state == "done" else 0.0)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED
 
 
 class ProgressTracker:

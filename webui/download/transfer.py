@@ -113,7 +113,7 @@ def run_plan(
 def _run_locked(job: _Transfer, *, threads: int) -> None:
     plan, folder, tracker = job.plan, job.folder, job.tracker
     tracker.plan(plan.chosen)
-    tracker.set("running", "Checking files already on disk…")
+    tracker.set("verifying", "Checking the files already on disk against the Hub's hashes…")
     todo = [f for f in plan.chosen if not _mark_present(folder, f, job.record, tracker, job.cancel)]
     job.record.write(folder)
     _check_disk(folder, sum(f.size - _size(job.partial(f)) for f in todo))

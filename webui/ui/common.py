@@ -1,46 +1,39 @@
-"""Small helpers shared by the tabs: who the browser session is, and how results and errors are worded.
+"""Small helpers shared by the tabs: how results, errors and warnings are worded, and the one refresh pace.
 
 Handlers catch Corral's own errors (`CorralError`, whose message says what to do) and show them; anything else is a
 bug: `error_text` logs it with its traceback and shows a short line pointing to the log, never a traceback.
+Status lines mark problems with words ("Error:", "Warning:"), never emoji: they must read the same on a machine
+without an emoji font.
 """
 
 from __future__ import annotations
 
 import logging
 
-import gradio as gr
-
 from loaders.errors import CorralError
 from webui.engine import GenerationStats
 
 log = logging.getLogger(__name__)
 UI_REFRESH_SECONDS = 0.05  # a streaming reply is pushed to the browser at most 20 times a second
-
-
-def session_id(request: gr.Request | None) -> str:
-    """A key for per-browser-session state (Stop cancels only this session's generation)."""
-    return getattr(request, "session_hash", None) or "default"
-
-
-def stopper(state):
-    """A Stop handler that cancels only the calling browser session's generation."""
-
-    def stop(request: gr.Request) -> None:
-        state.generation.stop(session_id(request))
-
-    return stop
+ERROR = "**Error:**"
+WARNING = "**Warning:**"
 
 
 def format_stats(stats: GenerationStats) -> str:
+    cached = f" ({stats.cached_tokens} reused)" if stats.cached_tokens else ""
     return (
         f"{stats.new_tokens} tokens in {stats.seconds:.1f} s ({stats.tokens_per_second:.1f} tokens/s), "
-        f"prompt {stats.prompt_tokens} tokens, stopped by {stats.stop_reason.replace('_', ' ')}."
+        f"prompt {stats.prompt_tokens} tokens{cached}, stopped by {stats.stop_reason.replace('_', ' ')}."
     )
 
 
-def error_text(error: Exception, action: str) -> str:
+def error_text(error: BaseException, action: str) -> str:
     """What the status line shows for `error` raised while doing `action` (e.g. "generating")."""
     if isinstance(error, CorralError):
-        return f"⚠️ {error}"
+        return f"{ERROR} {error}"
     log.error("Internal error while %s", action, exc_info=error)
-    return f"⚠️ Internal error while {action}; see the server log."
+    return f"{ERROR} Internal error while {action}; see the server log."
+
+
+def warning_lines(warnings: list[str] | tuple[str, ...]) -> str:
+    return "\n\n".join(f"{WARNING} {w}" for w in warnings)

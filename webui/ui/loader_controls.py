@@ -26,6 +26,7 @@ CHOICES = {
     "kind": ["openai", "tgi"],
 }
 PER_ROW = 5  # controls per row: labels stay readable at a laptop's width
+WIDE = ("file", "weights_file")  # on a row of their own
 HELP = {
     "n_gpu_layers": "layers on the GPU (0 = CPU only)",
     "n_ctx": "context length in tokens",
@@ -49,37 +50,35 @@ HELP = {
 @dataclass
 class LoaderControls:
     groups: dict[str, gr.Group]  # loader -> its group
-    fields: dict[str, dict[str, gr.components.Component]]  # loader -> field -> control
+    fields: dict[str, dict[str, gr.components.Component]]  # loader -> field -> control (one per settings field)
 
-    @property
-    def inputs(self) -> list[gr.components.Component]:
-        return [c for per_loader in self.fields.values() for c in per_loader.values()]
 
-    def collect(self, loader: str, values: list[Any]) -> dict[str, Any]:
-        """The chosen loader's settings from the values of `inputs` (all loaders, in order)."""
-        offset = 0
-        for name, per_loader in self.fields.items():
-            if name == loader:
-                chosen = values[offset : offset + len(per_loader)]
-                return {f: _from_control(f, v) for f, v in zip(per_loader, chosen, strict=True)}
-            offset += len(per_loader)
+def collect(loader: str, values: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The settings of `loader` from the controls' values (`values[loader][field]`, nested as `fields` is)."""
+    if loader not in SETTINGS_CLASSES:
         raise KeyError(loader)
+    return {f: _from_control(f, v) for f, v in values[loader].items()}
 
-    def updates(self, loader: str, settings: dict[str, Any], gguf_files: list[str]) -> list[Any]:
-        """Control values for every loader: the chosen one's from `settings`, the others' defaults."""
-        out: list[Any] = []
-        for name, per_loader in self.fields.items():
-            defaults = {f.name: _default(f) for f in fields(SETTINGS_CLASSES[name])}
-            values = defaults | (settings if name == loader else {})
-            for field_name in per_loader:
-                if field_name == "file":
-                    out.append(gr.update(choices=gguf_files, value=values.get("file") or (gguf_files or [""])[0]))
-                else:
-                    out.append(_to_control(field_name, values.get(field_name)))
-        return out
 
-    def visibility(self, loader: str) -> list[Any]:
-        return [gr.update(visible=name == loader) for name in self.groups]
+def field_updates(loader: str, settings: dict[str, Any], gguf_files: list[str]) -> dict[str, dict[str, Any]]:
+    """Control values for every loader (nested like `LoaderControls.fields`): the chosen one's from `settings`,
+    the others' defaults. The GGUF `file` control lists `gguf_files`."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, cls in SETTINGS_CLASSES.items():
+        values = {f.name: _default(f) for f in fields(cls)} | (settings if name == loader else {})
+        out[name] = {}
+        for f in fields(cls):
+            if f.name == "file":
+                pick = values.get("file") or (gguf_files or [""])[0]
+                out[name][f.name] = gr.update(choices=gguf_files, value=pick)
+            else:
+                out[name][f.name] = _to_control(f.name, values.get(f.name))
+    return out
+
+
+def visibility(loader: str | None) -> dict[str, Any]:
+    """Only `loader`'s group visible (none for None)."""
+    return {name: gr.update(visible=name == loader) for name in SETTINGS_CLASSES}
 
 
 def build(initial_loader: str = "transformers") -> LoaderControls:
@@ -89,9 +88,13 @@ def build(initial_loader: str = "transformers") -> LoaderControls:
         items = list(fields(cls))
         controls[loader] = {}
         with gr.Group(visible=loader == initial_loader, elem_id=f"loader-{loader.replace('.', '')}") as group:
-            for start in range(0, len(items), PER_ROW):
+            wide = [f for f in items if f.name in WIDE]  # a file name needs the whole width to be read
+            for f in wide:
+                controls[loader][f.name] = _control(loader, f)
+            rest = [f for f in items if f.name not in WIDE]
+            for start in range(0, len(rest), PER_ROW):
                 with gr.Row(equal_height=True):
-                    controls[loader].update({f.name: _control(loader, f) for f in items[start : start + PER_ROW]})
+                    controls[loader].update({f.name: _control(loader, f) for f in rest[start : start + PER_ROW]})
         groups[loader] = group
     return LoaderControls(groups, controls)
 

@@ -1,159 +1,187 @@
 """Parameters tab: every sampler of `GenerationParams`, stop strings, seed, and presets (choose, save as, delete).
 
 The controls are created unrendered by `create_controls` so the Chat and Notebook tabs can take them as inputs;
-`build_tab` renders them inside the Parameters tab and wires the preset buttons to the preset store. A preset that
-was broken and set aside (the store uses the built-in defaults in its place) shows as a warning line: when it is
-chosen, and on page load / refresh for one set aside elsewhere (an API request, the CLI).
+`build_tab` renders them inside the Parameters tab, `wire` connects the preset buttons to the preset store. When a
+page opens, the preset is the loaded model's saved one (else the default) and the sliders hold that preset's values
+(`preset_updates`, which the Model tab uses too when a model is picked). A preset that was broken and set aside
+(the store uses the built-in defaults in its place) shows as a warning line.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import gradio as gr
 
 from loaders.base import GenerationParams
-from loaders.errors import PresetError
+from loaders.errors import CorralError, PresetError
 from webui.state import AppState
+from webui.ui.common import ERROR, warning_lines
+from webui.ui.wiring import Ctx, Values, listen
+
+INT_FIELDS = ("max_new_tokens", "top_k", "repetition_penalty_range", "seed", "truncation_length")
+LEFT = ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "typical_p", "min_p")
 
 
 @dataclass
 class ParamControls:
-    """The components whose values make one `GenerationParams`, in field order."""
+    """The components whose values make one `GenerationParams`, by field name, and the preset dropdown."""
 
     components: dict[str, gr.components.Component]
     preset: gr.Dropdown
 
-    @property
-    def inputs(self) -> list[gr.components.Component]:
-        return list(self.components.values())
 
-    def to_params(self, *values) -> GenerationParams:
-        return params_from_values(list(self.components), values)
+@dataclass
+class ParamsTab:
+    refresh: gr.Button
+    save_name: gr.Textbox
+    save: gr.Button
+    delete: gr.Button
+    status: gr.Markdown
 
 
-def params_from_values(names: list[str], values) -> GenerationParams:
-    raw = dict(zip(names, values, strict=True))
+def params_from_values(values: dict[str, Any]) -> GenerationParams:
+    """The parameters of the controls' values (by field name)."""
+    raw = dict(values)
     raw["stop"] = tuple(s for s in (raw.get("stop") or "").split("\n") if s)
-    for name in ("max_new_tokens", "top_k", "repetition_penalty_range", "seed", "truncation_length"):
+    for name in INT_FIELDS:
         raw[name] = int(raw[name])
     return GenerationParams.from_dict(raw)
 
 
-def values_from_params(params: GenerationParams) -> list:
+def values_of(params: GenerationParams) -> dict[str, Any]:
+    """The controls' values (by field name) for `params`."""
     values = asdict(params)
     values["stop"] = "\n".join(params.stop)
-    return list(values.values())
+    return values
+
+
+def preset_updates(state: AppState, name: str) -> Values:
+    """The preset dropdown set to `name` and the controls to its values, with a status line."""
+    try:
+        params, warning = state.presets.load_with_warning(name)
+    except PresetError as error:
+        return {"status": f"{ERROR} {error}"}
+    status = warning_lines([warning]) if warning else f"Preset **{name}** applied."
+    return {"preset": gr.update(value=name), "params": values_of(params), "status": status}
+
+
+def page_preset(state: AppState) -> str:
+    """The preset a page opens with: the loaded model's preset as its settings say now (saved since the load
+    included), else the default."""
+    info = state.models.current_info
+    if info is None:
+        return state.config.default_preset
+    preset = info.view.resolved.preset
+    if info.view.detection.files is not None:  # a local model (a remote engine's settings live in remote.yaml)
+        try:
+            preset = state.settings.resolve(info.view.name, info.view.detection).preset
+        except CorralError:  # the model's files changed under it: what it was loaded with still holds
+            pass
+    return preset or state.config.default_preset
+
+
+# --- layout ----------------------------------------------------------------------------------------------------------
 
 
 def create_controls(state: AppState) -> ParamControls:
-    defaults = GenerationParams()
-    c: dict[str, gr.components.Component] = {}
-    c["max_new_tokens"] = gr.Slider(
-        1, 8192, value=defaults.max_new_tokens, step=1, label="max_new_tokens", render=False
-    )
-    c["do_sample"] = gr.Checkbox(value=defaults.do_sample, label="do_sample (off = greedy)", render=False)
-    c["temperature"] = gr.Slider(0.01, 5, value=defaults.temperature, step=0.01, label="temperature", render=False)
-    c["top_p"] = gr.Slider(0, 1, value=defaults.top_p, step=0.01, label="top_p", render=False)
-    c["top_k"] = gr.Slider(0, 200, value=defaults.top_k, step=1, label="top_k", render=False)
-    c["typical_p"] = gr.Slider(0, 1, value=defaults.typical_p, step=0.01, label="typical_p", render=False)
-    c["min_p"] = gr.Slider(0, 1, value=defaults.min_p, step=0.01, label="min_p", render=False)
-    c["repetition_penalty"] = gr.Slider(
-        1, 1.5, value=defaults.repetition_penalty, step=0.01, label="repetition_penalty", render=False
-    )
-    c["repetition_penalty_range"] = gr.Number(
-        value=defaults.repetition_penalty_range, precision=0, label="repetition_penalty_range (0 = all)", render=False
-    )
-    c["presence_penalty"] = gr.Slider(
-        0, 2, value=defaults.presence_penalty, step=0.05, label="presence_penalty", render=False
-    )
-    c["frequency_penalty"] = gr.Slider(
-        0, 2, value=defaults.frequency_penalty, step=0.05, label="frequency_penalty", render=False
-    )
-    c["seed"] = gr.Number(value=defaults.seed, precision=0, label="seed (-1 = random)", render=False)
-    c["ban_eos_token"] = gr.Checkbox(value=defaults.ban_eos_token, label="ban_eos_token", render=False)
-    c["add_bos_token"] = gr.Checkbox(value=defaults.add_bos_token, label="add_bos_token", render=False)
-    c["skip_special_tokens"] = gr.Checkbox(
-        value=defaults.skip_special_tokens, label="skip_special_tokens", render=False
-    )
-    c["truncation_length"] = gr.Number(
-        value=defaults.truncation_length, precision=0, label="truncation_length (prompt + reply)", render=False
-    )
-    c["stop"] = gr.Textbox(value="", lines=2, label="Custom stop strings (one per line)", render=False)
+    d, later = GenerationParams(), {"render": False}  # rendered by the Parameters tab, used as inputs everywhere
+    c: dict[str, gr.components.Component] = {
+        "max_new_tokens": gr.Slider(1, 8192, value=d.max_new_tokens, step=1, label="max_new_tokens", **later),
+        "do_sample": gr.Checkbox(value=d.do_sample, label="do_sample (off = greedy)", **later),
+        "temperature": gr.Slider(0.01, 5, value=d.temperature, step=0.01, label="temperature", **later),
+        "top_p": gr.Slider(0, 1, value=d.top_p, step=0.01, label="top_p", **later),
+        "top_k": gr.Slider(0, 200, value=d.top_k, step=1, label="top_k", **later),
+        "typical_p": gr.Slider(0, 1, value=d.typical_p, step=0.01, label="typical_p", **later),
+        "min_p": gr.Slider(0, 1, value=d.min_p, step=0.01, label="min_p", **later),
+        "repetition_penalty": gr.Slider(1, 1.5, value=d.repetition_penalty, step=0.01, label="repetition_penalty",
+                                        **later),
+        "repetition_penalty_range": gr.Number(value=d.repetition_penalty_range, precision=0,
+                                              label="repetition_penalty_range (0 = all)", **later),
+        "presence_penalty": gr.Slider(0, 2, value=d.presence_penalty, step=0.05, label="presence_penalty", **later),
+        "frequency_penalty": gr.Slider(0, 2, value=d.frequency_penalty, step=0.05, label="frequency_penalty",
+                                       **later),
+        "seed": gr.Number(value=d.seed, precision=0, label="seed (-1 = random)", **later),
+        "ban_eos_token": gr.Checkbox(value=d.ban_eos_token, label="ban_eos_token", **later),
+        "add_bos_token": gr.Checkbox(value=d.add_bos_token, label="add_bos_token", **later),
+        "skip_special_tokens": gr.Checkbox(value=d.skip_special_tokens, label="skip_special_tokens", **later),
+        "truncation_length": gr.Number(value=d.truncation_length, precision=0,
+                                       label="truncation_length (prompt + reply)", **later),
+        "stop": gr.Textbox(value="", lines=2, label="Custom stop strings (one per line)", **later),
+    }  # fmt: skip
     assert list(c) == list(GenerationParams.field_names()), "controls must follow GenerationParams field order"
     for name, component in c.items():
         component.elem_id = f"param-{name}"
-    preset = gr.Dropdown(
-        choices=_preset_names(state),
-        value=state.config.default_preset,
-        label="Preset",
-        render=False,
-        allow_custom_value=True,
-        elem_id="param-preset",
-    )
+    preset = gr.Dropdown(choices=state.presets.names(), value=state.config.default_preset, label="Preset",
+                         render=False, allow_custom_value=True, elem_id="param-preset")  # fmt: skip
     return ParamControls(components=c, preset=preset)
 
 
-def _preset_names(state: AppState) -> list[str]:
-    return state.presets.names()
-
-
-def _preset_warnings(state: AppState) -> str:
-    """One warning line per broken preset set aside so far (empty when none)."""
-    return "\n\n".join(f"⚠️ {warning}" for warning in state.presets.warnings)
-
-
-def build_tab(state: AppState, controls: ParamControls) -> None:
+def build_tab(controls: ParamControls) -> ParamsTab:
     with gr.Row():
         controls.preset.render()
-        refresh = gr.Button("🔄", scale=0, min_width=40)
+        refresh = gr.Button("Refresh", scale=0, min_width=90, elem_id="param-refresh")
     with gr.Row():
         save_name = gr.Textbox(label="Save current values as preset", placeholder="My preset", scale=3)
         save = gr.Button("Save preset", scale=1)
         delete = gr.Button("Delete preset", variant="stop", scale=1)
-    status = gr.Markdown(lambda: _preset_warnings(state))  # evaluated on every page load
+    status = gr.Markdown(elem_id="param-status")
     with gr.Row():
         with gr.Column():
-            for name in ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "typical_p", "min_p"):
+            for name in LEFT:
                 controls.components[name].render()
         with gr.Column():
-            for name in (
-                "repetition_penalty",
-                "repetition_penalty_range",
-                "presence_penalty",
-                "frequency_penalty",
-                "seed",
-                "truncation_length",
-                "ban_eos_token",
-                "add_bos_token",
-                "skip_special_tokens",
-                "stop",
-            ):
-                controls.components[name].render()
+            for name, component in controls.components.items():
+                if name not in LEFT:
+                    component.render()
+    return ParamsTab(refresh, save_name, save, delete, status)
 
-    def on_preset(name: str):
-        try:
-            params, warning = state.presets.load_with_warning(name)
-        except PresetError as error:
-            return *[gr.skip()] * len(controls.components), f"⚠️ {error}"
-        return *values_from_params(params), f"⚠️ {warning}" if warning else f"Preset **{name}** applied."
 
-    def on_save(name: str, *values):
-        try:
-            state.presets.save(name.strip(), controls.to_params(*values))
-        except (PresetError, ValueError, KeyError) as error:
-            return gr.skip(), f"⚠️ {error}"
-        return gr.update(choices=_preset_names(state), value=name.strip()), f"Saved preset **{name.strip()}**."
+# --- handlers --------------------------------------------------------------------------------------------------------
 
-    def on_delete(name: str):
-        try:
-            state.presets.delete(name)
-        except PresetError as error:
-            return gr.skip(), f"⚠️ {error}"
-        return gr.update(choices=_preset_names(state), value=None), f"Deleted preset **{name}**."
 
-    controls.preset.input(on_preset, controls.preset, [*controls.inputs, status])
-    refresh.click(lambda: (gr.update(choices=_preset_names(state)), _preset_warnings(state)), None,
-                  [controls.preset, status])  # fmt: skip
-    save.click(on_save, [save_name, *controls.inputs], [controls.preset, status])
-    delete.click(on_delete, controls.preset, [controls.preset, status])
+def on_page_load(state: AppState, values: Values, ctx: Ctx) -> Values:
+    """The preset list, the page's preset and its values, and any broken preset set aside so far."""
+    updates = preset_updates(state, page_preset(state))
+    updates["preset"] = gr.update(choices=state.presets.names(), value=page_preset(state))
+    if state.presets.warnings:
+        updates["status"] = warning_lines(state.presets.warnings)
+    return updates
+
+
+def on_preset(state: AppState, values: Values, ctx: Ctx) -> Values:
+    updates = preset_updates(state, values["preset"])
+    updates.pop("preset", None)  # the user just picked it
+    return updates
+
+
+def on_save(state: AppState, values: Values, ctx: Ctx) -> Values:
+    name = (values["name"] or "").strip()
+    try:
+        state.presets.save(name, params_from_values(values["params"]))
+    except (PresetError, ValueError, KeyError) as error:
+        return {"status": f"{ERROR} {error}"}
+    return {"preset": gr.update(choices=state.presets.names(), value=name), "status": f"Saved preset **{name}**."}
+
+
+def on_delete(state: AppState, values: Values, ctx: Ctx) -> Values:
+    try:
+        state.presets.delete(values["preset"])
+    except PresetError as error:
+        return {"status": f"{ERROR} {error}"}
+    return {"preset": gr.update(choices=state.presets.names(), value=None),
+            "status": f"Deleted preset **{values['preset']}**."}  # fmt: skip
+
+
+def on_refresh(state: AppState, values: Values, ctx: Ctx) -> Values:
+    return {"preset": gr.update(choices=state.presets.names()), "status": warning_lines(state.presets.warnings)}
+
+
+def wire(state: AppState, demo: gr.Blocks, controls: ParamControls, tab: ParamsTab) -> None:
+    out = {"preset": controls.preset, "params": controls.components, "status": tab.status}
+    listen(demo.load, on_page_load, state, None, out, show_progress="hidden")
+    listen(controls.preset.input, on_preset, state, {"preset": controls.preset}, out)
+    listen(tab.save.click, on_save, state, {"name": tab.save_name, "params": controls.components}, out)
+    listen(tab.delete.click, on_delete, state, {"preset": controls.preset}, out)
+    listen(tab.refresh.click, on_refresh, state, None, out)
