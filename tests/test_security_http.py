@@ -233,11 +233,12 @@ def load_event(base: str) -> tuple[int, list[Any]]:
     config = httpx.get(f"{base}/config").json()
     components = {c["id"]: c for c in config["components"]}
     index, dependency = next((i, d) for i, d in enumerate(config["dependencies"]) if d.get("api_name") == "on_load")
+    chosen = {"model-dropdown": EVIL, "model-loader": "transformers", "transformers-trust_remote_code": True}
     data = []
     for component_id in dependency["inputs"]:
         props = components[component_id].get("props", {})
-        data.append(True if props.get("elem_id") == "transformers-trust_remote_code" else props.get("value"))
-    data[0], data[2] = EVIL, "transformers"  # the model, the loader (data[1]: load even if it won't fit)
+        data.append(chosen.get(props.get("elem_id"), props.get("value")))
+    assert data.count(EVIL) == 1 and True in data, "the Load event's inputs changed: find the model and the flag"
     return index, data
 
 
@@ -260,14 +261,33 @@ def test_ui_refuses_a_foreign_host_and_origin(ui) -> None:
     assert "Refused a request to /gradio_api/queue/join" in ui.log_text()
 
 
+def run_event(base: str, index: int, data: list[Any], session: str) -> str:
+    """One UI event as our own page sends it (queue join, then its event stream); the stream's text."""
+    join = httpx.post(f"{base}/gradio_api/queue/join",
+                      json={"data": data, "fn_index": index, "session_hash": session, "event_data": None})
+    assert join.status_code == 200, join.text
+    text = ""
+    with httpx.stream("GET", f"{base}/gradio_api/queue/data", params={"session_hash": session}, timeout=120) as stream:
+        for chunk in stream.iter_text():
+            text += chunk
+            if "process_completed" in text:
+                break
+    return text
+
+
 def test_ui_load_with_remote_code_is_refused_without_the_flag(ui) -> None:
-    """The same event from our own page (the right Host): the model service refuses, naming the flag."""
+    """The same event from our own page (the right Host, after the page's load filled the model list): the model
+    service refuses, naming the flag."""
     base = ui.url.rstrip("/")
-    _, data = load_event(base)
-    event = httpx.post(f"{base}/gradio_api/call/on_load", json={"data": data}).json()["event_id"]
-    with httpx.stream("GET", f"{base}/gradio_api/call/on_load/{event}", timeout=120) as stream:
-        text = "".join(stream.iter_text())
-    assert "event: complete" in text and "--trust-remote-code" in text, text
+    config = httpx.get(f"{base}/config").json()
+    dropdown = next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "model-dropdown")
+    page_load = next(i for i, d in enumerate(config["dependencies"])
+                     if d.get("api_name", "").startswith("on_page_load") and dropdown in d["outputs"])
+    first = run_event(base, page_load, [], "own-page")
+    assert "process_completed" in first and EVIL in first, first
+    index, data = load_event(base)
+    text = run_event(base, index, data, "own-page")
+    assert "--trust-remote-code" in text, text
     assert not marker(ui.root).exists()
 
 

@@ -70,6 +70,7 @@ def _bind(handler: Handler, state: Any, inputs: Spec, outputs: Spec) -> tuple[Ca
         def fn(request: gr.Request, data: gr.EventData, progress=gr.Progress(), *values):  # noqa: B008
             return _to_components(call(request, progress, data, values), outputs)
 
+    fn.__name__ = handler.__name__  # Gradio names the endpoint after the function: /gradio_api/call/on_load
     return fn, list(in_flat.values()), list(out_flat.values())
 
 
