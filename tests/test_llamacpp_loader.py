@@ -39,7 +39,7 @@ def model(smollm2_gguf: Path) -> Iterator[llamacpp.LlamaCppModel]:
 def run(model: llamacpp.LlamaCppModel, params: GenerationParams, prompt: str = PROMPT) -> list[int]:
     """Generate from an empty KV cache: a reused prefix re-evaluates the last prompt token alone, and llama.cpp's
     batch-of-one kernels round differently from its prompt-batch ones, so outputs could drift after a few tokens."""
-    model.llm.reset()
+    model.forget_prompts()
     ids = model.tokenizer.encode(prompt, add_bos=params.add_bos_token)
     return list(model.generate_tokens(ids, params, threading.Event()))
 
@@ -72,7 +72,7 @@ def test_folder_resolves_to_its_gguf(smollm2_gguf: Path, tmp_path: Path) -> None
 
 
 def test_greedy_equals_raw_llama(model: llamacpp.LlamaCppModel, smollm2_gguf: Path) -> None:
-    raw = llama_cpp.Llama(str(smollm2_gguf), n_ctx=N_CTX, n_threads=1, verbose=False)
+    raw = llama_cpp.Llama(str(smollm2_gguf), n_ctx=N_CTX, n_threads=1, flash_attn=True, verbose=False)
     prompt_ids = raw.tokenize(PROMPT.encode(), add_bos=True, special=True)
     expected = []
     for token in raw.generate(prompt_ids, temp=0.0, top_k=1, repeat_penalty=1.0):
@@ -135,7 +135,7 @@ def test_presence_penalty_covers_prompt_and_reply(model: llamacpp.LlamaCppModel)
 def test_cancel_stops_between_tokens(model: llamacpp.LlamaCppModel) -> None:
     cancel = threading.Event()
     got = []
-    model.llm.reset()
+    model.forget_prompts()
     ids = model.tokenizer.encode(PROMPT, add_bos=True)
     for token in model.generate_tokens(ids, GenerationParams(do_sample=False, max_new_tokens=50), cancel):
         got.append(token)
@@ -145,11 +145,11 @@ def test_cancel_stops_between_tokens(model: llamacpp.LlamaCppModel) -> None:
 
 
 def test_engine_stop_string_cuts_the_reply(model: llamacpp.LlamaCppModel) -> None:
-    model.llm.reset()
+    model.forget_prompts()
     full = generate(model, PROMPT, GREEDY)
     reference = "".join(full)
     stop = reference.split()[3]  # a word from the middle of the reply
-    model.llm.reset()
+    model.forget_prompts()
     cut = generate(model, PROMPT, GenerationParams(**{**GREEDY.__dict__, "stop": (stop,)}))
     assert "".join(cut) == reference[: reference.index(stop)]
     assert cut.stats.stop_reason == "stop_string" and cut.stats.new_tokens < full.stats.new_tokens

@@ -16,11 +16,11 @@ import gradio as gr
 from gradio.context import Context
 
 from webui import chat_service
-from webui.generation import Pacer
+from webui.generation import Pacer, status_text
 from webui.history import CHAT_MODES, Chat
 from webui.state import AppState
 from webui.templates import AUTO_TEMPLATE
-from webui.ui.common import UI_REFRESH_SECONDS, error_text, format_stats, session_id, stopper
+from webui.ui.common import UI_REFRESH_SECONDS, error_text, session_id, stopper
 from webui.ui.parameters import ParamControls
 
 
@@ -72,10 +72,8 @@ def build_tab(state: AppState, controls: ParamControls) -> ChatControls:
         try:
             for chat, update in stream:
                 messages = shown.update(chat)
-                if update.stats is not None:
-                    yield messages, chat, format_stats(update.stats), gr.skip()
-                elif shown.due():
-                    yield messages, chat, "Generating…", gr.skip()
+                if update.stats is not None or update.queued or shown.due():  # the place in line, stats at the end
+                    yield messages, chat, status_text(update), gr.skip()
         except Exception as error:  # noqa: BLE001 - error_text shows ours and logs anything else as a bug
             yield shown.messages(chat), chat, error_text(error, "generating"), gr.skip()
         yield gr.skip(), gr.skip(), gr.skip(), gr.update(choices=_chat_choices(state), value=chat.id)

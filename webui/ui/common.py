@@ -11,7 +11,6 @@ import logging
 import gradio as gr
 
 from loaders.errors import CorralError
-from webui.engine import GenerationStats
 
 log = logging.getLogger(__name__)
 UI_REFRESH_SECONDS = 0.05  # a streaming reply is pushed to the browser at most 20 times a second
@@ -29,13 +28,6 @@ def stopper(state):
         state.generation.stop(session_id(request))
 
     return stop
-
-
-def format_stats(stats: GenerationStats) -> str:
-    return (
-        f"{stats.new_tokens} tokens in {stats.seconds:.1f} s ({stats.tokens_per_second:.1f} tokens/s), "
-        f"prompt {stats.prompt_tokens} tokens, stopped by {stats.stop_reason.replace('_', ' ')}."
-    )
 
 
 def error_text(error: Exception, action: str) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from webui.generation import raw_turn
+from webui.generation import raw_turn, status_text
 from webui.state import AppState
-from webui.ui.common import error_text, format_stats, session_id, stopper
+from webui.ui.common import error_text, session_id, stopper
 from webui.ui.parameters import ParamControls
 
 
@@ -29,7 +29,7 @@ def build_tab(state: AppState, controls: ParamControls) -> None:
         yield current, current, "Generating…"
         try:
             for update in state.generation.stream(session_id(request), raw_turn(current, params)):
-                yield current + update.text, current, format_stats(update.stats) if update.stats else "Generating…"
+                yield current + update.text, current, status_text(update)
         except Exception as error:  # noqa: BLE001 - error_text shows ours and logs anything else as a bug
             yield current, current, error_text(error, "generating")
 
