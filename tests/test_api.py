@@ -42,7 +42,7 @@ def models_root(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, sm
 @pytest.fixture(scope="module")
 def server(models_root: Path) -> Iterator[ApiServer]:
     state = AppState(config=AppConfig(models_dir=models_root))
-    state.models.load(MODEL, loader_settings={"n_ctx": 2048}, confirm_memory=True)
+    state.models.load(MODEL, loader_settings={"n_ctx": 2048, "parallel": 1}, confirm_memory=True)  # one at a time
     api = ApiServer(state, host="127.0.0.1", port=free_port(), api_key=KEY).start()
     yield api
     api.stop()
@@ -322,7 +322,7 @@ def test_ui_and_api_share_the_line_and_stop_is_per_session(server: ApiServer, cl
 
     def ui_user() -> None:
         turn = raw_turn("Hello", GenerationParams(max_new_tokens=5))
-        ui_updates.extend(u.text for u in generation.stream("ui-user", turn))
+        ui_updates.extend(u.text for u in generation.stream("ui-user", turn) if not u.queued)
 
     ui = threading.Thread(target=ui_user)
     ui.start()
