@@ -377,7 +377,8 @@ def _context_params(plan: LoadPlan, settings: LlamaCppSettings, threads: int) ->
     params.n_threads = params.n_threads_batch = threads
     params.rope_freq_base = settings.rope_freq_base
     params.rope_freq_scale = settings.rope_freq_scale
-    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO  # llama.cpp's default: on where the backend has it
+    # Off, as llama-cpp-python's `Llama` has it: the estimate prices the attention scores (KQ) this path keeps.
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
     params.no_perf = True
     return params
 

@@ -72,7 +72,7 @@ def test_folder_resolves_to_its_gguf(smollm2_gguf: Path, tmp_path: Path) -> None
 
 
 def test_greedy_equals_raw_llama(model: llamacpp.LlamaCppModel, smollm2_gguf: Path) -> None:
-    raw = llama_cpp.Llama(str(smollm2_gguf), n_ctx=N_CTX, n_threads=1, flash_attn=True, verbose=False)
+    raw = llama_cpp.Llama(str(smollm2_gguf), n_ctx=N_CTX, n_threads=1, verbose=False)
     prompt_ids = raw.tokenize(PROMPT.encode(), add_bos=True, special=True)
     expected = []
     for token in raw.generate(prompt_ids, temp=0.0, top_k=1, repeat_penalty=1.0):
