@@ -229,7 +229,7 @@ def _slots(setting: int, files: ModelFiles, context: int, kv_bytes: int, free: i
     `AUTO_MAX_SLOTS`, at least one."""
     problem = parallel_problem(setting)
     if problem is not None:
-        raise SettingsError(problem[0].upper() + problem[1:] + ".")
+        raise SettingsError(f"The setting {problem}.")
     if setting:
         return setting
     per_slot = max(1, files.shape.kv_cache_bytes(context, kv_bytes))
