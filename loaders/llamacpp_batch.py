@@ -91,6 +91,7 @@ class BatchDecoder:
         self._active: list[_Request] = []
         self._cond = threading.Condition()
         self._closed = False
+        self._failure: Exception | None = None  # why the decode thread stopped, when it was not `close()`
         self._clock = itertools.count(1)
         self._thread = threading.Thread(target=self._run, name="llama.cpp-batch", daemon=True)
         self._thread.start()
@@ -104,6 +105,8 @@ class BatchDecoder:
         """The reply's tokens as the decode thread produces them; a stop id ends it (not yielded)."""
         request = _Request(list(prompt), sampler, budget, stop_ids, cancel, info)
         with self._cond:
+            if self._failure is not None:
+                raise self._failure
             if self._closed:
                 raise ModelNotLoadedError("The model was unloaded; load it again to generate.")
             self._waiting.append(request)
@@ -117,7 +120,8 @@ class BatchDecoder:
             with self._cond:
                 request.abandoned = True
                 self._cond.notify_all()
-            request.left.wait()  # within one step: then nothing touches its sampler or its sequence
+            while not request.left.wait(1.0) and self._thread.is_alive():
+                pass  # within one step: then nothing touches its sampler or its sequence
 
     def forget(self) -> None:
         """Drop every cached prefix (benchmarks and tests that want a cold start). Only while nothing runs."""
@@ -136,12 +140,6 @@ class BatchDecoder:
         self._thread.join()
         llama_cpp.llama_batch_free(self._batch)
 
-    @property
-    def cached_tokens(self) -> list[int]:
-        """How many tokens each sequence's cache holds (for tests and the memory check)."""
-        with self._cond:
-            return [len(s.tokens) for s in self._sequences]
-
     # --- the decode thread ---------------------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -159,7 +157,8 @@ class BatchDecoder:
                     self._step(running)
         except Exception as error:  # a bug: every request hears of it rather than waiting forever
             logger.exception("The llama.cpp decode thread failed")
-            self._end_all(GenerationError(f"llama.cpp failed while decoding: {error}"))
+            self._failure = GenerationError(f"llama.cpp failed while decoding ({error}); load the model again.")
+            self._end_all(self._failure)
         finally:
             self._end_all(ModelNotLoadedError("The model was unloaded while it generated; load it again."))
 
