@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from loaders.base import DecodeInfo, GenerationParams, MemoryReport
+from tests.test_chat_turn import wait_for
 from webui.api import ApiServer
 from webui.engine import GenerationStats
 from webui.generation import GenerationService, StreamUpdate, raw_turn, status_text
@@ -81,13 +82,6 @@ class EchoModel:
 def loaded(model: EchoModel) -> LoadedInfo:
     view = SimpleNamespace(name=model.name, resolved=SimpleNamespace(template=None, preset=None))
     return LoadedInfo(model=model, view=view, loader_settings=None, estimate=None)  # type: ignore[arg-type]
-
-
-def wait_for(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.002)
 
 
 PARAMS = GenerationParams(do_sample=False, max_new_tokens=64)
