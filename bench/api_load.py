@@ -331,6 +331,35 @@ def raw_llamacpp(prompts: list[str], tokens: int, threads: int) -> dict[str, flo
     return {"tok_s": n * tokens / (ended - started), "decode_tok_s": n * (tokens - 1) / (ended - decoding)}
 
 
+def loader_streams(prompts: list[str], tokens: int, threads: int) -> dict[str, float]:
+    """Corral's llama.cpp loader without the engine or the API: one thread per prompt calling `generate_tokens`, all
+    decoded together by its batch decoder. Tells the decoder's cost apart from the engine's and the API's."""
+    import threading
+
+    from loaders import llamacpp
+    from loaders.base import GenerationParams
+    from loaders.settings import LlamaCppSettings
+
+    model = llamacpp.load(realmodel.smollm2_gguf(), LlamaCppSettings(n_ctx=CONTEXT, threads=threads,
+                                                                     parallel=len(prompts)), name="bench")
+    params = GenerationParams(do_sample=False, max_new_tokens=tokens, ban_eos_token=True)
+    ids = [model.tokenizer.encode(p, add_bos=True) for p in prompts]
+    counts = [0] * len(prompts)
+
+    def run(i: int) -> None:
+        counts[i] = sum(1 for _ in model.generate_tokens(ids[i], params, threading.Event()))
+
+    threads_ = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    started = time.perf_counter()
+    for thread in threads_:
+        thread.start()
+    for thread in threads_:
+        thread.join()
+    ended = time.perf_counter()
+    model.unload()
+    return {"tok_s": sum(counts) / (ended - started)}
+
+
 def _tokenize(vocab: Any, text: str) -> list[int]:
     import llama_cpp
 
@@ -388,17 +417,19 @@ def run_loader(loader: str, models: Path, args: argparse.Namespace) -> dict[str,
 def yardstick(report: dict[str, Any], args: argparse.Namespace) -> None:
     raw8 = raw_llamacpp(yardstick_prompts(8), args.yardstick_tokens, args.threads)
     raw1 = raw_llamacpp(yardstick_prompts(1), args.yardstick_tokens, args.threads)
+    alone8 = loader_streams(yardstick_prompts(8), args.yardstick_tokens, args.threads)
     top = max(args.parallel)
     api8, api1 = report[top]["eight_streams"], report[top]["one_stream"]
     print(f"\n### llama.cpp yardstick: 8 prompts × {args.yardstick_tokens} tokens, {args.threads} threads\n\n"
           "| run | tok/s (whole run) | decode-only tok/s |\n|---|---|---|\n"
           f"| raw llama.cpp, 8 sequences in one batch | {raw8['tok_s']:.1f} | {raw8['decode_tok_s']:.1f} |\n"
           f"| raw llama.cpp, 1 sequence | {raw1['tok_s']:.1f} | {raw1['decode_tok_s']:.1f} |\n"
+          f"| Corral's llama.cpp loader alone, 8 threads | {alone8['tok_s']:.1f} | — |\n"
           f"| API, 8 streams, --parallel {top} | {api8['tok_s']:.1f} | — |\n"
           f"| API, 1 stream, --parallel {top} | {api1['tok_s']:.1f} | — |\n\n"
           f"8 API streams / raw 8-sequence batch: {api8['tok_s'] / raw8['tok_s']:.2f} (target ≥ 0.85); "
           f"8 API streams / 1 API stream: {api8['tok_s'] / api1['tok_s']:.2f} (target ≥ 1.4)", flush=True)
-    report["raw"] = {"eight": raw8, "one": raw1}
+    report["raw"] = {"eight": raw8, "one": raw1, "loader_eight": alone8}
 
 
 def errors_in(report: dict[str, Any]) -> int:
