@@ -120,6 +120,16 @@ def test_stop_cuts_the_reply_before_the_stop_string(client: openai.OpenAI) -> No
     assert streamed == cut.choices[0].text
 
 
+def test_the_next_turn_reports_the_prompt_tokens_it_reused(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "Name a fruit."}]
+    first = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "And a vegetable?"}]
+    second = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens <= cached < second.usage.prompt_tokens  # the first turn was not read again
+
+
 def test_seed_repeats_a_sampled_reply(client: openai.OpenAI) -> None:
     def sample(seed: int) -> str:
         return client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=24, temperature=1.0,
