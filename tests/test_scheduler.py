@@ -18,12 +18,15 @@ import pytest
 
 from loaders.base import DecodeInfo, GenerationParams, MemoryReport
 from tests.test_chat_turn import wait_for
+from webui import chat_service
 from webui.api import ApiServer
 from webui.engine import GenerationStats
 from webui.generation import GenerationService, StreamUpdate, raw_turn, status_text
+from webui.history import Chat
 from webui.model_gate import ModelGate
 from webui.model_service import LoadedInfo
 from webui.state import AppConfig, AppState
+from webui.templates import Message
 
 OFFSET = 10  # token id = ord(character) + OFFSET
 
@@ -169,6 +172,29 @@ def test_a_load_waits_for_running_requests_and_keeps_new_ones_out() -> None:
     loader.join(5)
     second.join(10)
     assert second.text == "zyx"
+
+
+def test_a_chat_turn_stopped_in_line_leaves_no_empty_reply(tmp_path: Path) -> None:
+    pace = threading.Semaphore(0)
+    model = EchoModel(1, pace=pace)
+    (tmp_path / "models").mkdir()
+    state = AppState(config=AppConfig(models_dir=tmp_path / "models", user_data_dir=tmp_path / "data"))
+    state.models._loaded = loaded(model)
+    busy = Client(state.generation, "busy", "abc")
+    busy.start()
+    wait_for(lambda: model.running == 1)
+    shown: list[list[Message]] = []
+    chat = Chat(id="queued", mode="instruct", template="chatml")
+    turn = threading.Thread(target=lambda: shown.extend(
+        list(c.messages) for c, _u in chat_service.send(state, "chat-user", chat, "hello", PARAMS)))
+    turn.start()
+    wait_for(lambda: len(shown) == 1)  # its place in line
+    state.generation.stop("chat-user")
+    turn.join(5)
+    pace.release(1000)
+    busy.join(10)
+    assert shown == [[Message("user", "hello")]]
+    assert state.history.load("queued").messages == [Message("user", "hello")]
 
 
 def test_status_text_shows_the_cached_prompt_tokens() -> None:
