@@ -42,7 +42,10 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+if Path(sys.path[0]).resolve() == REPO / "bench":
+    sys.path[0] = str(REPO)  # run as a script: bench/gguf.py must not shadow the gguf package
+else:
+    sys.path.insert(0, str(REPO))
 
 from tests import realmodel  # noqa: E402
 
