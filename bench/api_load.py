@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 if Path(sys.path[0]).resolve() == REPO / "bench":
@@ -182,7 +183,8 @@ def models_folder(threads: int) -> Path:
 
 @contextmanager
 def server(models: Path, model: str, parallel: int) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(base URL, /internal/model/info) of an API server with `model` loaded for `parallel` slots."""
+    """(base URL, /internal/model/info) of an API server with `model` loaded for `parallel` slots; the info also
+    holds the server's process id (`pid`), to read its CPU time."""
     port = free_port()
     command = [sys.executable, str(REPO / "app.py"), "--api", "--nowebui", "--models-dir", str(models), "--model",
                model, "--parallel", str(parallel), "--api-port", str(port), "--api-key", KEY, "--data-dir",
@@ -190,7 +192,7 @@ def server(models: Path, model: str, parallel: int) -> Iterator[tuple[str, dict[
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}/v1"
     try:
-        yield base, wait_ready(process, base, model, 600)
+        yield base, wait_ready(process, base, model, 600) | {"pid": process.pid}
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -255,12 +257,20 @@ def sweep(base: str, model: str, args: argparse.Namespace) -> list[dict[str, Any
     return rows
 
 
-def api_streams(base: str, n: int, tokens: int, timeout: float) -> dict[str, Any]:
-    """`n` raw-prompt completions at once (the yardstick's prompts), each `tokens` long."""
+def api_streams(base: str, pid: int, n: int, tokens: int, timeout: float) -> dict[str, Any]:
+    """`n` raw-prompt completions at once (the yardstick's prompts), each `tokens` long; with the server's CPU
+    seconds per generated token (all its threads), which a machine shared with other work does not change."""
     bodies = [("/completions", {"prompt": p, "max_tokens": tokens, "ignore_eos": True, "temperature": 0})
               for p in yardstick_prompts(n)]  # fmt: skip
+    before = _cpu(psutil.Process(pid))
     results, wall = asyncio.run(run_clients(base, n, bodies, timeout))
-    return summary(results, wall)
+    row = summary(results, wall)
+    return row | {"cpu_ms": 1000 * (_cpu(psutil.Process(pid)) - before) / max(1, row["tokens"])}
+
+
+def _cpu(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def tenth_turn(base: str, model: str, turns: int, timeout: float) -> dict[str, Any]:
@@ -309,7 +319,7 @@ def raw_llamacpp(prompts: list[str], tokens: int, threads: int) -> dict[str, flo
     samplers = [llama_cpp.llama_sampler_init_greedy() for _ in prompts]
     try:
         ids = [_tokenize(vocab, p) for p in prompts]
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         last = _fill(batch, [(t, j, s, j == len(p) - 1) for s, p in enumerate(ids) for j, t in enumerate(p)])
         llama_cpp.llama_decode(ctx, batch)
         decoding = time.perf_counter()
@@ -324,14 +334,15 @@ def raw_llamacpp(prompts: list[str], tokens: int, threads: int) -> dict[str, flo
             llama_cpp.llama_decode(ctx, batch)
         for s in range(n):
             llama_cpp.llama_sampler_sample(samplers[s], ctx, last[s])  # the last token of each reply
-        ended = time.perf_counter()
+        ended, cpu = time.perf_counter(), time.process_time() - cpu
     finally:
         for sampler in samplers:
             llama_cpp.llama_sampler_free(sampler)
         llama_cpp.llama_batch_free(batch)
         llama_cpp.llama_free(ctx)
         llama_cpp.llama_model_free(model)
-    return {"tok_s": n * tokens / (ended - started), "decode_tok_s": n * (tokens - 1) / (ended - decoding)}
+    return {"tok_s": n * tokens / (ended - started), "decode_tok_s": n * (tokens - 1) / (ended - decoding),
+            "cpu_ms": 1000 * cpu / (n * tokens)}
 
 
 def loader_streams(prompts: list[str], tokens: int, threads: int) -> dict[str, float]:
@@ -353,14 +364,14 @@ def loader_streams(prompts: list[str], tokens: int, threads: int) -> dict[str, f
         counts[i] = sum(1 for _ in model.generate_tokens(ids[i], params, threading.Event()))
 
     threads_ = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for thread in threads_:
         thread.start()
     for thread in threads_:
         thread.join()
-    ended = time.perf_counter()
+    ended, cpu = time.perf_counter(), time.process_time() - cpu
     model.unload()
-    return {"tok_s": sum(counts) / (ended - started)}
+    return {"tok_s": sum(counts) / (ended - started), "cpu_ms": 1000 * cpu / sum(counts)}
 
 
 def _tokenize(vocab: Any, text: str) -> list[int]:
@@ -406,8 +417,8 @@ def run_loader(loader: str, models: Path, args: argparse.Namespace) -> dict[str,
                   f"{args.max_tokens} tokens per reply, {args.rounds} requests per client\n\n{TABLE_HEAD}", flush=True)
             entry: dict[str, Any] = {"slots": info["slots"], "sweep": sweep(base, model, args)}
             if loader == "llama.cpp":
-                entry["one_stream"] = api_streams(base, 1, args.yardstick_tokens, args.timeout)
-                entry["eight_streams"] = api_streams(base, 8, args.yardstick_tokens, args.timeout)
+                entry["one_stream"] = api_streams(base, info["pid"], 1, args.yardstick_tokens, args.timeout)
+                entry["eight_streams"] = api_streams(base, info["pid"], 8, args.yardstick_tokens, args.timeout)
             entry["tenth_turn"] = tenth_turn(base, model, args.turns, args.timeout)
             turn = entry["tenth_turn"]
             print(f"\n10th turn, time to first token: {turn['reuse']['ttft']:.3f} s with {turn['reuse']['cached']} "
@@ -424,14 +435,17 @@ def yardstick(report: dict[str, Any], args: argparse.Namespace) -> None:
     top = max(args.parallel)
     api8, api1 = report[top]["eight_streams"], report[top]["one_stream"]
     print(f"\n### llama.cpp yardstick: 8 prompts × {args.yardstick_tokens} tokens, {args.threads} threads\n\n"
-          "| run | tok/s (whole run) | decode-only tok/s |\n|---|---|---|\n"
-          f"| raw llama.cpp, 8 sequences in one batch | {raw8['tok_s']:.1f} | {raw8['decode_tok_s']:.1f} |\n"
-          f"| raw llama.cpp, 1 sequence | {raw1['tok_s']:.1f} | {raw1['decode_tok_s']:.1f} |\n"
-          f"| Corral's llama.cpp loader alone, 8 threads | {alone8['tok_s']:.1f} | — |\n"
-          f"| API, 8 streams, --parallel {top} | {api8['tok_s']:.1f} | — |\n"
-          f"| API, 1 stream, --parallel {top} | {api1['tok_s']:.1f} | — |\n\n"
+          "| run | tok/s (whole run) | decode-only tok/s | CPU ms per token |\n|---|---|---|---|\n"
+          f"| raw llama.cpp, 8 sequences in one batch | {raw8['tok_s']:.1f} | {raw8['decode_tok_s']:.1f} | "
+          f"{raw8['cpu_ms']:.2f} |\n"
+          f"| raw llama.cpp, 1 sequence | {raw1['tok_s']:.1f} | {raw1['decode_tok_s']:.1f} | {raw1['cpu_ms']:.2f} |\n"
+          f"| Corral's llama.cpp loader alone, 8 threads | {alone8['tok_s']:.1f} | — | {alone8['cpu_ms']:.2f} |\n"
+          f"| API, 8 streams, --parallel {top} (server process) | {api8['tok_s']:.1f} | — | {api8['cpu_ms']:.2f} |\n"
+          f"| API, 1 stream, --parallel {top} (server process) | {api1['tok_s']:.1f} | — | {api1['cpu_ms']:.2f} |\n\n"
           f"8 API streams / raw 8-sequence batch: {api8['tok_s'] / raw8['tok_s']:.2f} (target ≥ 0.85); "
-          f"8 API streams / 1 API stream: {api8['tok_s'] / api1['tok_s']:.2f} (target ≥ 1.4)", flush=True)
+          f"8 API streams / 1 API stream: {api8['tok_s'] / api1['tok_s']:.2f} (target ≥ 1.4); CPU per token, API "
+          f"server / raw: {api8['cpu_ms'] / raw8['cpu_ms']:.2f} (8 streams), {api1['cpu_ms'] / raw1['cpu_ms']:.2f} (1)",
+          flush=True)
     report["raw"] = {"eight": raw8, "one": raw1, "loader_eight": alone8}
 
 
