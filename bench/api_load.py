@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -497,11 +498,14 @@ def main() -> int:
     models = models_folder(args.threads)
     load = os.getloadavg()
     print(f"SmolLM2-135M-Instruct, context {CONTEXT} per slot; load average at start {load[0]:.2f}", flush=True)
-    if args.volume:
-        return volume(models, args)
-    report = {loader: run_loader(loader, models, args) for loader in args.loaders.split(",")}
-    if "llama.cpp" in report:
-        yardstick(report["llama.cpp"], args)
+    try:
+        if args.volume:
+            return volume(models, args)
+        report = {loader: run_loader(loader, models, args) for loader in args.loaders.split(",")}
+        if "llama.cpp" in report:
+            yardstick(report["llama.cpp"], args)
+    finally:
+        shutil.rmtree(models.parent, ignore_errors=True)  # hard links and the servers' data
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))
