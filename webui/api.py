@@ -327,15 +327,13 @@ class Job:
 
     async def next(self) -> StreamUpdate | None:
         """The next update (None at the end); raises the request's `ApiError`."""
-        item = await self._queue.get()
-        if item is _DONE:
-            return None
-        if isinstance(item, ApiError):
-            raise item
-        return item
+        return _unwrap(await self._queue.get())
 
     async def next_watching(self, request: Request) -> StreamUpdate | None:
-        """`next`, cancelling the job if the client goes away while we wait (in line, or for a slow token)."""
+        """`next`, cancelling the job if the client goes away while we wait (in line, or for a slow token). An
+        update already there is taken at once, without a task and a timer (the usual case while a reply streams)."""
+        if not self._queue.empty():
+            return _unwrap(self._queue.get_nowait())
         pending = asyncio.ensure_future(self.next())
         try:
             while True:
@@ -378,6 +376,14 @@ class Job:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
         except RuntimeError:  # the event loop is closed: the server is shutting down
             self._cancel.set()
+
+
+def _unwrap(item: Any) -> StreamUpdate | None:
+    if item is _DONE:
+        return None
+    if isinstance(item, ApiError):
+        raise item
+    return item
 
 
 @dataclass(frozen=True)
