@@ -197,6 +197,18 @@ def test_a_chat_turn_stopped_in_line_leaves_no_empty_reply(tmp_path: Path) -> No
     assert state.history.load("queued").messages == [Message("user", "hello")]
 
 
+def test_the_chat_tab_shows_the_reply_that_starts_after_waiting_in_line() -> None:
+    from webui.chat_prompt import StreamedReply
+    from webui.ui.chat import ShownReply
+
+    chat = Chat(id="c", messages=[Message("user", "hello")])
+    reply, shown = StreamedReply(chat, continue_last=False), ShownReply()
+    assert shown.update(reply.chat) == [{"role": "user", "content": "hello"}]  # in line: no reply yet
+    shown.update(reply.update("Hi"))
+    assert shown.update(reply.update("Hi there")) == [{"role": "user", "content": "hello"},
+                                                      {"role": "assistant", "content": "Hi there"}]
+
+
 def test_status_text_shows_the_cached_prompt_tokens() -> None:
     stats = GenerationStats(prompt_tokens=120, new_tokens=10, seconds=2.0, stop_reason="eos", cached_tokens=100)
     assert status_text(StreamUpdate("hi", stats)) == (
