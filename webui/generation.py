@@ -95,6 +95,8 @@ class GenerationService:
             if not (yield from self._wait_turn(cancel)):
                 return
             try:
+                if cancel.is_set():  # stopped just as its turn came
+                    return
                 info = self._require_info()
                 turn = build(info)
                 generation = generate(info.model, turn.prompt, turn.params, cancel=cancel)
