@@ -18,6 +18,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from loaders.registry import loader_names  # noqa: E402
+from loaders.settings import MAX_PARALLEL, parallel_problem  # noqa: E402
 from webui.state import AppConfig, AppState  # noqa: E402
 
 log = logging.getLogger("corral")
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--data-dir", type=Path, default=None, help="where chats are kept (default: ./logs)")
     model.add_argument("--loader", choices=loader_names(), default=None, help="override the detected loader")
     model.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    model.add_argument("--parallel", type=int, default=None, metavar="N",
+                       help="requests a local model decodes at once, each with its own KV cache (default: the "
+                            "model's saved setting, else chosen from free memory); more wait in line")
     model.add_argument("--yes", action="store_true", help="load even when the memory estimate says it won't fit")
     model.add_argument("--trust-remote-code", action="store_true",
                        help="let the transformers loader run Python code that comes with a model (only for "
@@ -75,8 +79,10 @@ def build_state(args: argparse.Namespace) -> AppState:
         paths["user_data_dir"] = args.data_dir.resolve()
     if args.max_body_mb <= 0 or args.max_prompt_chars <= 0:
         raise SystemExit("--max-body-mb and --max-prompt-chars must be positive")
+    if args.parallel is not None and (args.parallel < 1 or parallel_problem(args.parallel)):
+        raise SystemExit(f"--parallel takes a whole number from 1 to {MAX_PARALLEL}")
     limits = {"max_body_bytes": int(args.max_body_mb * 1_000_000), "max_prompt_chars": args.max_prompt_chars}
-    return AppState(config=AppConfig(force_cpu=args.cpu, default_loader=args.loader,
+    return AppState(config=AppConfig(force_cpu=args.cpu, default_loader=args.loader, parallel=args.parallel,
                                      trust_remote_code=args.trust_remote_code, **limits, **paths))
 
 

@@ -169,7 +169,7 @@ def load_llamacpp(path: Path, threads: int) -> Any:
     from loaders import llamacpp
     from loaders.settings import LlamaCppSettings
 
-    return llamacpp.load(path, LlamaCppSettings(n_ctx=2048, threads=threads), name=path.stem)
+    return llamacpp.load(path, LlamaCppSettings(n_ctx=2048, threads=threads, parallel=1), name=path.stem)
 
 
 def loader_contender(path: Path, tokens: int, threads: int) -> Contender:
@@ -178,7 +178,7 @@ def loader_contender(path: Path, tokens: int, threads: int) -> Contender:
     ids = model.tokenizer.encode(PROMPT, add_bos=True)
 
     def once() -> Run:
-        model.llm.reset()
+        model.forget_prompts()
         return time_tokens(len(ids), lambda: model.generate_tokens(ids, greedy(tokens), threading.Event()))
 
     return Contender("(b0) llama.cpp loader, no engine", once, model.unload)
@@ -191,7 +191,7 @@ def engine_contender(path: Path, tokens: int, threads: int) -> Contender:
     stamped = StampedModel(model)
 
     def once() -> Run:
-        model.llm.reset()  # as for (a): full prefill every run
+        model.forget_prompts()  # as for (a): full prefill every run
         stamped.stamps.clear()
         began = time.perf_counter()
         for _ in generate(stamped, PROMPT, greedy(tokens), cancel=threading.Event()):

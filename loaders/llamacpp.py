@@ -1,9 +1,12 @@
 """The llama.cpp loader: a GGUF file run by `llama-cpp-python`, behind the `LoadedModel` interface.
 
-This module owns the mapping from Corral's settings and `GenerationParams` onto llama.cpp: context and offload
-options at load, one llama.cpp sampler chain per generation (penalties, temperature, top-k/p, min-p, typical,
-EOS ban, seed), the decode loop with the prompt-prefix KV reuse, the tokenizer adapter, and the memory report.
-Detokenization, stop strings and accounting stay in the engine, as for every backend.
+This module owns the mapping from Corral's settings and `GenerationParams` onto llama.cpp: the weights, offload and
+one context holding a sequence per slot (`plan.slots`, each with `plan.context` tokens) at load; one llama.cpp
+sampler chain per generation (penalties, temperature, top-k/p, min-p, typical, EOS ban, seed); the tokenizer
+adapter and the memory report. The decoding itself, several requests at once with the prompt prefix each sequence
+holds reused, is `loaders/llamacpp_batch.py`. Detokenization, stop strings and accounting stay in the engine, as
+for every backend. It uses llama.cpp's C API through llama-cpp-python's bindings, not its `Llama` class, whose
+context holds one sequence.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import psutil
 
 from loaders.base import DecodeInfo, GenerationParams, MemoryReport
 from loaders.errors import GenerationError, ModelFormatError, ModelNotLoadedError
+from loaders.llamacpp_batch import BatchDecoder
 from loaders.plan import LoadPlan
 from loaders.registry import loader_for_paths
 from loaders.settings import LlamaCppSettings
@@ -67,7 +71,8 @@ class LlamaCppTokenizer:
     `bos.gguf_adds_bos` writes out), and `encode` applies the shared prepend step.
     """
 
-    llm: llama_cpp.Llama = field(repr=False)
+    owner: object = field(repr=False)  # what owns the vocabulary (the loaded weights, or a `llama_cpp.Llama`)
+    vocab: llama_cpp.llama_vocab_p = field(repr=False)
     bos_token: str | None
     eos_token: str | None
     bos_token_id: int | None
@@ -76,52 +81,78 @@ class LlamaCppTokenizer:
     adds_bos: bool
 
     @classmethod
-    def from_llama(cls, llm: llama_cpp.Llama) -> LlamaCppTokenizer:
-        vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        bos, eos = llm.token_bos(), llm.token_eos()
+    def from_model(cls, model: llama_cpp.llama_model_p, *, owner: object) -> LlamaCppTokenizer:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        bos, eos = llama_cpp.llama_vocab_bos(vocab), llama_cpp.llama_vocab_eos(vocab)
         # Every end-of-generation token (EOS, EOT, <|im_end|>...), as llama.cpp itself decides.
-        eog = [i for i in range(llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, i)]
+        eog = [i for i in range(llama_cpp.llama_vocab_n_tokens(vocab)) if llama_cpp.llama_vocab_is_eog(vocab, i)]
         eos_ids = ([eos] if eos in eog else []) + [i for i in eog if i != eos]
         return cls(
-            llm=llm,
-            bos_token=_token_text(llm, bos),
-            eos_token=_token_text(llm, eos),
+            owner=owner,
+            vocab=vocab,
+            bos_token=_token_text(vocab, bos),
+            eos_token=_token_text(vocab, eos),
             bos_token_id=bos if bos >= 0 else None,
             eos_token_ids=tuple(eos_ids),
-            chat_template=llm.metadata.get("tokenizer.chat_template") or None,
+            chat_template=_metadata(model, "tokenizer.chat_template") or None,
             adds_bos=bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
         )
+
+    @classmethod
+    def from_llama(cls, llm: llama_cpp.Llama) -> LlamaCppTokenizer:
+        """The tokenizer of a `llama_cpp.Llama` (one opened with `vocab_only=True` reads no weights)."""
+        return cls.from_model(llm.model, owner=llm)
 
     def encode(self, text: str, *, add_bos: bool) -> list[int]:
         from loaders.bos import prepend_bos  # local import: only the tokenizer needs it
 
-        # Without llama.cpp's own special tokens (add_bos=False) and then the shared step: the same BOS as with
+        # Without llama.cpp's own special tokens (add_special=False) and then the shared step: the same BOS as with
         # add_bos=True, but never doubled and no EOS appended, as the other loaders' tokenizers do.
-        ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
-        return prepend_bos(ids, self.bos_token_id, add=add_bos and self.adds_bos)
+        data = text.encode("utf-8")
+        size = len(data) + 8  # a token covers at least one byte
+        for _ in range(2):
+            tokens = (llama_cpp.llama_token * size)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, size, False, True)
+            if n >= 0:
+                return prepend_bos(tokens[:n], self.bos_token_id, add=add_bos and self.adds_bos)
+            size = -n  # too small: llama.cpp says how much it needs
+        raise GenerationError("llama.cpp could not tokenize the prompt.")
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> str:
         return self.detokenize_bytes(ids, skip_special_tokens=skip_special_tokens).decode("utf-8", errors="replace")
 
     def detokenize_bytes(self, ids: Sequence[int], *, skip_special_tokens: bool = True) -> bytes:
         # llama_detokenize in one call: Llama.detokenize truncates pieces longer than 32 bytes.
-        vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         tokens = (llama_cpp.llama_token * len(ids))(*ids)
         size = max(64, 8 * len(ids))
         for _ in range(2):
             buffer = ctypes.create_string_buffer(size)
-            n = llama_cpp.llama_detokenize(vocab, tokens, len(ids), buffer, size, False, not skip_special_tokens)
+            n = llama_cpp.llama_detokenize(self.vocab, tokens, len(ids), buffer, size, False, not skip_special_tokens)
             if n >= 0:
                 return buffer.raw[:n]
             size = -n  # too small: llama.cpp says how much it needs
         raise GenerationError("llama.cpp could not detokenize the reply.")
 
 
-def _token_text(llm: llama_cpp.Llama, token: int) -> str | None:
+def _token_text(vocab: llama_cpp.llama_vocab_p, token: int) -> str | None:
     if token < 0:
         return None
-    vocab = llama_cpp.llama_model_get_vocab(llm.model)
     return llama_cpp.llama_vocab_get_text(vocab, token).decode("utf-8", errors="replace")
+
+
+def _metadata(model: llama_cpp.llama_model_p, key: str) -> str | None:
+    """A GGUF metadata value as text (None when the file has no such key). Not `llama_model_chat_template`: for
+    some files without a template it answers a built-in template's name, which is no Jinja."""
+    size = 4096
+    for _ in range(2):
+        buffer = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_model_meta_val_str(model, key.encode(), buffer, size)
+        if n < 0:
+            return None
+        if n < size:
+            return buffer.value.decode("utf-8", errors="replace")
+        size = n + 1
+    return None
 
 
 # --- sampling -------------------------------------------------------------------------------------------------------
@@ -166,8 +197,9 @@ class _SamplerChain:
         for token in ids:
             llama_cpp.llama_sampler_accept(self.chain, token)
 
-    def sample(self, ctx: llama_cpp.llama_context_p) -> int:
-        return llama_cpp.llama_sampler_sample(self.chain, ctx, -1)  # also accepts the token
+    def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
+        """The next token from the logits of batch entry `index`; also accepted into the penalties' history."""
+        return llama_cpp.llama_sampler_sample(self.chain, ctx, index)
 
     def __enter__(self) -> _SamplerChain:
         return self
@@ -183,31 +215,45 @@ def _has_penalties(params: GenerationParams) -> bool:
 # --- the loaded model -----------------------------------------------------------------------------------------------
 
 
+@dataclass(eq=False)
+class _Engine:
+    """What llama.cpp holds for one load: the weights, one context with a sequence per slot, and its decoder."""
+
+    model: llama_cpp.llama_model_p
+    ctx: llama_cpp.llama_context_p
+    decoder: BatchDecoder
+
+    def close(self) -> None:
+        self.decoder.close()  # first: its thread uses the context
+        llama_cpp.llama_free(self.ctx)
+        llama_cpp.llama_model_free(self.model)
+
+
 @dataclass
 class LlamaCppModel:
-    """A GGUF loaded in llama.cpp. Not thread-safe: the generation service runs one request at a time."""
+    """A GGUF loaded in llama.cpp: `slots` requests decoded at once (`loaders/llamacpp_batch.py`), each with a
+    context of `context_length` tokens."""
 
     name: str
     path: Path
-    llm: llama_cpp.Llama | None = field(repr=False)
+    engine: _Engine | None = field(repr=False)
     tokenizer: LlamaCppTokenizer = field(repr=False)
-    context_length: int
+    context_length: int  # per request (per slot)
     device: str
     load_seconds: float
     memory: MemoryReport
-    recurrent: bool = False  # recurrent/hybrid models cannot drop part of their state: no prefix reuse
+    slots: int = 1
     dtype: str = "float16"  # the KV cache's element type
     plan: LoadPlan | None = field(default=None, repr=False)
     weight_cache: str = ""
     loader: str = LOADER_NAME
-    slots: int = 1  # one generation at a time
 
     def generate_tokens(
         self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event,
         info: DecodeInfo | None = None,
     ) -> Iterator[int]:
-        llm = self._live()
-        n_ctx = llm.n_ctx()
+        engine = self._live()
+        n_ctx = self.context_length
         if not prompt_ids:
             raise GenerationError("The prompt is empty: there is nothing to continue.")
         if len(prompt_ids) >= n_ctx:
@@ -216,62 +262,36 @@ class LlamaCppModel:
                 "Shorten the prompt, lower 'truncation_length', or reload with a larger n_ctx."
             )
         budget = min(params.max_new_tokens, n_ctx - len(prompt_ids))
-        banned = self.tokenizer.eos_token_ids if params.ban_eos_token else ()
-        return self._decode(llm, prompt_ids, params, cancel, budget, banned, info or DecodeInfo())
+        return self._stream(engine, prompt_ids, params, cancel, budget, info or DecodeInfo())
 
-    def _decode(
-        self,
-        llm: llama_cpp.Llama,
-        prompt_ids: list[int],
-        params: GenerationParams,
-        cancel: threading.Event,
-        budget: int,
-        banned: Sequence[int],
+    def _stream(
+        self, engine: _Engine, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event, budget: int,
         info: DecodeInfo,
     ) -> Iterator[int]:
-        stop_ids = frozenset(self.tokenizer.eos_token_ids)
-        with _SamplerChain(params, n_vocab=llm.n_vocab(), n_ctx=llm.n_ctx(), banned=banned) as sampler:
+        banned = self.tokenizer.eos_token_ids if params.ban_eos_token else ()  # never sampled: their logits are -inf
+        n_vocab = llama_cpp.llama_vocab_n_tokens(self.tokenizer.vocab)
+        with _SamplerChain(params, n_vocab=n_vocab, n_ctx=self.context_length, banned=banned) as sampler:
             if _has_penalties(params):
                 window = params.repetition_penalty_range
                 sampler.accept_history(prompt_ids[-window:] if window else prompt_ids)
-            info.cached_tokens = self._eval_prompt(llm, prompt_ids)
-            for produced in range(budget):
-                if cancel.is_set():
-                    return
-                token = sampler.sample(llm.ctx)
-                if token in stop_ids:  # never sampled when banned: their logits are -inf
-                    return
-                yield token
-                if produced + 1 == budget or cancel.is_set():
-                    return  # the last token is never evaluated: nothing will read its logits
-                llm.eval([token])
+            yield from engine.decoder.generate(
+                prompt_ids, sampler, budget=budget, stop_ids=frozenset(self.tokenizer.eos_token_ids), cancel=cancel,
+                info=info,
+            )  # returns only once the decoder has let go of the sampler
 
-    def _eval_prompt(self, llm: llama_cpp.Llama, prompt_ids: list[int]) -> int:
-        """Evaluate the prompt, keeping the KV cache of the prefix it shares with the previous call; the number of
-        prompt tokens kept."""
-        cached = llm.input_ids[: llm.n_tokens].tolist()
-        keep = 0
-        if not self.recurrent:
-            for a, b in zip(cached, prompt_ids, strict=False):
-                if a != b:
-                    break
-                keep += 1
-            keep = min(keep, len(prompt_ids) - 1)  # re-evaluate at least one token: its logits start the reply
-        else:
-            llm.reset()
-        llm.n_tokens = keep  # Llama.eval drops the KV cache from n_tokens on, then decodes the rest
-        llm.eval(prompt_ids[keep:])
-        return keep
+    def forget_prompts(self) -> None:
+        """Drop every cached prompt prefix, so the next request reads its whole prompt (benchmarks, tests)."""
+        self._live().decoder.forget()
 
     def unload(self) -> None:
-        if self.llm is not None:
-            self.llm.close()
-            self.llm = None
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
-    def _live(self) -> llama_cpp.Llama:
-        if self.llm is None:
+    def _live(self) -> _Engine:
+        if self.engine is None:
             raise ModelNotLoadedError(f"{self.name} was unloaded; load it again to generate.")
-        return self.llm
+        return self.engine
 
 
 # --- loading --------------------------------------------------------------------------------------------------------
@@ -281,69 +301,100 @@ load = loader_for_paths(LOADER_NAME)
 
 
 def load_plan(plan: LoadPlan, settings: LlamaCppSettings, *, name: str) -> LlamaCppModel:
-    """Carry out `plan`: its file, context, GPU layers and batch, with the threads and mmap options of `settings`."""
+    """Carry out `plan`: its file, context per slot, slots, GPU layers and batch, with the threads and mmap options
+    of `settings`."""
     gguf_path = plan.opens[0]
     threads = settings.threads or psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
     offload = plan.n_gpu_layers != 0
     rss_before, vram_before = _rss(), (_vram_used() if offload else {})
     started = time.perf_counter()
-    llm = _open(gguf_path, plan, settings, threads)
+    engine, params = _open(gguf_path, plan, settings, threads)
     load_seconds = time.perf_counter() - started
     memory = MemoryReport(
         ram_bytes=max(0, _rss() - rss_before),
         vram_bytes={i: max(0, used - vram_before.get(i, 0)) for i, used in (_vram_used() if offload else {}).items()},
     )
-    logger.info("llama.cpp loaded %s in %.1fs (%d threads)", gguf_path.name, load_seconds, threads)
+    logger.info("llama.cpp loaded %s in %.1fs (%d threads, %d slots of %d tokens)", gguf_path.name, load_seconds,
+                threads, plan.slots, engine.decoder.n_ctx_seq)  # fmt: skip
     return LlamaCppModel(
         name=name,
         path=gguf_path,
-        llm=llm,
-        tokenizer=LlamaCppTokenizer.from_llama(llm),
-        context_length=llm.n_ctx(),
-        device=_device(llm, plan.n_gpu_layers),
+        engine=engine,
+        tokenizer=LlamaCppTokenizer.from_model(engine.model, owner=engine),
+        context_length=engine.decoder.n_ctx_seq,
+        device=_device(engine.model, plan.n_gpu_layers),
         load_seconds=load_seconds,
         memory=memory,
-        recurrent=bool(llama_cpp.llama_model_is_recurrent(llm.model) or llama_cpp.llama_model_is_hybrid(llm.model)),
-        dtype=_kv_dtype(llm),
+        slots=plan.slots,
+        dtype=_kv_dtype(params),
         plan=plan,
     )
 
 
-def _open(gguf_path: Path, plan: LoadPlan, settings: LlamaCppSettings, threads: int) -> llama_cpp.Llama:
-    """`llama_cpp.Llama(...)`, its failure to read the file turned into a `ModelFormatError` naming the file."""
+def _open(
+    gguf_path: Path, plan: LoadPlan, settings: LlamaCppSettings, threads: int
+) -> tuple[_Engine, llama_cpp.llama_context_params]:
+    """The weights and a context of `plan.slots` sequences of `plan.context` tokens each; a file llama.cpp cannot
+    read is a `ModelFormatError` naming it, a context it cannot make one saying why."""
     llama_cpp.llama_log_set(_log_to_python, ctypes.c_void_p(0))  # process-wide; idempotent
+    llama_cpp.llama_backend_init()  # idempotent
     errors = _ErrorLines()
     logger.addHandler(errors)
     try:
-        return llama_cpp.Llama(
-            model_path=str(gguf_path),
-            n_ctx=plan.context,
-            n_gpu_layers=plan.n_gpu_layers,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_batch=plan.batch,
-            rope_freq_base=settings.rope_freq_base,
-            rope_freq_scale=settings.rope_freq_scale,
-            use_mmap=settings.use_mmap,
-            use_mlock=settings.use_mlock,
-            verbose=False,
-        )
-    except ValueError as error:
-        # llama-cpp-python raises ValueError("Failed to load model from file" / "Failed to create llama_context").
-        detail = "; ".join(errors.lines[-3:]) or str(error)
-        raise ModelFormatError(f"llama.cpp could not load this GGUF file: {detail}", path=gguf_path) from error
+        model = llama_cpp.llama_model_load_from_file(str(gguf_path).encode(), _model_params(plan, settings))
+        if not model:
+            raise ModelFormatError(f"llama.cpp could not load this GGUF file: {_detail(errors)}", path=gguf_path)
+        params = _context_params(plan, settings, threads)
+        ctx = llama_cpp.llama_init_from_model(model, params)
+        if not ctx:
+            llama_cpp.llama_model_free(model)
+            raise ModelFormatError(f"llama.cpp could not make a context of {plan.slots} × {plan.context} tokens for "
+                                   f"this model: {_detail(errors)}", path=gguf_path)  # fmt: skip
     finally:
         logger.removeHandler(errors)
+    n_swa = llama_cpp.llama_model_n_swa(model)
+    decoder = BatchDecoder(ctx, n_seq=plan.slots, n_batch=params.n_batch, n_swa=n_swa)
+    return _Engine(model, ctx, decoder), params
 
 
-def _kv_dtype(llm: llama_cpp.Llama) -> str:
+def _model_params(plan: LoadPlan, settings: LlamaCppSettings) -> llama_cpp.llama_model_params:
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = plan.n_gpu_layers
+    params.use_mmap = settings.use_mmap
+    params.use_mlock = settings.use_mlock
+    return params
+
+
+def _context_params(plan: LoadPlan, settings: LlamaCppSettings, threads: int) -> llama_cpp.llama_context_params:
+    params = llama_cpp.llama_context_default_params()
+    # One KV stream per slot (kv_unified off): each sequence attends over its own `plan.context` cells only, which
+    # is faster than one shared buffer when the sequences share no long prefix (llama.cpp PR 14363).
+    params.n_ctx = plan.context * plan.slots
+    params.n_seq_max = plan.slots
+    params.kv_unified = False
+    params.n_batch = max(plan.batch, plan.slots)  # one step holds a token of every slot
+    params.n_ubatch = params.n_batch
+    params.n_threads = params.n_threads_batch = threads
+    params.rope_freq_base = settings.rope_freq_base
+    params.rope_freq_scale = settings.rope_freq_scale
+    # Off, as llama-cpp-python's `Llama` has it: the estimate prices the attention scores (KQ) this path keeps.
+    params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+    params.no_perf = True
+    return params
+
+
+def _detail(errors: _ErrorLines) -> str:
+    return "; ".join(errors.lines[-3:]) or "see the log"
+
+
+def _kv_dtype(params: llama_cpp.llama_context_params) -> str:
     """The KV cache's element type as llama.cpp was told it (f16 unless set otherwise), as a torch-style name."""
     names = {0: "float32", 1: "float16", 30: "bfloat16"}  # enum ggml_type
-    return names.get(int(llm.context_params.type_k), f"ggml type {llm.context_params.type_k}")
+    return names.get(int(params.type_k), f"ggml type {params.type_k}")
 
 
-def _device(llm: llama_cpp.Llama, n_gpu_layers: int) -> str:
-    n_layers = llama_cpp.llama_model_n_layer(llm.model)
+def _device(model: llama_cpp.llama_model_p, n_gpu_layers: int) -> str:
+    n_layers = llama_cpp.llama_model_n_layer(model)
     if n_gpu_layers == 0 or not llama_cpp.llama_supports_gpu_offload():
         if n_gpu_layers:
             logger.warning("n_gpu_layers=%d ignored: this llama-cpp-python build has no GPU support", n_gpu_layers)

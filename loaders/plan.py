@@ -24,11 +24,17 @@ from loaders.settings import (
     LoaderSettings,
     NativeGGUFSettings,
     TransformersSettings,
+    parallel_problem,
 )
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 GPTQ_CACHE_RAM_FRACTION = 0.5  # `dequantize_cache: auto` keeps dequantized weights when they take at most this share
 NATIVE_GGUF_ARCHITECTURES = ("llama",)  # Mistral-style dense GQA files are written as "llama" by the converter
+AUTO_MAX_SLOTS = 4  # `parallel: 0` gives at most this many slots (LM Studio's default); more only when asked
+SLOT_KV_SHARE = 0.25  # ... and only as many as keep their KV caches within this share of the memory the weights leave
+# Loaders whose backend decodes several requests at once (continuous batching). The others plan one slot whatever
+# `parallel` says, so the estimate prices what their load does; the PyTorch backends join once TorchCausalLM batches.
+BATCHING_LOADERS = frozenset({"llama.cpp"})
 WeightCache = Literal["", "dequantized cache", "per-call", "triton"]
 
 
@@ -72,6 +78,8 @@ class LoadPlan:
         computes = f"KV cache in {self.dtype}" if self.loader == "llama.cpp" else f"in {self.dtype}"
         text = f"Will load {names} ({self.quant}) with {self.loader} on {self.device}, {computes}, " \
                f"context {self.context} tokens"  # fmt: skip
+        if self.slots > 1:
+            text += f", {self.slots} requests at once (a KV cache each)"
         if self.weight_cache:
             text += f", GPTQ weights: {self.weight_cache}"
         return text + "." + "".join(f" {note}" for note in self.notes)
@@ -100,6 +108,7 @@ def _plan_transformers(files: ModelFiles, settings: TransformersSettings, hw: Ha
     dtype = _dtype(settings.dtype, on_gpu=gpu is not None, cpu_native_bf16=False, gpu_dtype="bfloat16")
     context = settings.context_length or int(files.shape.context_max * settings.compress_pos_emb)
     on_gpu = gpu is not None and not settings.max_memory_gib
+    slots, slot_notes = _slots("transformers", settings.parallel, files, context, DTYPE_BYTES[dtype], _free(hw, gpu))
     notes = ()
     if files.weights is not None and files.weights.format == "pickle":
         notes = ("Only pickled .bin weights: loading them runs code stored in the file; use safetensors models "
@@ -107,7 +116,7 @@ def _plan_transformers(files: ModelFiles, settings: TransformersSettings, hw: Ha
     return LoadPlan(
         "transformers", files, tuple(files.weight_paths), device, dtype, context,
         n_gpu_layers=files.shape.n_layers + 1 if on_gpu else 0, gpu=gpu or 0, weights_dtype=dtype,
-        max_memory_gib=settings.max_memory_gib if gpu is not None else None, notes=notes,
+        max_memory_gib=settings.max_memory_gib if gpu is not None else None, notes=notes + slot_notes, slots=slots,
     )  # fmt: skip
 
 
@@ -127,8 +136,9 @@ def _plan_gptq(files: ModelFiles, settings: GPTQSettings, hw: Hardware) -> LoadP
     cache = _gptq_cache(files, settings.dequantize_cache, dtype, hw, on_gpu=gpu is not None)
     context = settings.context_length or files.shape.context_max
     n_gpu = files.shape.n_layers + 1 if gpu is not None else 0
+    slots, notes = _slots("gptq", settings.parallel, files, context, DTYPE_BYTES[dtype], _free(hw, gpu))
     return LoadPlan("gptq", files, tuple(files.weight_paths), device, dtype, context, n_gpu_layers=n_gpu,
-                    gpu=gpu or 0, weights_dtype=dtype, weight_cache=cache)  # fmt: skip
+                    gpu=gpu or 0, weights_dtype=dtype, weight_cache=cache, slots=slots, notes=notes)  # fmt: skip
 
 
 def _gptq_cache(files: ModelFiles, setting: str, dtype: str, hw: Hardware, *, on_gpu: bool) -> WeightCache:
@@ -155,8 +165,10 @@ def _plan_llama_cpp(files: ModelFiles, settings: LlamaCppSettings, hw: Hardware)
     n_gpu = min(wanted, n_layers + 1) if hw.gpus else 0
     notes = ("No GPU here: n_gpu_layers is ignored.",) if wanted and not hw.gpus else ()
     context = settings.n_ctx or files.shape.context_max
+    slots, _ = _slots("llama.cpp", settings.parallel, files, context, DTYPE_BYTES["float16"],
+                      _free(hw, 0 if n_gpu else None))
     return LoadPlan("llama.cpp", files, (files.gguf_path,), _split_label(n_gpu, n_layers), "float16", context,
-                    n_gpu_layers=n_gpu, gpu_side="last", batch=settings.n_batch, notes=notes)  # fmt: skip
+                    n_gpu_layers=n_gpu, gpu_side="last", batch=settings.n_batch, slots=slots, notes=notes)  # fmt: skip
 
 
 def _plan_native_gguf(files: ModelFiles, settings: NativeGGUFSettings, hw: Hardware) -> LoadPlan:
@@ -173,8 +185,10 @@ def _plan_native_gguf(files: ModelFiles, settings: NativeGGUFSettings, hw: Hardw
     dtype = _dtype(settings.dtype, on_gpu=n_gpu > 0, cpu_native_bf16=False, gpu_dtype="float16")
     trained = files.shape.context_max
     context = min(settings.n_ctx, trained) if settings.n_ctx > 0 else trained
+    free = _free(hw, 0 if n_gpu else None)
+    slots, notes = _slots("gguf", settings.parallel, files, context, DTYPE_BYTES[dtype], free)
     return LoadPlan("gguf", files, (files.gguf_path,), _split_label(n_gpu, n_layers, whole_gpu="cuda:0"), dtype,
-                    context, n_gpu_layers=n_gpu)  # fmt: skip
+                    context, n_gpu_layers=n_gpu, slots=slots, notes=notes)  # fmt: skip
 
 
 # --- shared rules ------------------------------------------------------------------------------------------------
@@ -212,6 +226,39 @@ def _dtype(setting: str, *, on_gpu: bool, cpu_native_bf16: bool, gpu_dtype: str)
     if on_gpu:
         return gpu_dtype
     return "bfloat16" if cpu_native_bf16 else "float32"
+
+
+def _slots(
+    loader: str, setting: int, files: ModelFiles, context: int, kv_bytes: int, free: int
+) -> tuple[int, tuple[str, ...]]:
+    """How many requests the model decodes at once, and a note when `parallel` cannot be honoured: the setting when
+    given; 0 = as many as keep their KV caches (of `context` tokens each) within `SLOT_KV_SHARE` of the memory the
+    stored weights leave free (one when their size is unknown), at most `AUTO_MAX_SLOTS`, at least one."""
+    problem = parallel_problem(setting)
+    if problem is not None:
+        raise SettingsError(f"The setting {problem}.")
+    if loader not in BATCHING_LOADERS:
+        unused = f"The {loader} loader decodes one request at a time for now: parallel {setting} is not used."
+        return 1, (unused,) if setting > 1 else ()
+    if setting:
+        return setting, ()
+    weights = _stored_weight_bytes(files)
+    if not weights:
+        return 1, ()
+    per_slot = max(1, files.shape.kv_cache_bytes(context, kv_bytes))
+    return max(1, min(AUTO_MAX_SLOTS, int((free - weights) * SLOT_KV_SHARE) // per_slot)), ()
+
+
+def _stored_weight_bytes(files: ModelFiles) -> int:
+    """The weights' bytes as stored (a load that casts them may take more; `SLOT_KV_SHARE` leaves room for it)."""
+    if files.gguf is not None:
+        return files.gguf.size
+    return sum(t.nbytes for t in files.tensors) or files.remote_bytes
+
+
+def _free(hw: Hardware, gpu: int | None) -> int:
+    """Free memory where the KV cache goes: GPU `gpu`, or RAM when None."""
+    return hw.free("ram" if gpu is None else f"cuda:{gpu}")
 
 
 def _split_label(n_gpu: int, n_layers: int, *, whole_gpu: str | None = None) -> str:

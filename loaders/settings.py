@@ -12,6 +12,8 @@ from typing import Any
 
 from loaders.errors import SettingsError
 
+MAX_PARALLEL = 64  # `parallel`: the most requests one model decodes at once (each slot holds a KV cache)
+
 
 @dataclass
 class TransformersSettings:
@@ -22,6 +24,7 @@ class TransformersSettings:
     rope_freq_base: float = 0.0  # 0 = the model's own (CodeLlama: 1e6)
     compress_pos_emb: float = 1.0  # linear RoPE scaling factor; 1 = none
     context_length: int = 0  # 0 = the model's max_position_embeddings
+    parallel: int = 0  # requests decoded at once, each with its own KV cache; 0 = chosen from free memory
 
 
 @dataclass
@@ -36,12 +39,14 @@ class GPTQSettings:
     dtype: str = "auto"
     dequantize_cache: str = "auto"  # auto | on | off : keep dequantized weights (fast, more RAM) or not
     context_length: int = 0
+    parallel: int = 0
 
 
 @dataclass
 class LlamaCppSettings:
     file: str = ""  # which .gguf in the folder; "" = the only one / the Q4_K_M one
-    n_ctx: int = 4096
+    n_ctx: int = 4096  # per request: each of the `parallel` slots has a context this long
+    parallel: int = 0
     n_gpu_layers: int = 0
     threads: int = 0  # 0 = physical cores
     n_batch: int = 512
@@ -55,6 +60,7 @@ class LlamaCppSettings:
 class NativeGGUFSettings:
     file: str = ""
     n_ctx: int = 4096
+    parallel: int = 0
     n_gpu_layers: int = 0
     dtype: str = "auto"  # activations: auto | float32 | float16 | bfloat16
 
@@ -86,6 +92,13 @@ def settings_for(loader: str, values: dict[str, Any] | None = None) -> LoaderSet
         raise SettingsError(f"Unknown loader {loader!r}; known: {', '.join(SETTINGS_CLASSES)}.") from None
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in (values or {}).items() if k in names})
+
+
+def parallel_problem(value: object) -> str | None:
+    """Why `value` cannot be a `parallel` setting (None when it can): a whole number, 0 (auto) to MAX_PARALLEL."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PARALLEL:
+        return f"parallel must be a whole number from 0 (chosen from free memory) to {MAX_PARALLEL}, not {value!r}"
+    return None
 
 
 def settings_to_dict(settings: LoaderSettings) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Measure the resident memory a load + one generation costs, in a fresh process (used by tests/test_estimate.py).
 
-    python -m tests.memprobe LOADER PATH --ctx N [--prompt-tokens N] [--new-tokens N]
+    python -m tests.memprobe LOADER PATH --ctx N [--prompt-tokens N] [--new-tokens N] [--parallel N]
 
 By default the prompt fills the context (ctx - new tokens - 8), so the KV cache and the attention buffers reach the
-size the estimator plans for: the estimate is the memory of a full context.
+size the estimator plans for: the estimate is the memory of a full context. With `--parallel N` the model is loaded
+with N slots and N requests (different prompts) fill all of them at once.
 
 Prints one JSON line: `baseline` (RSS before importing any backend), `at_load` (RSS right after the load, minus the
 baseline), `peak` (the process's maximum RSS at the end), `increase` = peak - baseline, `via` (Corral's loader module
@@ -43,26 +44,37 @@ def _peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
-def _prompt_ids(n: int) -> list[int]:
+def _prompt_ids(n: int, offset: int = 0) -> list[int]:
     # Ordinary token ids (no specials), repeated: the content is irrelevant, only the KV cache length matters.
-    return [(1000 + 7 * i) % 40000 + 100 for i in range(n)]
+    return [(1000 + 7 * i + offset) % 40000 + 100 for i in range(n)]
 
 
 def _via_registry(loader: str, path: Path, ctx: int, prompt: list[int], new_tokens: int, dtype: str,
-                  report: dict[str, object]) -> int:  # fmt: skip
+                  report: dict[str, object], parallel: int = 0, threads: int = 0) -> int:  # fmt: skip
     from loaders.base import GenerationParams
     from loaders.registry import load_model
     from loaders.settings import settings_for
 
     key = "context_length" if loader in ("transformers", "gptq") else "n_ctx"
-    values = {key: ctx, "device": "cpu"} | ({"dtype": dtype} if dtype else {})
+    values = {key: ctx, "device": "cpu", "parallel": parallel, "threads": threads} | ({"dtype": dtype} if dtype else {})
     model = load_model(loader, path, settings_for(loader, values), name=path.name)
     report["after_load"] = _rss()
     plan = model.plan
-    report["plan"] = {"dtype": plan.dtype, "device": plan.device, "file": plan.opens[0].name}
-    report["model"] = {"dtype": model.dtype, "device": model.device, "file": model.path.name}
+    report["plan"] = {"dtype": plan.dtype, "device": plan.device, "file": plan.opens[0].name, "slots": plan.slots}
+    report["model"] = {"dtype": model.dtype, "device": model.device, "file": model.path.name, "slots": model.slots}
     params = GenerationParams(max_new_tokens=new_tokens, do_sample=False, ban_eos_token=True, truncation_length=ctx)
-    return sum(1 for _ in model.generate_tokens(prompt, params, threading.Event()))
+    prompts = [prompt] + [_prompt_ids(len(prompt), offset=slot) for slot in range(1, parallel)]
+    counts = [0] * len(prompts)
+
+    def run(slot: int) -> None:  # every slot at once: each holds a full context when they are done
+        counts[slot] = sum(1 for _ in model.generate_tokens(prompts[slot], params, threading.Event()))
+
+    threads = [threading.Thread(target=run, args=(slot,)) for slot in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts)
 
 
 def _via_transformers(path: Path, prompt: list[int], new_tokens: int, dtype: str) -> int:
@@ -91,7 +103,8 @@ def _has_module(name: str) -> bool:
 
 
 def measure(
-    loader: str, path: Path, ctx: int, prompt_tokens: int, new_tokens: int, dtype: str = ""
+    loader: str, path: Path, ctx: int, prompt_tokens: int, new_tokens: int, dtype: str = "", parallel: int = 0,
+    threads: int = 0,
 ) -> dict[str, object]:
     baseline = _rss()
     prompt = _prompt_ids(prompt_tokens)
@@ -103,7 +116,8 @@ def measure(
     }[loader]
     report: dict[str, object] = {}
     if _has_module(module):
-        via, generated = module, _via_registry(loader, path, ctx, prompt, new_tokens, dtype, report)
+        via, generated = module, _via_registry(loader, path, ctx, prompt, new_tokens, dtype, report, parallel,
+                                               threads)
     elif loader == "transformers":
         via, generated = "transformers", _via_transformers(path, prompt, new_tokens, dtype)
     elif loader == "llama.cpp":
@@ -125,9 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-tokens", type=int, default=0, help="0 = fill the context: ctx - new tokens - 8")
     parser.add_argument("--new-tokens", type=int, default=512)
     parser.add_argument("--dtype", default="", help="float32 | bfloat16 | float16 (torch loaders); default theirs")
+    parser.add_argument("--parallel", type=int, default=0, help="slots, all filled at once; 0 = the plan's choice")
+    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads; 0 = its default")
     args = parser.parse_args(argv)
     prompt_tokens = args.prompt_tokens or args.ctx - args.new_tokens - 8
-    result = measure(args.loader, args.path, args.ctx, prompt_tokens, args.new_tokens, args.dtype)
+    result = measure(args.loader, args.path, args.ctx, prompt_tokens, args.new_tokens, args.dtype, args.parallel,
+                     args.threads)
     print(json.dumps(result))
     sys.stdout.flush()
 

@@ -42,7 +42,7 @@ def models_root(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, sm
 @pytest.fixture(scope="module")
 def server(models_root: Path) -> Iterator[ApiServer]:
     state = AppState(config=AppConfig(models_dir=models_root))
-    state.models.load(MODEL, loader_settings={"n_ctx": 2048}, confirm_memory=True)
+    state.models.load(MODEL, loader_settings={"n_ctx": 2048, "parallel": 1}, confirm_memory=True)  # one at a time
     api = ApiServer(state, host="127.0.0.1", port=free_port(), api_key=KEY).start()
     yield api
     api.stop()
@@ -118,6 +118,16 @@ def test_stop_cuts_the_reply_before_the_stop_string(client: openai.OpenAI) -> No
     streamed = "".join(c.choices[0].text for c in client.completions.create(
         model=MODEL, prompt="1, 2, 3, 4,", max_tokens=16, temperature=0, stop=stop, stream=True))
     assert streamed == cut.choices[0].text
+
+
+def test_the_next_turn_reports_the_prompt_tokens_it_reused(client: openai.OpenAI) -> None:
+    messages = [{"role": "user", "content": "Name a fruit."}]
+    first = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
+    messages += [{"role": "assistant", "content": first.choices[0].message.content},
+                 {"role": "user", "content": "And a vegetable?"}]
+    second = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8, temperature=0)
+    cached = second.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens <= cached < second.usage.prompt_tokens  # the first turn was not read again
 
 
 def test_seed_repeats_a_sampled_reply(client: openai.OpenAI) -> None:
@@ -322,7 +332,7 @@ def test_ui_and_api_share_the_line_and_stop_is_per_session(server: ApiServer, cl
 
     def ui_user() -> None:
         turn = raw_turn("Hello", GenerationParams(max_new_tokens=5))
-        ui_updates.extend(u.text for u in generation.stream("ui-user", turn))
+        ui_updates.extend(u.text for u in generation.stream("ui-user", turn) if not u.queued)
 
     ui = threading.Thread(target=ui_user)
     ui.start()

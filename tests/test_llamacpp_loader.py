@@ -39,7 +39,7 @@ def model(smollm2_gguf: Path) -> Iterator[llamacpp.LlamaCppModel]:
 def run(model: llamacpp.LlamaCppModel, params: GenerationParams, prompt: str = PROMPT) -> list[int]:
     """Generate from an empty KV cache: a reused prefix re-evaluates the last prompt token alone, and llama.cpp's
     batch-of-one kernels round differently from its prompt-batch ones, so outputs could drift after a few tokens."""
-    model.llm.reset()
+    model.forget_prompts()
     ids = model.tokenizer.encode(prompt, add_bos=params.add_bos_token)
     return list(model.generate_tokens(ids, params, threading.Event()))
 
@@ -135,7 +135,7 @@ def test_presence_penalty_covers_prompt_and_reply(model: llamacpp.LlamaCppModel)
 def test_cancel_stops_between_tokens(model: llamacpp.LlamaCppModel) -> None:
     cancel = threading.Event()
     got = []
-    model.llm.reset()
+    model.forget_prompts()
     ids = model.tokenizer.encode(PROMPT, add_bos=True)
     for token in model.generate_tokens(ids, GenerationParams(do_sample=False, max_new_tokens=50), cancel):
         got.append(token)
@@ -145,11 +145,11 @@ def test_cancel_stops_between_tokens(model: llamacpp.LlamaCppModel) -> None:
 
 
 def test_engine_stop_string_cuts_the_reply(model: llamacpp.LlamaCppModel) -> None:
-    model.llm.reset()
+    model.forget_prompts()
     full = generate(model, PROMPT, GREEDY)
     reference = "".join(full)
     stop = reference.split()[3]  # a word from the middle of the reply
-    model.llm.reset()
+    model.forget_prompts()
     cut = generate(model, PROMPT, GenerationParams(**{**GREEDY.__dict__, "stop": (stop,)}))
     assert "".join(cut) == reference[: reference.index(stop)]
     assert cut.stats.stop_reason == "stop_string" and cut.stats.new_tokens < full.stats.new_tokens

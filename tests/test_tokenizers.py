@@ -82,7 +82,7 @@ def test_smollm2_three_tokenizers_give_the_same_ids_with_add_bos(smol) -> None:
 
 
 def test_smollm2_llama_cpp_applies_the_same_rule_itself(smol, smollm2_gguf: Path) -> None:
-    llm = smol["llama.cpp"].llm
+    llm = smol["llama.cpp"].owner
     assert smol["llama.cpp"].encode(PLAIN, add_bos=True) == llm.tokenize(PLAIN.encode(), add_bos=True, special=True)
     assert TokenizerMetadata.read(GGUFReader(smollm2_gguf)).adds_bos is False  # the file's add_bos_token
 
@@ -107,7 +107,7 @@ def test_add_bos_token_true_gives_exactly_one_bos(asks_bos: Path) -> None:
         chat = tokenizer.encode("<|im_start|>user\nHi<|im_end|>\n", add_bos=True)
         assert chat[0] == bos and chat[1] != bos, name
         assert tokenizer.encode(PLAIN, add_bos=False)[0] != bos, name  # asked not to: none
-    llm = tokenizers["llama.cpp"].llm
+    llm = tokenizers["llama.cpp"].owner
     assert tokenizers["llama.cpp"].encode(PLAIN, add_bos=True) == llm.tokenize(PLAIN.encode(), add_bos=True)
     assert tokenizers["native GGUF"].encode(PLAIN, add_bos=True) == tokenizers["llama.cpp"].encode(PLAIN, add_bos=True)
 

@@ -135,7 +135,7 @@ def test_the_prompt_record_is_the_engines_own_tokens(state: AppState) -> None:
 
 
 def test_the_prompt_view_waits_for_a_busy_model_and_forgets_an_unloaded_one(state: AppState) -> None:
-    log = PromptLog(lambda: state.models.current, state.model_lock)
+    log = PromptLog(lambda: state.models.current, state.model_gate)
     fake = state.models._loaded
     from webui.generation import Turn
 

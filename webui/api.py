@@ -2,12 +2,16 @@
 
 Owns `/v1/models`, `/v1/completions`, `/v1/chat/completions` (server-sent events or one JSON reply),
 `/v1/internal/model/{load,unload,info}` and `/v1/internal/token-count`. Generation goes through the same
-`GenerationService` as the UI, so API and UI requests share one first-come-first-served line for the one model;
-a request's prompt, parameters and context check are built once its turn has come, from the model that runs it
-(a chat through the same prompt builder as the Chat tab, `webui/chat_turn.py`). Errors that are not Corral's are
-logged with their traceback and answered 500 ("Internal error; see the server log").
-Each request runs in its own worker thread and is cancelled the moment its client goes away, which frees the
-engine within one token. Every failure is an `{"error": {"message", "type", "param", "code"}}` body with the
+`GenerationService` as the UI, so API and UI requests share the model's parallel slots and one
+first-come-first-served line beyond them; a request's prompt, parameters and context check are built once its turn
+has come, from the model that runs it (a chat through the same prompt builder as the Chat tab,
+`webui/chat_turn.py`). A streaming request that has to wait in line gets its headers at once and an SSE comment
+(`: waiting in line, place N`) each time its place changes; an error found when its turn comes then arrives as an
+error event, as any error after the headers does. Usage reports the prompt tokens reused from the cache
+(`prompt_tokens_details.cached_tokens`). Errors that are not Corral's are logged with their traceback and answered
+500 ("Internal error; see the server log").
+Each request runs in its own worker thread and is cancelled the moment its client goes away, which frees its slot
+within one decode step. Every failure is an `{"error": {"message", "type", "param", "code"}}` body with the
 status an OpenAI client expects. Flags are parsed in `app.py`; this module gets plain values.
 
 What a request must be before any route runs (`webui/listen.HostGuard`, then `RequestGuard`): for one of our
@@ -323,15 +327,13 @@ class Job:
 
     async def next(self) -> StreamUpdate | None:
         """The next update (None at the end); raises the request's `ApiError`."""
-        item = await self._queue.get()
-        if item is _DONE:
-            return None
-        if isinstance(item, ApiError):
-            raise item
-        return item
+        return _unwrap(await self._queue.get())
 
     async def next_watching(self, request: Request) -> StreamUpdate | None:
-        """`next`, cancelling the job if the client goes away while we wait (in line, or for a slow token)."""
+        """`next`, cancelling the job if the client goes away while we wait (in line, or for a slow token). An
+        update already there is taken at once, without a task and a timer (the usual case while a reply streams)."""
+        if not self._queue.empty():
+            return _unwrap(self._queue.get_nowait())
         pending = asyncio.ensure_future(self.next())
         try:
             while True:
@@ -376,6 +378,14 @@ class Job:
             self._cancel.set()
 
 
+def _unwrap(item: Any) -> StreamUpdate | None:
+    if item is _DONE:
+        return None
+    if isinstance(item, ApiError):
+        raise item
+    return item
+
+
 @dataclass(frozen=True)
 class Shape:
     """How one endpoint spells its replies (the model's name is the job's: the model that ran it)."""
@@ -415,9 +425,11 @@ class Shape:
         return ("chatcmpl-" if self.chat else "cmpl-") + job.id
 
 
-def usage(stats: GenerationStats) -> dict[str, int]:
+def usage(stats: GenerationStats) -> dict[str, Any]:
+    """OpenAI's usage object; `prompt_tokens_details.cached_tokens`: prompt tokens reused from the cache."""
     return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.new_tokens,
-            "total_tokens": stats.prompt_tokens + stats.new_tokens}
+            "total_tokens": stats.prompt_tokens + stats.new_tokens,
+            "prompt_tokens_details": {"cached_tokens": stats.cached_tokens}}
 
 
 def _sse(data: dict[str, Any] | str) -> str:
@@ -466,7 +478,9 @@ async def _events(
     sent, first = 0, True
     try:
         while update is not None:
-            if update.stats is not None:
+            if update.queued:  # an SSE comment: clients skip it, a person watching the stream sees the place
+                yield f": waiting in line, place {update.queued}\n\n"
+            elif update.stats is not None:
                 finish = FINISH_REASONS[update.stats.stop_reason]
                 if len(update.text) > sent or first:
                     yield _sse(shape.chunk(job, update.text[sent:], None, first=first))
@@ -666,7 +680,9 @@ def _add_model_routes(app: FastAPI, state: AppState) -> None:
         # `chat_template` is the Jinja the chat endpoint renders with, so a remote Corral builds the same prompts
         return {"model_name": info.view.name, "loader": info.model.loader, "context_length": info.model.context_length,
                 "template": template.name, "chat_template": template.source, "stop": list(template.stop),
-                "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token}
+                "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token,
+                "slots": state.generation.slots(), "running": state.generation.running,
+                "waiting": state.generation.waiting}
 
     @app.post("/v1/internal/model/load")
     def load(body: LoadRequest) -> dict[str, Any]:

@@ -235,7 +235,7 @@ def _reply(
     saves = Pacer(SAVE_SECONDS)
     try:
         for update in state.generation.stream(session, build):
-            current = reply.update(update.text)
+            current = reply.chat if update.queued else reply.update(update.text)  # no empty reply while in line
             if update.stats is None and saves.due():
                 state.history.save(current)
             yield current, update

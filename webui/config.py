@@ -24,3 +24,4 @@ class AppConfig:
     trust_remote_code: bool = False
     max_body_bytes: int = 8 * 1000 * 1000  # --max-body-mb: the largest API request body
     max_prompt_chars: int = 1_000_000  # --max-prompt-chars: the longest API prompt (all messages together)
+    parallel: int | None = None  # --parallel: requests decoded at once, over saved settings (a load's own value wins)

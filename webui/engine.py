@@ -45,6 +45,18 @@ class GenerationStats:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+def describe_stats(stats: GenerationStats) -> str:
+    """The line every front end shows after a reply: speed, the prompt (how much of it came from the cache) and
+    why it stopped."""
+    prompt = f"prompt {stats.prompt_tokens} tokens"
+    if stats.cached_tokens:
+        prompt += f" ({stats.cached_tokens} cached, {stats.prompt_tokens - stats.cached_tokens} new)"
+    return (
+        f"{stats.new_tokens} tokens in {stats.seconds:.1f} s ({stats.tokens_per_second:.1f} tokens/s), "
+        f"{prompt}, stopped by {stats.stop_reason.replace('_', ' ')}."
+    )
+
+
 def generate(
     model: AnyModel, prompt: str, params: GenerationParams, *, cancel: threading.Event | None = None
 ) -> Generation:

@@ -1,40 +1,45 @@
-"""Generation service: runs the engine on the loaded model for one request at a time, with per-session Stop.
+"""Generation service: runs the engine on the loaded model for up to `model.slots` requests at once, with
+per-session Stop.
 
-The UI, the API and the CLI call `stream(session, build)`. Requests for the one loaded model are served first come,
-first served (`FairGate`: a plain lock lets any waiter win, so a busy API could starve a UI user), then take the
-model lock, which load/unload also hold. Only then is the request's `Turn` (prompt and parameters) built, by
-`build(info)` from the `LoadedInfo` of the model that will run it: a load that finished while the request waited
-gives the new model its own template, BOS and stops, never the old model's. `stop(session)` cancels only that
-session's request, whether it is running or still waiting in line. The engine does the token work; this module owns
-who may use the model and when. Each update costs O(1): it carries the engine's text and the new delta, no copies.
+The UI, the API and the CLI call `stream(session, build)`. Requests line up at the `ModelGate` (first come, first
+served: a plain lock lets any waiter win, so a busy API could starve a UI user) and are admitted while fewer than
+the model's `slots` run and no load or unload is under way; each reports its place in line while it waits. Only
+once admitted is the request's `Turn` (prompt and parameters) built, by `build(info)` from the `LoadedInfo` of the
+model that will run it: a load that finished while the request waited gives the new model its own template, BOS
+and stops, never the old model's. Each admitted request runs the engine in its caller's thread; the backend decodes
+the running ones together (continuous batching) and frees a request's slot within one step of its Stop, its
+cancel, or its caller closing the stream. `stop(session)` ends that session's requests, running or in line. Each
+update costs O(1): it carries the engine's text and the new delta, no copies.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from loaders.base import GenerationParams
 from loaders.errors import ModelNotLoadedError
-from webui.engine import Generation, GenerationStats, count_tokens, generate
+from webui.engine import Generation, GenerationStats, count_tokens, describe_stats, generate, is_token_model
+from webui.model_gate import ModelGate
 
 if TYPE_CHECKING:
     from webui.model_service import LoadedInfo
 
-WAIT_POLL_SECONDS = 0.05  # how often a waiter re-checks its cancel event (Stop while queued)
+WAIT_POLL_SECONDS = 0.05  # how often a request in line re-checks its cancel event (Stop while queued)
 
 
 @dataclass(frozen=True)
 class StreamUpdate:
-    """The reply so far and what this update added; `stats` is set on the last update."""
+    """The reply so far and what this update added; `stats` is set on the last update. While the request waits in
+    line, `queued` is its place (1 = next) and the text is empty."""
 
     text: str
     stats: GenerationStats | None = None
     delta: str = ""
+    queued: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,78 +73,44 @@ class Pacer:
         return True
 
 
-class FairGate:
-    """One holder at a time, waiters admitted in arrival order; a waiter whose cancel event is set leaves the line."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._line: deque[object] = deque()
-        self._held = False
-
-    def enter(self, cancel: threading.Event) -> bool:
-        """Wait for our turn; False (and out of the line) if `cancel` is set first."""
-        ticket = object()
-        with self._cond:
-            self._line.append(ticket)
-            try:
-                while self._held or self._line[0] is not ticket:
-                    if cancel.is_set():
-                        return False
-                    self._cond.wait(WAIT_POLL_SECONDS)
-                self._held = True
-                return True
-            finally:
-                self._line.remove(ticket)
-                self._cond.notify_all()
-
-    def leave(self) -> None:
-        with self._cond:
-            self._held = False
-            self._cond.notify_all()
-
-    @property
-    def waiting(self) -> int:
-        with self._cond:
-            return len(self._line)
-
-
 class GenerationService:
-    def __init__(self, lock: threading.RLock, current: Callable[[], LoadedInfo | None]) -> None:
-        """`current()` returns the loaded model's `LoadedInfo` or None (the model service owns loading)."""
-        self._lock = lock
+    def __init__(self, gate: ModelGate, current: Callable[[], LoadedInfo | None]) -> None:
+        """`current()` returns the loaded model's `LoadedInfo` or None (the model service owns loading and holds
+        `gate` exclusive while it does)."""
+        self._gate = gate
         self._current = current
-        self._gate = FairGate()
-        self._cancel: dict[str, threading.Event] = {}
+        self._cancel: dict[str, set[threading.Event]] = {}
         self._cancel_guard = threading.Lock()
 
     def stream(
         self, session: str, build: TurnBuilder, *, cancel: threading.Event | None = None
     ) -> Iterator[StreamUpdate]:
-        """Yield the growing reply. Raises `ModelNotLoadedError` when no model is loaded. `build(info)` makes the
-        prompt and parameters once the request's turn has come, under the model lock, from the model that will run
-        them; whatever it raises ends the request (the API refuses prompts longer than the context there).
-        `cancel`: the caller's own event (set it, or call `stop(session)`, to end the request)."""
+        """Yield the growing reply; while the request waits in line, updates with `queued` (its place, 1 = next)
+        each time that changes. Raises `ModelNotLoadedError` when no model is loaded. `build(info)` makes the prompt
+        and parameters once the request's turn has come, from the model that will run them; whatever it raises
+        ends the request (the API refuses prompts longer than the context there). `cancel`: the caller's own event
+        (set it, or call `stop(session)`, to end the request)."""
         cancel = self._register(session, cancel or threading.Event())
         try:
-            if not self._gate.enter(cancel):
+            if not (yield from self._wait_turn(cancel)):
                 return
             try:
-                with self._lock:
-                    if cancel.is_set():
-                        return
-                    info = self._require_info()
-                    turn = build(info)
-                    generation = generate(info.model, turn.prompt, turn.params, cancel=cancel)
-                    yield from self._updates(generation)
+                if cancel.is_set():  # stopped just as its turn came
+                    return
+                info = self._require_info()
+                turn = build(info)
+                generation = generate(info.model, turn.prompt, turn.params, cancel=cancel)
+                yield from self._updates(generation)
             finally:
                 self._gate.leave()
         finally:
             self._forget(session, cancel)
 
     def stop(self, session: str) -> None:
+        """End every request of `session`, running or waiting in line."""
         with self._cancel_guard:
-            event = self._cancel.get(session)
-        if event is not None:
+            events = list(self._cancel.get(session, ()))
+        for event in events:
             event.set()
 
     def count_tokens(self, text: str) -> int:
@@ -148,8 +119,39 @@ class GenerationService:
 
     @property
     def waiting(self) -> int:
-        """Requests in line for the model (not counting the one running)."""
+        """Requests in line for the model (not counting those running)."""
         return self._gate.waiting
+
+    @property
+    def running(self) -> int:
+        """Requests being decoded now (at most the model's `slots`)."""
+        return self._gate.running
+
+    def slots(self) -> int:
+        """How many requests the loaded model decodes at once (1 without a model, and for a remote engine, which
+        keeps its own line)."""
+        info = self._current()
+        return info.model.slots if info is not None and is_token_model(info.model) else 1
+
+    def _wait_turn(self, cancel: threading.Event) -> Generator[StreamUpdate, None, bool]:
+        """Wait in line, yielding the place each time it changes; True once the request runs (the caller must
+        `leave`), False if it was cancelled first. Leaving the line also happens when the caller stops iterating."""
+        ticket = self._gate.line_up()
+        admitted = False
+        try:
+            place = 0
+            while not cancel.is_set():
+                now = self._gate.wait(ticket, self.slots, WAIT_POLL_SECONDS)
+                if now == 0:
+                    admitted = True
+                    return True
+                if now != place:
+                    place = now
+                    yield StreamUpdate("", queued=place)
+            return False
+        finally:
+            if not admitted:
+                self._gate.leave_line(ticket)
 
     def _updates(self, generation: Generation) -> Iterator[StreamUpdate]:
         for delta in generation:
@@ -164,11 +166,29 @@ class GenerationService:
 
     def _register(self, session: str, event: threading.Event) -> threading.Event:
         with self._cancel_guard:
-            self._cancel[session] = event
+            self._cancel.setdefault(session, set()).add(event)
         return event
 
     def _forget(self, session: str, event: threading.Event) -> None:
-        """Drop the session's event once its request is over (API sessions are one per request)."""
+        """Drop the request's event once it is over (API sessions are one per request)."""
         with self._cancel_guard:
-            if self._cancel.get(session) is event:
-                del self._cancel[session]
+            events = self._cancel.get(session)
+            if events is not None:
+                events.discard(event)
+                if not events:
+                    del self._cancel[session]
+
+
+def status_text(update: StreamUpdate) -> str:
+    """The status line of a streaming reply, for every front end: the place in line while it waits, the
+    statistics at the end (prompt tokens reused from the cache included), "Generating…" in between."""
+    if update.stats is not None:
+        return describe_stats(update.stats)
+    if update.queued:
+        return f"Waiting for the model: {_ordinal(update.queued)} in line."
+    return "Generating…"
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

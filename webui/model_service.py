@@ -9,7 +9,6 @@ numbers unless confirmed), validates everything before unloading the previous mo
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -25,10 +24,13 @@ from loaders.registry import load_model, load_plan
 from loaders.settings import LoaderSettings, settings_for
 from webui.config import AppConfig
 from webui.estimate import Estimate, check_fits, estimate_plan
+from webui.model_gate import ModelGate
 from webui.remote_models import RemoteCatalog, RemoteEndpoint
-from webui.settings import ResolvedSettings, SettingsStore
+from webui.settings import ResolvedSettings, SettingsStore, Source
 
 log = logging.getLogger(__name__)
+
+PARALLEL_FLAG = Source("override", "set at start: --parallel")
 
 REMOTE_CODE_REFUSED = ("Running a model's own Python code (trust_remote_code) can only be allowed when Corral "
                        "starts: restart it with --trust-remote-code, and only for models whose authors you trust.")
@@ -60,8 +62,9 @@ class LoadedInfo:
 
 
 class ModelService:
-    def __init__(self, config: AppConfig, settings: SettingsStore, lock: threading.RLock) -> None:
-        self._config, self._settings, self._lock = config, settings, lock
+    def __init__(self, config: AppConfig, settings: SettingsStore, gate: ModelGate) -> None:
+        """`gate`: held exclusive while a model is swapped, so no generation runs on it meanwhile."""
+        self._config, self._settings, self._gate = config, settings, gate
         self._loaded: LoadedInfo | None = None
         self.remote = RemoteCatalog(config.models_dir)  # named remote engines (models/remote.yaml)
 
@@ -115,11 +118,17 @@ class ModelService:
         return settings_for(resolved.loader, values)
 
     def _with_flags(self, resolved: ResolvedSettings) -> ResolvedSettings:
-        """`resolved` showing what the flags decide (the Model tab shows the flag's value, and sends it back)."""
-        current = resolved.loader_settings
-        if not hasattr(current, "trust_remote_code") or current.trust_remote_code == self._config.trust_remote_code:
+        """`resolved` showing what the flags decide (the Model tab shows the flag's value, and sends it back):
+        --trust-remote-code, and --parallel over the saved value."""
+        current, sources = resolved.loader_settings, resolved.sources
+        if hasattr(current, "trust_remote_code") and current.trust_remote_code != self._config.trust_remote_code:
+            current = replace(current, trust_remote_code=self._config.trust_remote_code)
+        if hasattr(current, "parallel") and self._config.parallel is not None:
+            current = replace(current, parallel=self._config.parallel)
+            sources = sources | {"parallel": PARALLEL_FLAG}
+        if current is resolved.loader_settings:
             return resolved
-        return replace(resolved, loader_settings=replace(current, trust_remote_code=self._config.trust_remote_code))
+        return replace(resolved, loader_settings=current, sources=sources)
 
     def _planned(self, view: ModelView, settings: LoaderSettings) -> ModelView:
         """`view` with the plan of `settings` and its estimate (a plan that cannot be made says why)."""
@@ -183,7 +192,7 @@ class ModelService:
         return self._swap(view, settings, lambda: load_plan(plan, settings, name=name))
 
     def _swap(self, view: ModelView, settings: LoaderSettings, load: Any) -> LoadedInfo:
-        with self._lock:
+        with self._gate.exclusive():  # waits for the running generations; those in line wait for the new model
             self.unload()
             started = time.monotonic()
             model = load()
@@ -197,7 +206,7 @@ class ModelService:
         return self.load(self._loaded.view.name, loader=loader, loader_settings=loader_settings, confirm_memory=True)
 
     def unload(self) -> None:
-        with self._lock:
+        with self._gate.exclusive():
             if self._loaded is not None:
                 self._loaded.model.unload()
                 self._loaded = None

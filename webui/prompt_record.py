@@ -26,6 +26,7 @@ from loaders.base import AnyModel, GenerationParams, LoadedModel
 from loaders.errors import GenerationError
 from webui.engine import encode_prompt, is_token_model
 from webui.generation import Turn, TurnBuilder
+from webui.model_gate import ModelGate
 
 if TYPE_CHECKING:
     from webui.model_service import LoadedInfo
@@ -81,11 +82,11 @@ class _Pending:
 
 class PromptLog:
     """The last prompt per key (chat id, Notebook session); the oldest key is dropped beyond `size`.
-    `current()` is the loaded model, `lock` the model lock (loads and unloads hold it)."""
+    `current()` is the loaded model, `gate` the model gate (loads and unloads hold it alone)."""
 
-    def __init__(self, current: Callable[[], Any], lock: Any, size: int = MAX_RECORDS) -> None:
+    def __init__(self, current: Callable[[], Any], gate: ModelGate, size: int = MAX_RECORDS) -> None:
         self._items: OrderedDict[str, PromptRecord | _Pending] = OrderedDict()
-        self._current, self._model_lock, self._size = current, lock, size
+        self._current, self._gate, self._size = current, gate, size
         self._lock = threading.Lock()
 
     def put(self, key: str, info: LoadedInfo, turn: Turn, *, template: str = "") -> None:
@@ -119,14 +120,12 @@ class PromptLog:
         model = pending.model()
         if model is None:
             return replace(pending.record, note=GONE), True
-        if not self._model_lock.acquire(timeout=LOCK_WAIT_SECONDS):
-            return replace(pending.record, note=BUSY), False
-        try:
+        with self._gate.peek(LOCK_WAIT_SECONDS) as admitted:
+            if not admitted:
+                return replace(pending.record, note=BUSY), False
             if self._current() is not model:
                 return replace(pending.record, note=GONE), True
             return tokens_of(model, pending.record, pending.params), True
-        finally:
-            self._model_lock.release()
 
 
 def recording(build: TurnBuilder, log: PromptLog, key: str, *, template: str = "") -> TurnBuilder:

@@ -26,7 +26,7 @@ import yaml
 from loaders.detect import Detection, detect
 from loaders.errors import CorralError, SettingsError
 from loaders.files import file_in_folder
-from loaders.settings import SETTINGS_CLASSES, LoaderSettings, settings_for
+from loaders.settings import SETTINGS_CLASSES, LoaderSettings, parallel_problem, settings_for
 from webui import fileio
 from webui.templates import AUTO_TEMPLATE, MODEL_TEMPLATE, TemplateRegistry
 
@@ -312,6 +312,8 @@ def _problem(key: str, value: Any, *, allow_loader: bool) -> str | None:
     if key in ("context_length", "n_ctx"):
         ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
         return None if ok else f"{key} should be a positive whole number, not {value!r}"
+    if key == "parallel":
+        return parallel_problem(value)
     default = _field_default(key)
     if default is _UNKNOWN:
         return f"unknown setting {key!r}"

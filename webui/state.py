@@ -7,12 +7,12 @@ fast and a broken store file surfaces as a message where it is used, not as a cr
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
 from webui.config import AppConfig
+from webui.model_gate import ModelGate
 
 if TYPE_CHECKING:
     from webui.download import DownloadManager
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 @dataclass
 class AppState:
     config: AppConfig = field(default_factory=AppConfig)
-    # Serializes model load/unload against generation: one model, one job at a time on it.
-    model_lock: threading.RLock = field(default_factory=threading.RLock)
+    # Load / unload alone; up to the model's `slots` generations at once, first come first served beyond that.
+    model_gate: ModelGate = field(default_factory=ModelGate)
 
     @cached_property
     def templates(self) -> TemplateRegistry:
@@ -65,17 +65,17 @@ class AppState:
     def models(self) -> ModelService:
         from webui.model_service import ModelService
 
-        return ModelService(self.config, self.settings, self.model_lock)
+        return ModelService(self.config, self.settings, self.model_gate)
 
     @cached_property
     def prompts(self) -> PromptLog:
         """The last request's exact prompt per chat / Notebook session, for the Prompt view."""
         from webui.prompt_record import PromptLog
 
-        return PromptLog(lambda: self.models.current, self.model_lock)
+        return PromptLog(lambda: self.models.current, self.model_gate)
 
     @cached_property
     def generation(self) -> GenerationService:
         from webui.generation import GenerationService
 
-        return GenerationService(self.model_lock, lambda: self.models.current_info)
+        return GenerationService(self.model_gate, lambda: self.models.current_info)

@@ -56,6 +56,7 @@ class Estimate:
     file_bytes: int = 0
     source: str = ""
     notes: tuple[str, ...] = ()
+    slots: int = 1  # requests decoded at once: `parts` holds a KV cache of `ctx` tokens for each
 
     def device_total(self, device: str) -> int:
         return sum(self.parts.get(device, {}).values())
@@ -119,6 +120,7 @@ def estimate(
     gpu: int = 0,
     dequant_cache: bool = False,
     act_bytes: int | None = None,
+    slots: int = 1,
     notes: tuple[str, ...] = (),
 ) -> Estimate:
     """The memory of `loader` holding this model with a full context of `ctx` tokens (default: the model's max).
@@ -128,14 +130,15 @@ def estimate(
     `max_memory` (GiB per device, accelerate-style: {"0": 20, "cpu": 60}) picks that count instead.
     `dtype_bytes`: bytes per float weight after load (None: as stored); `kv_bytes`: per KV element (llama.cpp
     f16 = 2; torch loaders: the compute dtype). `dequant_cache`: the GPTQ loader also keeps each quantized
-    Linear's weight dequantized (in × out features × the compute dtype's bytes).
+    Linear's weight dequantized (in × out features × the compute dtype's bytes). `slots`: requests decoded at
+    once, each with a KV cache of `ctx` tokens.
     """
     ctx = ctx or shape.context_max
     loaded = weights.with_float_itemsize(dtype_bytes if loader in ("transformers", "gptq") else None)
     act_bytes = act_bytes or dtype_bytes or (2 if loader != "transformers" or n_gpu_layers else 4)
     kv = kv_bytes or (2 if loader == "llama.cpp" else act_bytes)
     if max_memory is not None:
-        n_gpu_layers = _layers_within(shape, loaded, loader, ctx, kv, max_memory.get(str(gpu), 0) * GIB)
+        n_gpu_layers = _layers_within(shape, loaded, loader, ctx, kv, max_memory.get(str(gpu), 0) * GIB, slots)
     n_gpu_layers = max(0, min(n_gpu_layers, shape.n_layers + 1))
     gpu_dev = f"cuda:{gpu}"
     on_gpu = _gpu_layers(loader, shape.n_layers, n_gpu_layers)
@@ -143,7 +146,8 @@ def estimate(
     if on_gpu or n_gpu_layers > shape.n_layers:
         parts[gpu_dev] = {"weights": 0, "kv_cache": 0, "buffers": 0, "overhead": CUDA_CONTEXT}
         parts["ram"]["overhead"] += CUDA_HOST_RAM
-    layer_sizes, per_layer_kv = loaded.layer_bytes(shape.n_layers), shape.kv_cache_bytes(ctx, kv) // shape.n_layers
+    layer_sizes = loaded.layer_bytes(shape.n_layers)
+    per_layer_kv = shape.kv_cache_bytes(ctx * slots, kv) // shape.n_layers  # every slot's cache
     if dequant_cache:
         cache = sum(k * n for _, k, n in shape.linears()) * act_bytes
         layer_sizes = [size + cache for size in layer_sizes]
@@ -164,7 +168,8 @@ def estimate(
         grows[device] = growing + (0 if loader == "llama.cpp" else parts[device]["kv_cache"])
     parts["ram"]["overhead"] += RUNTIME_RAM.get(loader, RUNTIME_RAM["transformers"])
     parts["ram"]["overhead"] += TOKENIZER_BYTES_PER_TOKEN.get(loader, 0) * shape.vocab
-    return Estimate(loader, ctx, n_gpu_layers, shape.n_layers, parts, grows, weights.file_bytes, weights.source, notes)
+    return Estimate(loader, ctx, n_gpu_layers, shape.n_layers, parts, grows, weights.file_bytes, weights.source, notes,
+                    slots)
 
 
 def _gpu_layers(loader: str, n_layers: int, n_gpu_layers: int) -> set[int]:
@@ -198,11 +203,11 @@ def _buffers(shape: ModelShape, loader: str, ctx: int, batch: int, act_bytes: in
 
 
 def _layers_within(
-    shape: ModelShape, weights: WeightsInfo, loader: str, ctx: int, kv: float, budget: float
+    shape: ModelShape, weights: WeightsInfo, loader: str, ctx: int, kv: float, budget: float, slots: int = 1
 ) -> int:
-    """How many layers an accelerate-style GPU budget (bytes) holds, counting weights and their KV cache."""
+    """How many layers an accelerate-style GPU budget (bytes) holds, counting weights and their KV caches."""
     used, count = CUDA_CONTEXT + sum(_buffers(shape, loader, ctx, 512, 2)), 0
-    per_layer_kv = shape.kv_cache_bytes(ctx, kv) // shape.n_layers
+    per_layer_kv = shape.kv_cache_bytes(ctx * slots, kv) // shape.n_layers
     for size in weights.layer_bytes(shape.n_layers):
         used += size + per_layer_kv
         if used > budget:
@@ -223,6 +228,8 @@ def check_fits(est: Estimate, hw: Hardware) -> None:
     where = "RAM" if device == "ram" else f"GPU {device} memory"
     kv = sum(p.get("kv_cache", 0) for p in est.parts.values())
     advice = [f"a shorter context (the KV cache at {est.ctx} tokens is {format_bytes(kv)})"]
+    if est.slots > 1:
+        advice.append(f"fewer requests at once (parallel, now {est.slots}: one KV cache each)")
     if device != "ram":
         advice.append(f"fewer GPU layers (now {est.n_gpu_layers})")
     elif hw.gpus and est.loader in ("llama.cpp", "gguf"):

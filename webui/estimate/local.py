@@ -32,6 +32,7 @@ def plan_options(plan: LoadPlan) -> dict[str, Any]:
         "batch": plan.batch,
         "gpu": plan.gpu,
         "dequant_cache": plan.weight_cache == "dequantized cache",
+        "slots": plan.slots,
     }
 
 

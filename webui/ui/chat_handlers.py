@@ -24,11 +24,12 @@ from loaders.errors import CorralError, HistoryError
 from webui import chat_io, chat_service
 from webui.chat_list import chat_choices, chat_labels
 from webui.chat_service import ChatSettings, StaleChat, TabRef
-from webui.generation import Pacer, StreamUpdate
+from webui.engine import describe_stats
+from webui.generation import Pacer, StreamUpdate, status_text
 from webui.history import Chat
 from webui.state import AppState
 from webui.templates import AUTO_TEMPLATE
-from webui.ui.common import UI_REFRESH_SECONDS, error_text, format_stats
+from webui.ui.common import UI_REFRESH_SECONDS, error_text
 from webui.ui.parameters import params_from_values
 from webui.ui.prompt_view import prompt_html
 from webui.ui.wiring import Ctx, Values
@@ -253,6 +254,8 @@ def _turn(
             messages = shown.update(chat)
             if update.stats is not None:
                 stats = update.stats
+            elif update.queued:  # waiting in line: its place, and the user's message shown already
+                yield {"chatbot": messages, "status": f"{note} {status_text(update)}".strip()}
             elif shown.due():
                 start = {"ref": TabRef.of(chat).to_browser(), "message": ""} if first else {}
                 first = False
@@ -261,7 +264,7 @@ def _turn(
         status = error_text(error, "generating")
     if stats is not None:  # after the loop: the last save, which may merge another tab's turn, is done
         notes = [note or (chat_service.BEHIND if chat.merged else ""), chat_service.reply_note(state, chat, stats)]
-        status = " ".join([format_stats(stats), *(n for n in notes if n)])
+        status = " ".join([describe_stats(stats), *(n for n in notes if n)])
     saved = chat_service.saved_chat(state, TabRef(chat.id)) or chat
     final = shown_chat(state, saved, values["query"], status)
     if sent is not None and any(m.role == "user" and m.content == sent for m in saved.messages[-2:]):

@@ -11,20 +11,11 @@ from __future__ import annotations
 import logging
 
 from loaders.errors import CorralError
-from webui.engine import GenerationStats
 
 log = logging.getLogger(__name__)
 UI_REFRESH_SECONDS = 0.05  # a streaming reply is pushed to the browser at most 20 times a second
 ERROR = "**Error:**"
 WARNING = "**Warning:**"
-
-
-def format_stats(stats: GenerationStats) -> str:
-    cached = f" ({stats.cached_tokens} reused)" if stats.cached_tokens else ""
-    return (
-        f"{stats.new_tokens} tokens in {stats.seconds:.1f} s ({stats.tokens_per_second:.1f} tokens/s), "
-        f"prompt {stats.prompt_tokens} tokens{cached}, stopped by {stats.stop_reason.replace('_', ' ')}."
-    )
 
 
 def error_text(error: BaseException, action: str) -> str:

@@ -30,6 +30,7 @@ WIDE = ("file", "weights_file")  # on a row of their own
 HELP = {
     "n_gpu_layers": "layers on the GPU (0 = CPU only)",
     "n_ctx": "context length in tokens",
+    "parallel": "requests decoded at once, a KV cache each; 0 = from free memory",
     "context_length": "context in tokens; 0 = the model's own",
     "rope_freq_base": "0 = from the model",
     "rope_freq_scale": "0 = from the model",

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from webui.generation import raw_turn
+from webui.generation import raw_turn, status_text
 from webui.prompt_record import recording
 from webui.state import AppState
-from webui.ui.common import error_text, format_stats
+from webui.ui.common import error_text
 from webui.ui.parameters import ParamControls, params_from_values
 from webui.ui.prompt_view import prompt_html
 from webui.ui.wiring import Ctx, Values, listen
@@ -79,7 +79,7 @@ def on_generate(state: AppState, values: Values, ctx: Ctx) -> Iterator[Values]:
     try:
         build = recording(raw_turn(current, params_from_values(values["params"])), state.prompts, key)
         for update in state.generation.stream(ctx.session, build):
-            status = format_stats(update.stats) if update.stats else "Generating..."
+            status = status_text(update)
             yield {"text": current + update.text, "status": status}
     except Exception as error:  # noqa: BLE001 - error_text shows ours and logs anything else as a bug
         yield {"text": current, "status": error_text(error, "generating")}
