@@ -199,7 +199,7 @@ def test_a_chat_turn_stopped_in_line_leaves_no_empty_reply(tmp_path: Path) -> No
 
 def test_the_chat_tab_shows_the_reply_that_starts_after_waiting_in_line() -> None:
     from webui.chat_prompt import StreamedReply
-    from webui.ui.chat import ShownReply
+    from webui.ui.chat_handlers import ShownReply
 
     chat = Chat(id="c", messages=[Message("user", "hello")])
     reply, shown = StreamedReply(chat, continue_last=False), ShownReply()

@@ -144,14 +144,14 @@ def test_the_prompt_view_waits_for_a_busy_model_and_forgets_an_unloaded_one(stat
     release = threading.Event()
 
     def hold() -> None:
-        with state.model_lock:
+        with state.model_gate.exclusive():  # a load or an unload
             held.set()
             release.wait(5)
 
     thread = threading.Thread(target=hold)
     thread.start()
     held.wait(5)
-    assert log.get("k").note == BUSY  # a generation (or a load) holds the model: text only, tokens later
+    assert log.get("k").note == BUSY  # a load holds the model: text only, tokens later
     release.set()
     thread.join()
     assert log.get("k").n_tokens == 4

@@ -43,11 +43,12 @@ class ShownReply:
 
     def __init__(self) -> None:
         self._shown: list[dict[str, str]] | None = None
+        self._length = 0  # messages in the chat when `_shown` was built
         self._pacer: Pacer | None = None
 
     def update(self, chat: Chat) -> list[dict[str, str]]:
-        if self._shown is None:
-            self._shown = messages_of(chat)  # the first update: the user's message and the reply's are new
+        if self._shown is None or len(chat.messages) != self._length:  # the first update, or the reply's first
+            self._shown, self._length = messages_of(chat), len(chat.messages)  # after waiting in line without one
         else:
             self._shown[-1]["content"] = chat.messages[-1].content
         return self._shown
