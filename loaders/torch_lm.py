@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from loaders import cuda_graphs
 from loaders.base import DecodeInfo, GenerationParams, MemoryReport, ModelTokenizer
 from loaders.batching import Batcher, Request, reply_budget
+from loaders.cuda_graphs import attach as capture_decode_graphs
 from loaders.decode_step import DynamicRunner, Runner, SlotRunner
 from loaders.errors import ModelNotLoadedError
 from loaders.kv_cache import attention_layout
@@ -48,6 +48,7 @@ class TorchCausalLM:
         memory: MemoryReport,
         *,
         plan: LoadPlan | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
         self.name = name
         self.loader = loader
@@ -67,7 +68,7 @@ class TorchCausalLM:
         # a GPU) and kernels do their first-call setup (CUDA: the first graph is captured), so the memory and time the
         # load reports are what the first reply will find.
         before = _cuda_allocated()
-        self.warmup_seconds = self._warm_up(runner)
+        self.warmup_seconds = self._warm_up(runner, cuda_graphs=cuda_graphs)
         self.memory = _plus(memory, {d: n - before.get(d, 0) for d, n in _cuda_allocated().items()})
         self.load_seconds += self.warmup_seconds
         self.decode_mode = _describe(runner, self.slots)
@@ -114,11 +115,11 @@ class TorchCausalLM:
                           dtype=getattr(torch, self.dtype), sliding=sliding)  # fmt: skip
 
     @torch.inference_mode()
-    def _warm_up(self, runner: Runner) -> float:
+    def _warm_up(self, runner: Runner, *, cuda_graphs: bool) -> float:
         started = time.perf_counter()
         runner.prefill(0, [self.tokenizer.bos_token_id or 0], 0)
-        if isinstance(runner, SlotRunner):
-            runner.graphs = cuda_graphs.attach(runner)
+        if isinstance(runner, SlotRunner) and cuda_graphs:
+            runner.graphs = capture_decode_graphs(runner)
         if self._input_device.type == "cuda":
             torch.cuda.synchronize(self._input_device)
         return time.perf_counter() - started

@@ -70,7 +70,7 @@ class Estimate:
 
     @property
     def vram_at_load(self) -> int:
-        return sum(self.device_at_load(d) for d in self.parts if d.startswith("cuda"))
+        return sum(self.device_at_load(d) for d in self.parts if d != "ram")
 
     @property
     def ram(self) -> int:
@@ -78,7 +78,7 @@ class Estimate:
 
     @property
     def vram(self) -> int:
-        return sum(self.device_total(d) for d in self.parts if d.startswith("cuda"))
+        return sum(self.device_total(d) for d in self.parts if d != "ram")
 
     @property
     def total(self) -> int:
@@ -120,6 +120,7 @@ def estimate(
     dequant_cache: bool = False,
     act_bytes: int | None = None,
     notes: tuple[str, ...] = (),
+    gpu_device: str | None = None,
 ) -> Estimate:
     """The memory of `loader` holding this model with a full context of `ctx` tokens (default: the model's max).
 
@@ -137,7 +138,7 @@ def estimate(
     if max_memory is not None:
         n_gpu_layers = _layers_within(shape, loaded, loader, ctx, kv, max_memory.get(str(gpu), 0) * GIB)
     n_gpu_layers = max(0, min(n_gpu_layers, shape.n_layers + 1))
-    gpu_dev = f"cuda:{gpu}"
+    gpu_dev = gpu_device or f"cuda:{gpu}"  # "mps" for Apple's GPU
     on_gpu = _gpu_layers(loader, shape.n_layers, n_gpu_layers)
     parts: dict[str, dict[str, int]] = {"ram": {"weights": 0, "kv_cache": 0, "buffers": 0, "overhead": 0}}
     if on_gpu or n_gpu_layers > shape.n_layers:
