@@ -134,6 +134,13 @@ class Batcher:
     @torch.inference_mode()
     def step(self) -> None:
         """Retire what ended, admit what waits (prefill + first token), then one decode step for the live rows."""
+        if self.device.type == "cuda":  # any consumer thread may step: kernels go to the model's GPU, not the thread's
+            with torch.cuda.device(self.device):
+                self._step()
+        else:
+            self._step()
+
+    def _step(self) -> None:
         self._retire()
         for request in self._admissible():
             self._admit(request)

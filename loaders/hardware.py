@@ -118,16 +118,19 @@ def nvidia_gpus() -> tuple[GPU, ...]:
     """Every NVIDIA GPU CUDA can use, by CUDA ordinal, with its total and free memory; () without pynvml, a driver
     or a GPU."""
     devices = nvml_devices()
+    if devices is None:
+        return torch_cuda_gpus()
     if not devices:
         return ()
     return cuda_devices(devices, cuda_uuids(), os.environ)
 
 
-def nvml_devices() -> list[NvmlDevice]:
+def nvml_devices() -> list[NvmlDevice] | None:
+    """Every GPU NVML knows; None without pynvml (then only CUDA itself can tell)."""
     try:
         import pynvml
     except ImportError:
-        return []
+        return None
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError:  # no driver / no device: the normal case on a CPU machine
@@ -144,6 +147,20 @@ def _nvml_device(pynvml, index: int) -> NvmlDevice:  # pynvml: the module, impor
     info = pynvml.nvmlDeviceGetMemoryInfo(handle)
     text = [v.decode() if isinstance(v, bytes) else v for v in (name, uuid)]
     return NvmlDevice(index, text[1], text[0], int(info.total), int(info.free))
+
+
+def torch_cuda_gpus() -> tuple[GPU, ...]:
+    """Without NVML: the GPUs as PyTorch's CUDA sees them, when PyTorch is already imported (asking creates a CUDA
+    context on each GPU, a few hundred MB, so an import is not forced for this)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return ()
+    gpus = []
+    for index in range(torch.cuda.device_count()):
+        free, total = torch.cuda.mem_get_info(index)
+        props = torch.cuda.get_device_properties(index)
+        gpus.append(GPU(index, props.name, int(total), int(free), f"GPU-{props.uuid}"))
+    return tuple(gpus)
 
 
 def cuda_devices(nvml: Sequence[NvmlDevice], uuids: Sequence[str] | None, env: Mapping[str, str]) -> tuple[GPU, ...]:

@@ -71,7 +71,7 @@ class TorchCausalLM:
         self.warmup_seconds = self._warm_up(runner, cuda_graphs=cuda_graphs)
         self.memory = _plus(memory, {d: n - before.get(d, 0) for d, n in _cuda_allocated().items()})
         self.load_seconds += self.warmup_seconds
-        self.decode_mode = _describe(runner, self.slots)
+        self.decode_mode = _describe(runner, self.slots, self.warmup_seconds)
         self._batcher = Batcher(runner, device=self._input_device, eos_ids=tuple(tokenizer.eos_token_ids))
         _return_freed_heap()
 
@@ -130,17 +130,19 @@ class TorchCausalLM:
         return self.module
 
 
-def _describe(runner: Runner, slots: int) -> str:
-    """How decoding runs, for the load message: "static KV cache, 4 slots, CUDA graphs (captured in 1.2 s)"."""
+def _describe(runner: Runner, slots: int, warmup_seconds: float) -> str:
+    """How decoding runs, for the load message: "static KV cache, 4 slots, CUDA graphs (captured in 1.2 s);
+    warm-up 2.0 s"."""
+    warmup = f"; warm-up {warmup_seconds:.1f} s"
     if not isinstance(runner, SlotRunner):
-        return "dynamic KV cache (this model's attention layers), 1 slot"
+        return "dynamic KV cache (this model's attention layers), 1 slot" + warmup
     text = f"static KV cache, {slots} slot{'s' if slots != 1 else ''}"
     graphs = runner.graphs
     if graphs is not None and graphs.failure:
-        return f"{text}, eager decode (CUDA graph capture failed: {graphs.failure})"
+        return f"{text}, eager decode (CUDA graph capture failed: {graphs.failure}){warmup}"
     if graphs is not None:
-        return f"{text}, CUDA graphs (captured in {graphs.capture_seconds:.1f} s)"
-    return text
+        return f"{text}, CUDA graphs (captured in {graphs.capture_seconds:.1f} s){warmup}"
+    return text + warmup
 
 
 def _cuda_allocated() -> dict[int, int]:

@@ -160,9 +160,10 @@ def estimate(
     for device in parts:
         fixed, growing = _buffers(shape, loader, ctx, batch, act_bytes, on_cpu=device == "ram")
         parts[device]["buffers"] = fixed + growing
-        # llama.cpp allocates its KV cache when the context is created (and clears it: resident at once); the
-        # torch loaders' cache (DynamicCache) and activations grow with the prompt.
-        grows[device] = growing + (0 if loader == "llama.cpp" else parts[device]["kv_cache"])
+        # llama.cpp allocates its KV cache when the context is created (and clears it: resident at once), and so do
+        # the torch loaders on a GPU (their slot cache is zeroed at load); on the CPU theirs is touched as it fills.
+        kv_grows = loader != "llama.cpp" and device == "ram"
+        grows[device] = growing + (parts[device]["kv_cache"] if kv_grows else 0)
     parts["ram"]["overhead"] += RUNTIME_RAM.get(loader, RUNTIME_RAM["transformers"])
     parts["ram"]["overhead"] += TOKENIZER_BYTES_PER_TOKEN.get(loader, 0) * shape.vocab
     return Estimate(loader, ctx, n_gpu_layers, shape.n_layers, parts, grows, weights.file_bytes, weights.source, notes)
