@@ -118,6 +118,15 @@ def _kquant(base, j, mask, QTYPE: tl.constexpr):
 
 
 @triton.jit
+def _block(base, j, mask, QTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    """One quant block of each of BLOCK_N rows, dequantized: [BLOCK_N, BLOCK] fp32."""
+    if BLOCK == 32:
+        return _legacy(base, j, mask, QTYPE)
+    else:
+        return _kquant(base, j, mask, QTYPE)
+
+
+@triton.jit
 def _gemv_quant_kernel(
     x_ptr, w_ptr, y_ptr, N, K, row_bytes, stride_xm, stride_ym,
     QTYPE: tl.constexpr, BLOCK: tl.constexpr, TYPE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -129,11 +138,7 @@ def _gemv_quant_kernel(
     row_base = w_ptr + rows.to(tl.int64)[:, None] * row_bytes  # [BLOCK_N, 1]
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for b in range(0, K // BLOCK):
-        base = row_base + b * TYPE_SIZE
-        if BLOCK == 32:
-            w = _legacy(base, j, mask, QTYPE)
-        else:
-            w = _kquant(base, j, mask, QTYPE)
+        w = _block(row_base + b * TYPE_SIZE, j, mask, QTYPE, BLOCK)
         xv = tl.load(x_ptr + m * stride_xm + b * BLOCK + j).to(tl.float32)  # [1, BLOCK]
         acc += tl.sum(w * xv, axis=1)
     tl.store(y_ptr + m * stride_ym + rows, acc, mask=rows < N)
@@ -153,11 +158,7 @@ def _gemv_rows_kernel(
     row_base = w_ptr + rows.to(tl.int64)[:, None] * row_bytes  # [BLOCK_N, 1]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for b in range(0, K // BLOCK):
-        base = row_base + b * TYPE_SIZE
-        if BLOCK == 32:
-            w = _legacy(base, j, mask, QTYPE)
-        else:
-            w = _kquant(base, j, mask, QTYPE)
+        w = _block(row_base + b * TYPE_SIZE, j, mask, QTYPE, BLOCK)
         xv = tl.load(x_ptr + ms * stride_xm + b * BLOCK + j, mask=ms < M, other=0.0)  # [BLOCK_M, BLOCK]
         if IEEE:  # float32 activations: full-precision products (the default would round to tf32)
             acc += tl.dot(xv, tl.trans(w), input_precision="ieee")

@@ -32,15 +32,6 @@ def chat(question: str) -> str:
     return f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n"
 
 
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    """Two shared cores: OpenMP spinning over oversubscribed cores slows the small matmuls many times over."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _load(loader: str, path: Path, settings, *, slots: int) -> TorchCausalLM:
     plan = dataclasses.replace(plan_for_path(loader, path, settings), slots=slots)
     return load_plan(plan, settings, name=f"SmolLM2-{loader}")
