@@ -11,10 +11,11 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from transformers import DynamicCache
+from transformers import AutoModelForCausalLM, DynamicCache
 
 from loaders.base import DecodeInfo, GenerationParams
 from loaders.errors import GenerationError
@@ -158,3 +159,60 @@ def test_cuda_graph_decode_equals_eager(smollm2_hf: Path) -> None:
         assert [run(eager, p) for p in prompts] == graphed
     finally:
         loaded.unload()
+
+
+# --- tiny random models: attention layouts the slot cache serves --------------------------------------------------
+
+
+def _tiny(config, tokenizer_dir: Path, *, slots: int) -> TorchCausalLM:
+    from loaders.base import MemoryReport
+    from loaders.hf_tokenizer import HFTokenizer
+
+    torch.manual_seed(0)
+    module = AutoModelForCausalLM.from_config(config).eval()
+    return TorchCausalLM("tiny", "transformers", tokenizer_dir, module, HFTokenizer.from_folder(tokenizer_dir),
+                         config.max_position_embeddings, "cpu", 0.0, MemoryReport(0),
+                         plan=SimpleNamespace(slots=slots))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from bench.random_models import write_tokenizer
+
+    folder = tmp_path_factory.mktemp("tokenizer")
+    write_tokenizer(folder, 128)
+    return folder
+
+
+@pytest.mark.parametrize("layout", ["sliding window", "eager attention"])
+def test_tiny_models_match_the_dynamic_cache_alone_and_batched(layout: str, tiny_tokenizer: Path) -> None:
+    from transformers import LlamaConfig, MistralConfig
+
+    sizes = {"vocab_size": 128, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 96}  # fmt: skip
+    if layout == "sliding window":  # every layer sees only the last 8 positions: the mask must say so
+        config = MistralConfig(**sizes, sliding_window=8, attn_implementation="sdpa")
+    else:  # eager attention adds a float mask to its scores
+        config = LlamaConfig(**sizes, attn_implementation="eager")
+    model = _tiny(config, tiny_tokenizer, slots=3)
+    assert model.decode_mode.startswith("static KV cache, 3 slots")
+    prompts = [[5 + (7 * i + k) % 100 for i in range(n)] for k, n in enumerate((20, 9, 14))]
+    params = dataclasses.replace(GREEDY, max_new_tokens=24)
+    alone = [run(model, p, params) for p in prompts]
+    assert alone == [dynamic_greedy(model, p, 24) for p in prompts]
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(lambda p: run(model, p, params), prompts)) == alone
+    model.unload()
+
+
+def test_hybrid_attention_keeps_the_dynamic_cache(tiny_tokenizer: Path) -> None:
+    from transformers import Gemma2Config
+
+    config = Gemma2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=96,
+                          sliding_window=8, attn_implementation="eager")  # fmt: skip
+    model = _tiny(config, tiny_tokenizer, slots=4)
+    assert model.slots == 1 and model.decode_mode.startswith("dynamic KV cache")
+    prompt = [5 + (7 * i) % 100 for i in range(20)]
+    assert run(model, prompt) == dynamic_greedy(model, prompt, GREEDY.max_new_tokens)
+    model.unload()
