@@ -101,7 +101,8 @@ class DecodeGraphs:
                 self._step(rows, window)
         torch.cuda.current_stream(self.runner.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread-local: a request thread allocating its context meanwhile must not break the capture (nor fail)
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             logits = self._step(rows, window)
         return graph, logits
 

@@ -83,8 +83,8 @@ def test_static_cache_equals_dynamic_cache_quantized(loader: str, smollm2_gguf: 
     try:
         assert loaded.decode_mode.startswith("static KV cache")
         prompt = loaded.tokenizer.encode(chat(QUESTIONS[3]), add_bos=True)
-        params = dataclasses.replace(GREEDY, max_new_tokens=6)
-        assert run(loaded, prompt, params) == dynamic_greedy(loaded, prompt, 6)
+        params = dataclasses.replace(GREEDY, max_new_tokens=5)  # the native GGUF CPU path is slow (issue 15's)
+        assert run(loaded, prompt, params) == dynamic_greedy(loaded, prompt, 5)
     finally:
         loaded.unload()
 
