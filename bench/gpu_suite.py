@@ -184,28 +184,33 @@ def kernel_bandwidth(suite: Suite) -> list[dict[str, Any]]:
         for n_out, n_in in matrices:
             if suite.skip(f"(b) {kernel} {n_out}x{n_in}", 3):
                 continue
-            for m in (1,) if suite.tiny else (1, 8):
-                rows.append(_bandwidth_row(suite, kernel, n_out, n_in, m))
+            rows += _bandwidth_rows(suite, kernel, n_out, n_in)
+            _free(suite)  # the copies (and their graphs) are gone: give the memory back before the next kernel
     return rows
 
 
-def _bandwidth_row(suite: Suite, kernel: str, n_out: int, n_in: int, m: int) -> dict[str, Any]:
+def _bandwidth_rows(suite: Suite, kernel: str, n_out: int, n_in: int) -> list[dict[str, Any]]:
+    """One kernel at one shape, 1 and 8 activation rows, each call on the next of enough weight copies that they
+    cannot stay in the L2 cache (as a decode step walks through the layers)."""
     import torch
 
     multiply, nbytes = _weight_kernel(suite, kernel, n_out, n_in)
     copies = 2 if suite.tiny else max(2, -(-(512 << 20) // nbytes))  # >= 512 MB: far past any L2
     weights = [multiply] + [_weight_kernel(suite, kernel, n_out, n_in)[0] for _ in range(copies - 1)]
-    x = torch.randn(m, n_in, device=suite.device, dtype=torch.float16 if suite.cuda else torch.float32)
+    rows = []
+    for m in (1,) if suite.tiny else (1, 8):
+        x = torch.randn(m, n_in, device=suite.device, dtype=torch.float16 if suite.cuda else torch.float32)
 
-    def chain() -> None:
-        for fn in weights:
-            fn(x)
+        def chain(x: Any = x) -> None:
+            for fn in weights:
+                fn(x)
 
-    seconds = best_time(as_graph(chain, suite), suite, reps=1 if suite.tiny else 10)
-    bandwidth = copies * nbytes / seconds
-    return {"kernel": kernel, "out": n_out, "in": n_in, "rows": m, "weight_bytes": nbytes,
-            "us_per_call": seconds / copies * 1e6, "bytes_per_s": bandwidth,
-            "of_copy_bandwidth": bandwidth / suite.copy_bandwidth}  # fmt: skip
+        seconds = best_time(as_graph(chain, suite), suite, reps=1 if suite.tiny else 10)
+        bandwidth = copies * nbytes / seconds
+        rows.append({"kernel": kernel, "out": n_out, "in": n_in, "rows": m, "weight_bytes": nbytes,
+                     "us_per_call": seconds / copies * 1e6, "bytes_per_s": bandwidth,
+                     "of_copy_bandwidth": bandwidth / suite.copy_bandwidth})  # fmt: skip
+    return rows
 
 
 def _weight_kernel(suite: Suite, kernel: str, n_out: int, n_in: int) -> tuple[Callable[[Any], Any], int]:
@@ -245,11 +250,17 @@ def model_rows(suite: Suite) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     fp16 = _fp16_rows(suite, tokenizer_dir)
     rows += fp16
     baseline = next((r for r in fp16 if "prefill_s" in r), None)
-    for label, build in _quantized_builds(suite):
+    for label, write, load in _quantized_models(suite):
         if suite.skip(f"(c) {label}", 8 if suite.tiny else 60):
             continue
-        model, seconds = _timed_load(build)
-        row = {"row": label, "load_s": seconds, "decode_mode": model.decode_mode} | measure_model(suite, model)
+        started = time.perf_counter()
+        path = write()
+        written = time.perf_counter() - started
+        _free(suite)  # the baseline of (e): what the device holds before this model
+        started = time.perf_counter()
+        model = load(path)
+        row = {"row": label, "write_s": written, "load_s": time.perf_counter() - started,
+               "decode_mode": model.decode_mode} | measure_model(suite, model)  # fmt: skip
         if label in ("GPTQ 4-bit g128", "GGUF Q4_K") and not suite.skip(f"(e) {label}", 30 if not suite.tiny else 4):
             memory.append(vram_row(suite, label, model))
         rows.append(row)
@@ -290,7 +301,8 @@ def _fp16_rows(suite: Suite, tokenizer_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _quantized_builds(suite: Suite) -> list[tuple[str, Callable[[], Any]]]:
+def _quantized_models(suite: Suite) -> list[tuple[str, Callable[[], Path], Callable[[Path], Any]]]:
+    """(label, write its files, load them with Corral's loader) for each quantized row."""
     from gguf import GGMLQuantizationType
 
     from bench import random_models
@@ -299,27 +311,24 @@ def _quantized_builds(suite: Suite) -> list[tuple[str, Callable[[], Any]]]:
 
     shape, device, work = suite.shape, str(suite.device), suite.work
 
-    def gptq(group: int, act: bool) -> Callable[[], Any]:
-        def build() -> Any:
-            folder = random_models.write_gptq(work / f"gptq-{group}-{act}", shape, bits=4, group=group,
-                                              act_order=act, device=device)  # fmt: skip
-            settings = GPTQSettings(context_length=shape.context)
-            return load_plan(plan_for_path("gptq", folder, settings), settings, name=folder.name)
-        return build
+    def gptq_files(group: int, act: bool) -> Callable[[], Path]:
+        return lambda: random_models.write_gptq(work / f"gptq-{group}-{act}", shape, bits=4, group=group,
+                                                act_order=act, device=device)  # fmt: skip
 
-    def gguf() -> Any:
-        path = random_models.write_gguf(work / "gguf" / "model.Q4_K.gguf", shape, GGMLQuantizationType.Q4_K,
+    def gptq(folder: Path) -> Any:
+        settings = GPTQSettings(context_length=shape.context)
+        return load_plan(plan_for_path("gptq", folder, settings), settings, name=folder.name)
+
+    def gguf_file() -> Path:
+        return random_models.write_gguf(work / "gguf" / "model.Q4_K.gguf", shape, GGMLQuantizationType.Q4_K,
                                         device=device)  # fmt: skip
+
+    def gguf(path: Path) -> Any:
         settings = NativeGGUFSettings(n_ctx=shape.context, n_gpu_layers=shape.layers if suite.cuda else 0)
         return load_plan(plan_for_path("gguf", path, settings), settings, name=path.name)
 
-    return [("GPTQ 4-bit g128", gptq(128, False)), ("GGUF Q4_K", gguf), ("GPTQ 4-bit 32g act-order", gptq(32, True))]
-
-
-def _timed_load(build: Callable[[], Any]) -> tuple[Any, float]:
-    started = time.perf_counter()
-    model = build()
-    return model, time.perf_counter() - started
+    return [("GPTQ 4-bit g128", gptq_files(128, False), gptq), ("GGUF Q4_K", gguf_file, gguf),
+            ("GPTQ 4-bit 32g act-order", gptq_files(32, True), gptq)]  # fmt: skip
 
 
 def measure_model(suite: Suite, model: Any) -> dict[str, Any]:
@@ -521,6 +530,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on the CPU (kernels interpreted)")
     parser.add_argument("--budget", type=float, default=450.0, help="seconds; later sections are skipped past it")
     args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is made here: nothing may wait on a network
     if args.tiny:
         import torch
 

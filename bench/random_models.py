@@ -98,8 +98,8 @@ def random_llama(shape: Shape, dtype: torch.dtype, device: str) -> torch.nn.Modu
 
     config = shape.config()
     with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    model.to_empty(device=device).to(dtype)
+        model = LlamaForCausalLM(config).to(dtype)  # cast while on meta: fp32 first would double the peak
+    model.to_empty(device=device)
     generator = torch.Generator(device=device).manual_seed(0)
     for name, param in model.named_parameters():
         if name.endswith("norm.weight"):
