@@ -1,7 +1,7 @@
-"""Benchmark: GGUF decode and prefill speed of every way Corral can run SmolLM2-135M-Instruct Q4_1, plus (with CUDA)
-the Triton GEMV kernels' bandwidth at Llama-2-13B shapes.
+"""Benchmark: GGUF decode and prefill speed of every way Corral can run SmolLM2-135M-Instruct Q4_1 (the Triton GEMV
+kernels' bandwidth at Llama-2-13B shapes is section (b) of `bench/gpu_suite.py`).
 
-    .venv/bin/python -m bench.gguf [--tokens 128] [--repeats 3] [--threads N] [--profile] [--gpu]
+    .venv/bin/python -m bench.gguf [--tokens 128] [--repeats 3] [--threads N] [--profile]
 
 Rows: (a) raw `llama_cpp.Llama.generate`, (b0) Corral's llama.cpp loader alone (`generate_tokens`), (b) llama.cpp
 through Corral's engine (`webui.engine.generate` over `loaders.llamacpp`), (c) the native GGUF loader
@@ -42,7 +42,6 @@ PROMPT = (
     "<|im_start|>assistant\n"
 )
 logger = logging.getLogger("bench.gguf")
-LLAMA2_13B_SHAPES = {"attn q/k/v/o": (5120, 5120), "ffn gate/up": (13824, 5120), "ffn down": (5120, 13824)}
 
 
 @dataclass(frozen=True)
@@ -266,74 +265,6 @@ class _Stamps:
         pass
 
 
-# --- GPU kernels ----------------------------------------------------------------------------------------------------
-
-
-def bench_gpu() -> None:
-    import torch
-
-    if not torch.cuda.is_available():
-        print("\n--gpu: no CUDA device here; skipped.")
-        return
-    try:
-        from kernels import gguf_triton
-    except ImportError as error:
-        print(f"\n--gpu: kernels/gguf_triton.py not importable ({error}); skipped.")
-        return
-    from gguf import GGMLQuantizationType as Q
-
-    copy_bw = copy_bandwidth()
-    print(f"\nTriton GEMV on {torch.cuda.get_device_name()} | device-to-device copy: {copy_bw / 1e9:.0f} GB/s")
-    print(f"{'type':6} {'matrix':14} {'shape (out, in)':16} {'us':>8} {'GB/s':>7} {'of copy':>8}")
-    for qtype in (Q.Q4_K, Q.Q4_1, Q.Q8_0):
-        for label, shape in LLAMA2_13B_SHAPES.items():
-            seconds, nbytes = time_gemv(gguf_triton.gemv, qtype, shape, torch.device("cuda"))
-            bw = nbytes / seconds
-            print(f"{qtype.name:6} {label:14} {str(shape):16} {seconds * 1e6:8.1f} {bw / 1e9:7.0f} {bw / copy_bw:8.2f}")
-
-
-def copy_bandwidth(nbytes: int = 1 << 30, iters: int = 20) -> float:
-    """Bytes moved per second (read + write) by a device-to-device copy."""
-    import torch
-
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    seconds = cuda_time(lambda: dst.copy_(src), iters)
-    return 2 * nbytes / seconds
-
-
-def time_gemv(gemv: Callable[..., Any], qtype: Any, shape: tuple[int, int], device: Any, iters: int = 50) -> tuple:
-    """(seconds per call, bytes read + written per call) for x (1, K) @ W.T with W random bytes of `qtype`.
-    Random bytes are fine for timing: the kernel's memory traffic does not depend on the values."""
-    import torch
-    from gguf import GGML_QUANT_SIZES
-
-    n_out, n_in = shape
-    block, type_size = GGML_QUANT_SIZES[qtype]
-    weight = torch.randint(0, 256, (n_out, n_in // block * type_size), dtype=torch.uint8, device=device)
-    x = torch.randn(1, n_in, dtype=torch.float16, device=device)
-    nbytes = weight.numel() + x.numel() * x.element_size() + n_out * 4
-    if device.type != "cuda":  # a smoke run (TRITON_INTERPRET=1): correctness of the plumbing, not speed
-        began = time.perf_counter()
-        gemv(x, weight, qtype, shape)
-        return time.perf_counter() - began, nbytes
-    return cuda_time(lambda: gemv(x, weight, qtype, shape), iters), nbytes
-
-
-def cuda_time(fn: Callable[[], Any], iters: int) -> float:
-    import torch
-
-    for _ in range(3):
-        fn()
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    stop.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(stop) / 1e3 / iters
-
-
 # --- report ---------------------------------------------------------------------------------------------------------
 
 
@@ -370,7 +301,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=psutil.cpu_count(logical=False) or 1)
     parser.add_argument("--skip", default="", help="rows to skip: native,transformers")
     parser.add_argument("--profile", action="store_true", help="cProfile one run through the engine")
-    parser.add_argument("--gpu", action="store_true", help="also time the Triton GEMV kernels (CUDA only)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -396,8 +326,6 @@ def main() -> None:
     for key, (name, bench) in rows.items():
         if key not in args.skip.split(","):
             print_row(run_row(name, bench), base)
-    if args.gpu:
-        bench_gpu()
 
 
 if __name__ == "__main__":

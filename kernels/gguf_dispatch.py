@@ -10,8 +10,9 @@ from gguf import GGMLQuantizationType
 from kernels import gguf_torch
 from kernels.availability import triton_installed
 
-# Above this many activation rows (prefill) a dequantized weight + cuBLAS matmul beats re-dequantizing per row.
-GEMV_MAX_ROWS = 4
+# Up to this many activation rows (decode, one per live sequence) the Triton kernel reads the blocks once for all rows
+# (`gguf_triton.MAX_ROWS`); above it (prefill) a dequantized weight + cuBLAS matmul wins.
+GEMV_MAX_ROWS = 16
 
 
 def quantized_matmul(

@@ -1,10 +1,12 @@
-"""Triton kernels for GGUF weights: fused dequantize + matrix-vector product (decode), for every block type.
+"""Triton kernels for GGUF weights: fused dequantize + matrix-vector products (decode), for every block type.
 
-Owns `gemv(x, qweight, qtype, shape)`: y = x @ W.T for a few activation rows (M small), with W held in its GGUF block
-format. One program computes `BLOCK_N` output features for one activation row, walking the input dimension one
-quant block at a time and dequantizing in registers; `_dequant_block` picks the layout at compile time from the
-`QTYPE` constexpr (values of `GGMLQuantizationType`), so each type compiles to its own specialised kernel.
-The float types (F32, F16, BF16) use a plain typed-load kernel.
+Owns `gemv(x, qweight, qtype, shape)`: y = x @ W.T for up to `MAX_ROWS` activation rows (decode, one row per live
+sequence), with W held in its GGUF block format. One program computes `BLOCK_N` output features, walking the input
+dimension one quant block at a time and dequantizing in registers; `_dequant_block` picks the layout at compile time
+from the `QTYPE` constexpr (values of `GGMLQuantizationType`), so each type compiles to its own specialised kernel.
+One row: a multiply-and-reduce. Two to sixteen rows (a decode batch): each dequantized block is used by every row
+through one `tl.dot`, so the weights are read once per step, not once per sequence. The float types (F32, F16,
+BF16) use a plain typed-load kernel, one row at a time.
 
 The layouts are those of `kernels/gguf_torch.py` (and gguf-py's `quants.py`); the tests run these kernels under
 `TRITON_INTERPRET=1` on CPU tensors against that PyTorch path, so CI checks them without a GPU.
@@ -22,6 +24,7 @@ QUANT_TYPES = (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q2_K, Q.Q3_K, Q.Q4_K, Q
 FLOAT_TYPES = {Q.F32: torch.float32, Q.F16: torch.float16, Q.BF16: torch.bfloat16}
 FLOAT_CHUNK = 64  # input columns per loop step of the float kernel
 SUPPORTED = frozenset(QUANT_TYPES) | frozenset(FLOAT_TYPES)
+MAX_ROWS = 16  # activation rows one call takes (tl.dot's smallest tile)
 
 # tl.constexpr copies of the type ids, usable inside @triton.jit code
 _Q4_0: tl.constexpr = tl.constexpr(int(Q.Q4_0))
@@ -115,6 +118,15 @@ def _kquant(base, j, mask, QTYPE: tl.constexpr):
 
 
 @triton.jit
+def _block(base, j, mask, QTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    """One quant block of each of BLOCK_N rows, dequantized: [BLOCK_N, BLOCK] fp32."""
+    if BLOCK == 32:
+        return _legacy(base, j, mask, QTYPE)
+    else:
+        return _kquant(base, j, mask, QTYPE)
+
+
+@triton.jit
 def _gemv_quant_kernel(
     x_ptr, w_ptr, y_ptr, N, K, row_bytes, stride_xm, stride_ym,
     QTYPE: tl.constexpr, BLOCK: tl.constexpr, TYPE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -126,14 +138,33 @@ def _gemv_quant_kernel(
     row_base = w_ptr + rows.to(tl.int64)[:, None] * row_bytes  # [BLOCK_N, 1]
     acc = tl.zeros([BLOCK_N], dtype=tl.float32)
     for b in range(0, K // BLOCK):
-        base = row_base + b * TYPE_SIZE
-        if BLOCK == 32:
-            w = _legacy(base, j, mask, QTYPE)
-        else:
-            w = _kquant(base, j, mask, QTYPE)
+        w = _block(row_base + b * TYPE_SIZE, j, mask, QTYPE, BLOCK)
         xv = tl.load(x_ptr + m * stride_xm + b * BLOCK + j).to(tl.float32)  # [1, BLOCK]
         acc += tl.sum(w * xv, axis=1)
     tl.store(y_ptr + m * stride_ym + rows, acc, mask=rows < N)
+
+
+@triton.jit
+def _gemv_rows_kernel(
+    x_ptr, w_ptr, y_ptr, M, N, K, row_bytes, stride_xm, stride_ym,
+    QTYPE: tl.constexpr, BLOCK: tl.constexpr, TYPE_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    """y[:M, rows] for M <= BLOCK_M activation rows: each block is dequantized once and multiplied by every row."""
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (rows < N)[:, None]
+    j = tl.arange(0, BLOCK)[None, :]
+    ms = tl.arange(0, BLOCK_M)[:, None]
+    row_base = w_ptr + rows.to(tl.int64)[:, None] * row_bytes  # [BLOCK_N, 1]
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for b in range(0, K // BLOCK):
+        w = _block(row_base + b * TYPE_SIZE, j, mask, QTYPE, BLOCK)
+        xv = tl.load(x_ptr + ms * stride_xm + b * BLOCK + j, mask=ms < M, other=0.0)  # [BLOCK_M, BLOCK]
+        if IEEE:  # float32 activations: full-precision products (the default would round to tf32)
+            acc += tl.dot(xv, tl.trans(w), input_precision="ieee")
+        else:
+            acc += tl.dot(xv, tl.trans(w).to(xv.dtype))
+    tl.store(y_ptr + ms * stride_ym + rows[None, :], acc, mask=(ms < M) & (rows < N)[None, :])
 
 
 @triton.jit
@@ -155,13 +186,25 @@ def gemv(
     x: torch.Tensor, qweight: torch.Tensor, qtype: GGMLQuantizationType | int, shape: tuple[int, int],
     *, block_n: int = 16,
 ) -> torch.Tensor:  # fmt: skip
-    """x: (..., K) with few rows; qweight: raw uint8 bytes of W (N, K) -> (..., N) in x's dtype (fp32 accumulate)."""
+    """x: (..., K) with at most `MAX_ROWS` rows; qweight: raw uint8 bytes of W (N, K) -> (..., N) in x's dtype (fp32
+    accumulate)."""
     qtype = GGMLQuantizationType(qtype)
     n_out, n_in = shape
     x2 = x.reshape(-1, n_in).contiguous()
-    y = torch.empty(x2.shape[0], n_out, dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(n_out, block_n), x2.shape[0])
-    if qtype in FLOAT_TYPES:
+    m = x2.shape[0]
+    if m > MAX_ROWS:
+        raise ValueError(f"gemv takes at most {MAX_ROWS} rows, not {m}")
+    y = torch.empty(m, n_out, dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(n_out, block_n), m)
+    if qtype in QUANT_TYPES and m > 1:
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        w = qweight.reshape(n_out, -1)
+        _gemv_rows_kernel[(triton.cdiv(n_out, block_n),)](
+            x2, w, y, m, n_out, n_in, w.stride(0), x2.stride(0), y.stride(0),
+            QTYPE=int(qtype), BLOCK=block, TYPE_SIZE=type_size, BLOCK_N=block_n, BLOCK_M=MAX_ROWS,
+            IEEE=x2.dtype == torch.float32,
+        )  # fmt: skip
+    elif qtype in FLOAT_TYPES:
         w = qweight.reshape(-1).view(FLOAT_TYPES[qtype])
         _gemv_float_kernel[grid](x2, w, y, n_out, n_in, x2.stride(0), y.stride(0), BLOCK_N=block_n, CHUNK=FLOAT_CHUNK)
     elif qtype in QUANT_TYPES:

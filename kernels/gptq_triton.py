@@ -14,6 +14,7 @@ that to compare every kernel with the PyTorch reference without a GPU.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,8 @@ from kernels import gptq_torch
 
 TRITON_BITS = (2, 4, 8)
 _GEMV_BLOCK_N = 64
-_TARGET_PROGRAMS = 256  # enough programs to fill a large GPU; split-K makes up the difference
+_TARGET_PROGRAMS = 256  # without a GPU to ask (the interpreter); split-K makes up the difference
+_PROGRAMS_PER_SM = 8  # decode is bound by memory latency: several programs per SM keep enough loads in flight
 
 
 @dataclass
@@ -140,9 +142,17 @@ def _block_k(w: TritonGPTQWeight, largest: int) -> int:
     return block
 
 
-def _split_k(n_kblocks: int, n_programs: int) -> int:
-    """Largest divisor of `n_kblocks` that brings the program count up to about `_TARGET_PROGRAMS`."""
-    want = max(1, _TARGET_PROGRAMS // max(n_programs, 1))
+@functools.cache
+def _target_programs(device: torch.device) -> int:
+    """Programs one launch should have to fill `device`: a few per SM on CUDA."""
+    if device.type != "cuda":
+        return _TARGET_PROGRAMS
+    return _PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _split_k(n_kblocks: int, n_programs: int, device: torch.device) -> int:
+    """Largest divisor of `n_kblocks` that brings the program count up to about `_target_programs`."""
+    want = max(1, _target_programs(device) // max(n_programs, 1))
     return max(d for d in range(1, min(want, n_kblocks) + 1) if n_kblocks % d == 0)
 
 
@@ -154,7 +164,7 @@ def gemv(x: torch.Tensor, w: TritonGPTQWeight) -> torch.Tensor:
     """x [in] (already permuted) @ W -> [out], the decode kernel."""
     block_k = _block_k(w, 128)
     n_blocks = triton.cdiv(w.out_features, _GEMV_BLOCK_N)
-    split = _split_k(w.in_features // block_k, n_blocks)
+    split = _split_k(w.in_features // block_k, n_blocks, x.device)
     partials = torch.empty(split, w.out_features, device=x.device, dtype=torch.float32)
     _gemv_kernel[(n_blocks, split)](
         x, w.qweight, w.qzeros, w.scales, partials, w.out_features, w.in_features // split,
@@ -171,7 +181,7 @@ def gemm(x: torch.Tensor, w: TritonGPTQWeight) -> torch.Tensor:
     block_n = 64 if m <= 16 else 128
     block_k = _block_k(w, 64)
     grid_mn = triton.cdiv(m, block_m) * triton.cdiv(w.out_features, block_n)
-    split = _split_k(w.in_features // block_k, grid_mn) if m <= 16 else 1
+    split = _split_k(w.in_features // block_k, grid_mn, x.device) if m <= 16 else 1
     partials = torch.empty(split, m, w.out_features, device=x.device, dtype=torch.float32)
     grid = (triton.cdiv(m, block_m), triton.cdiv(w.out_features, block_n), split)
     _gemm_kernel[grid](
@@ -179,6 +189,7 @@ def gemm(x: torch.Tensor, w: TritonGPTQWeight) -> torch.Tensor:
         x.stride(0), w.qweight.stride(0), w.qzeros.stride(0), w.scales.stride(0), partials.stride(0),
         partials.stride(1), GROUP_SIZE=w.group_size, BITS=w.bits, ZERO_OFFSET=w.zero_offset,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=4 if m <= 16 else 8, num_stages=3,  # prefill tiles: 64x128, software-pipelined loads
     )
     return _reduce(partials, x.dtype)
 

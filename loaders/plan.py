@@ -32,9 +32,9 @@ GPTQ_CACHE_RAM_FRACTION = 0.5  # `dequantize_cache: auto` keeps dequantized weig
 NATIVE_GGUF_ARCHITECTURES = ("llama",)  # Mistral-style dense GQA files are written as "llama" by the converter
 AUTO_MAX_SLOTS = 4  # `parallel: 0` gives at most this many slots (LM Studio's default); more only when asked
 SLOT_KV_SHARE = 0.25  # ... and only as many as keep their KV caches within this share of the memory the weights leave
-# Loaders whose backend decodes several requests at once (continuous batching). The others plan one slot whatever
-# `parallel` says, so the estimate prices what their load does; the PyTorch backends join once TorchCausalLM batches.
-BATCHING_LOADERS = frozenset({"llama.cpp"})
+# Loaders whose backend decodes several requests at once (continuous batching: llama.cpp's sequences, the PyTorch
+# backends' slot cache in loaders/batching.py). Any other plans one slot whatever `parallel` says.
+BATCHING_LOADERS = frozenset({"llama.cpp", "transformers", "gptq", "gguf"})
 WeightCache = Literal["", "dequantized cache", "per-call", "triton"]
 
 
@@ -63,6 +63,11 @@ class LoadPlan:
     @property
     def kv_bytes(self) -> int:
         return DTYPE_BYTES[self.dtype]
+
+    @property
+    def gpu_device(self) -> str:
+        """The accelerator the plan uses, as the estimate keys it: "mps" or "cuda:N"."""
+        return "mps" if self.device == "mps" else f"cuda:{self.gpu}"
 
     @property
     def quant(self) -> str:
@@ -105,7 +110,8 @@ def _plan_transformers(files: ModelFiles, settings: TransformersSettings, hw: Ha
     device, gpu = _torch_device(settings.device, hw)
     # bf16 on the CPU decodes ~2x faster where the CPU has AVX512-BF16, but its prefill peak on SmolLM2 was 0.5 GB
     # above fp32's at 1024 tokens (measured, not yet explained): fp32 stays the CPU default until it is accounted for.
-    dtype = _dtype(settings.dtype, on_gpu=gpu is not None, cpu_native_bf16=False, gpu_dtype="bfloat16")
+    gpu_dtype = "float16" if device == "mps" else "bfloat16"  # bf16 on MPS needs a recent macOS; fp16 works on all
+    dtype = _dtype(settings.dtype, on_gpu=gpu is not None, cpu_native_bf16=False, gpu_dtype=gpu_dtype)
     context = settings.context_length or int(files.shape.context_max * settings.compress_pos_emb)
     on_gpu = gpu is not None and not settings.max_memory_gib
     slots, slot_notes = _slots("transformers", settings.parallel, files, context, DTYPE_BYTES[dtype], _free(hw, gpu))
@@ -133,7 +139,7 @@ def _plan_gptq(files: ModelFiles, settings: GPTQSettings, hw: Hardware) -> LoadP
                                     path=files.path)  # fmt: skip
     device, gpu = _torch_device(settings.device, hw)
     dtype = _dtype(settings.dtype, on_gpu=gpu is not None, cpu_native_bf16=False, gpu_dtype="float16")
-    cache = _gptq_cache(files, settings.dequantize_cache, dtype, hw, on_gpu=gpu is not None)
+    cache = _gptq_cache(files, settings.dequantize_cache, dtype, hw, on_gpu=gpu is not None, cuda=device != "mps")
     context = settings.context_length or files.shape.context_max
     n_gpu = files.shape.n_layers + 1 if gpu is not None else 0
     slots, notes = _slots("gptq", settings.parallel, files, context, DTYPE_BYTES[dtype], _free(hw, gpu))
@@ -141,17 +147,18 @@ def _plan_gptq(files: ModelFiles, settings: GPTQSettings, hw: Hardware) -> LoadP
                     gpu=gpu or 0, weights_dtype=dtype, weight_cache=cache, slots=slots, notes=notes)  # fmt: skip
 
 
-def _gptq_cache(files: ModelFiles, setting: str, dtype: str, hw: Hardware, *, on_gpu: bool) -> WeightCache:
-    """Triton kernels on CUDA; on the CPU dequantized weights are kept when `on`, or under `auto` when they take at
-    most half of the free RAM; else every call dequantizes."""
+def _gptq_cache(files: ModelFiles, setting: str, dtype: str, hw: Hardware, *, on_gpu: bool,
+                cuda: bool = True) -> WeightCache:  # fmt: skip
+    """Triton kernels on CUDA; elsewhere (CPU, Apple's MPS) dequantized weights are kept when `on`, or under `auto`
+    when they take at most half of the free memory; else every call dequantizes."""
     if setting not in ("auto", "on", "off"):
         raise SettingsError(f"dequantize_cache must be auto, on or off, not {setting!r}.")
-    if on_gpu and triton_installed():
+    if on_gpu and cuda and triton_installed():
         return "triton"
     if setting != "auto":
         return "dequantized cache" if setting == "on" else "per-call"
     needed = files.shape.linear_params() * DTYPE_BYTES[dtype]
-    free = hw.gpus[0].free if on_gpu and hw.gpus else hw.ram_available
+    free = hw.free("mps") if on_gpu and not cuda else hw.gpus[0].free if on_gpu and hw.gpus else hw.ram_available
     return "dequantized cache" if needed <= GPTQ_CACHE_RAM_FRACTION * free else "per-call"
 
 
@@ -202,16 +209,21 @@ def _require(files: ModelFiles, kind: str, loader: str) -> None:
 
 
 def _torch_device(setting: str, hw: Hardware) -> tuple[str, int | None]:
-    """"auto" -> cuda:0 when there is a GPU, else cpu; "cuda" -> cuda:0; (label, GPU index or None)."""
+    """"auto" -> cuda:0 when there is a CUDA GPU, else Apple's MPS when there is one, else cpu; "cuda" -> cuda:0;
+    (label, GPU index or None)."""
     if setting == "auto":
-        setting = "cuda:0" if hw.gpus else "cpu"
+        setting = "cuda:0" if hw.gpus else "mps" if hw.mps is not None else "cpu"
     if setting == "cuda":
         setting = "cuda:0"
     if setting == "cpu":
         return "cpu", None
+    if setting == "mps":
+        if hw.mps is None:
+            raise SettingsError("Device mps was asked for but this machine has no Apple GPU; choose cpu or auto.")
+        return "mps", 0
     index = setting.partition(":")[2]
     if not setting.startswith("cuda:") or not index.isdigit():
-        raise SettingsError(f"Unknown device {setting!r}: use auto, cpu, cuda or cuda:N")
+        raise SettingsError(f"Unknown device {setting!r}: use auto, cpu, cuda, cuda:N or mps")
     if not any(gpu.index == int(index) for gpu in hw.gpus):
         raise SettingsError(f"Device {setting} was asked for but this machine has no such GPU; choose cpu or auto.")
     return setting, int(index)

@@ -1,13 +1,17 @@
 """Next-token selection for the PyTorch backends: penalties, then greedy or temperature + truncation samplers.
 
-One logits vector in, one token id out. Order as in `transformers.generate`: repetition penalty (HF semantics),
-presence / frequency penalties (OpenAI semantics), EOS ban, then temperature, top_k, top_p, min_p, typical_p.
+One logits vector in, one token id out; `next_tokens` does a batch of rows, each with its own parameters, and leaves
+the ids on the device (the caller reads them all at once: one host sync per step). Order as in
+`transformers.generate`: repetition penalty (HF semantics), presence / frequency penalties (OpenAI semantics), EOS
+ban, then temperature, top_k, top_p, min_p, typical_p.
 Every step is a vectorized tensor operation; truncation samplers work on a sorted candidate list (the top_k
 survivors when top_k is on, else the head that holds every top_p / min_p survivor), so a sampled token costs one
 `topk` (or, at worst, one `sort`) of the vocabulary, not one per sampler.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -26,12 +30,59 @@ def sample_next(
     eos_ids: tuple[int, ...] = (),
 ) -> int:
     """The next token id. `logits`: [vocab] float32; `context_ids`: [n] long, prompt and reply so far."""
+    return int(next_token(logits, context_ids, params, generator, eos_ids=eos_ids))
+
+
+def next_token(
+    logits: Tensor,
+    context_ids: Tensor,
+    params: GenerationParams,
+    generator: torch.Generator | None,
+    *,
+    eos_ids: tuple[int, ...] = (),
+) -> Tensor:
+    """As `sample_next`, as a 0-d long tensor on the logits' device: nothing waits for the device."""
     logits = adjust_logits(logits, context_ids, params, eos_ids=eos_ids)
     if _is_greedy(params):
-        return int(torch.argmax(logits))
+        return torch.argmax(logits)
     probs, ids = candidates(logits, params)
-    pick = torch.multinomial(probs, 1, generator=generator)
-    return int(ids[pick])
+    return ids[_draw(probs, generator)]
+
+
+def next_tokens(
+    logits: Tensor,
+    contexts: Sequence[Tensor],
+    params: Sequence[GenerationParams],
+    generators: Sequence[torch.Generator | None],
+    *,
+    eos_ids: tuple[int, ...] = (),
+) -> Tensor:
+    """One token per row of `logits` [rows, vocab], each row with its own context, samplers and generator: [rows]
+    long on the logits' device. Rows that are plain greedy share one argmax; the others go one by one."""
+    out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+    plain = [i for i, p in enumerate(params) if _is_greedy(p) and not _adjusts(p, eos_ids)]
+    if len(plain) == len(params):
+        return torch.argmax(logits, dim=-1, out=out)
+    if plain:
+        out[plain] = torch.argmax(logits[plain], dim=-1)
+    for i in (i for i in range(len(params)) if i not in plain):
+        out[i] = next_token(logits[i], contexts[i], params[i], generators[i], eos_ids=eos_ids)
+    return out
+
+
+def _adjusts(params: GenerationParams, eos_ids: tuple[int, ...]) -> bool:
+    """Whether `adjust_logits` can change anything for `params`."""
+    return (params.repetition_penalty != 1.0 or bool(params.presence_penalty or params.frequency_penalty)
+            or (params.ban_eos_token and bool(eos_ids)))  # fmt: skip
+
+
+def _draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Index of one draw from `probs`. On the CPU `multinomial`; elsewhere the exponential race
+    (argmax of p / Exp(1), the same distribution), which, unlike `multinomial`, never waits for the device."""
+    if probs.device.type == "cpu":
+        return torch.multinomial(probs, 1, generator=generator)[0]
+    race = torch.empty_like(probs).exponential_(1, generator=generator)
+    return torch.argmax(probs / race)
 
 
 def token_distribution(
@@ -105,7 +156,8 @@ HEAD = 256  # a full sort of a 50k vocabulary costs ~4 ms on a CPU core; topk(25
 def _sorted_head(scores: Tensor, params: GenerationParams) -> tuple[Tensor, Tensor, Tensor | None]:
     """The scores sorted descending: only the first HEAD when they provably hold every top_p / min_p survivor
     (the tokens after them would be cut anyway), else all of them."""
-    if (params.top_p < 1.0 or params.min_p > 0.0) and scores.shape[0] > HEAD:
+    # Deciding whether the head suffices reads a value: a host sync, worth it on the CPU only (GPUs sort fast).
+    if (params.top_p < 1.0 or params.min_p > 0.0) and scores.shape[0] > HEAD and scores.device.type == "cpu":
         head, ids = torch.topk(scores, HEAD)
         log_norm = torch.logsumexp(scores, dim=0)
         probs = torch.exp(head - log_norm)

@@ -1,42 +1,35 @@
 """`TorchCausalLM`: the `LoadedModel` of every PyTorch backend (Transformers, GPTQ, native GGUF).
 
-It owns the decode loop: prefill the prompt into a KV cache, then one forward per new token, sampled by
-`loaders.sampling`. Any module with the Hugging Face causal-LM forward works
-(`module(input_ids=..., past_key_values=cache, use_cache=True).logits`); loaders build the module, this class
-only runs it. The cache is made by `_new_cache` and each step runs through `_forward`, the two places a static
-cache / `torch.compile` path for CUDA would replace.
+Any module with the Hugging Face causal-LM forward works; loaders build the module, this class runs it. It holds
+`slots` sequences at once (`LoadPlan.slots`) in a preallocated KV cache (`loaders.kv_cache.SlotCache`); concurrent
+`generate_tokens` calls are batched by `loaders.batching` (continuous batching, prefix reuse), each forward is run by
+`loaders.decode_step`, and on CUDA the decode step is a captured graph (`loaders.cuda_graphs`). Models whose
+attention a slot cache cannot hold keep Transformers' dynamic cache, one sequence at a time. `decode_mode` says
+which, for the load message.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
-import inspect
+import logging
 import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from loaders.base import DecodeInfo, GenerationParams, MemoryReport, ModelTokenizer
+from loaders.batching import Batcher, Request, reply_budget
+from loaders.cuda_graphs import attach as capture_decode_graphs
+from loaders.decode_step import DynamicRunner, Runner, SlotRunner
 from loaders.errors import ModelNotLoadedError
+from loaders.kv_cache import attention_layout
 from loaders.plan import LoadPlan
-from loaders.sampling import sample_next
 
-
-@dataclass
-class _Decoding:
-    """One generation's tensors."""
-
-    context: torch.Tensor  # [n_prompt + max_new_tokens] long: the prompt, then the reply as it grows
-    length: int  # tokens in `context` so far
-    fed: int  # tokens already run through the model (held in `cache`)
-    cache: Any
-    generator: torch.Generator
+log = logging.getLogger(__name__)
 
 
 class TorchCausalLM:
@@ -55,6 +48,7 @@ class TorchCausalLM:
         memory: MemoryReport,
         *,
         plan: LoadPlan | None = None,
+        cuda_graphs: bool = True,
     ) -> None:
         self.name = name
         self.loader = loader
@@ -64,94 +58,106 @@ class TorchCausalLM:
         self.context_length = context_length
         self.device = device
         self.load_seconds = load_seconds
-        self.memory = memory
         self.plan = plan  # what the loader was asked to do (the Model tab shows it next to what it did)
         self.weight_cache = ""  # GPTQ: how its quantized layers run ("dequantized cache", "triton"...)
         self._input_device = _input_device(module)
         self.dtype = _activation_dtype(module, self._input_device)
-        # Prefill needs the last position's logits only; HF models skip the rest of the LM head when told so.
-        self._keep_last = "logits_to_keep" in inspect.signature(module.forward).parameters
-        # One token through the model now: memory-mapped weights become resident and the kernels' first-call setup
-        # happens during the load, so the memory and the time the load reports are what the first reply will find.
-        self.warmup_seconds = self._warm_up(module)
+        runner = self._new_runner(module, plan.slots if plan is not None else 1)
+        self.slots = runner.rows
+        # One token through the model now: memory-mapped weights become resident, the cache is allocated (all of it on
+        # a GPU) and kernels do their first-call setup (CUDA: the first graph is captured), so the memory and time the
+        # load reports are what the first reply will find.
+        before = _cuda_allocated()
+        self.warmup_seconds = self._warm_up(runner, cuda_graphs=cuda_graphs)
+        self.memory = _plus(memory, {d: n - before.get(d, 0) for d, n in _cuda_allocated().items()})
         self.load_seconds += self.warmup_seconds
+        self.decode_mode = _describe(runner, self.slots, self.warmup_seconds)
+        self._batcher = Batcher(runner, device=self._input_device, eos_ids=tuple(tokenizer.eos_token_ids))
         _return_freed_heap()
-
-    slots = 1  # one generation at a time
 
     def generate_tokens(
         self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event,
         info: DecodeInfo | None = None,
     ) -> Iterator[int]:
-        """Yield new token ids; stops at EOS (not yielded; never sampled when banned), max_new_tokens or cancel."""
-        module = self._live()
+        """Yield new token ids; stops at EOS (not yielded; never sampled when banned), max_new_tokens, the end of the
+        context, or cancel. Up to `slots` calls run at once, each from its own thread."""
+        self._live()
         if not prompt_ids or params.max_new_tokens <= 0:
-            return
+            return iter(())
+        budget = reply_budget(len(prompt_ids), params.max_new_tokens, self.context_length)
+        context = torch.empty(len(prompt_ids) + budget, dtype=torch.long, device=self._input_device)
+        context[: len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
         eos = tuple(self.tokenizer.eos_token_ids)
-        stop_ids = () if params.ban_eos_token else eos
-        state = self._start(module, prompt_ids, params)
-        for _ in range(params.max_new_tokens):
-            if cancel.is_set():
-                return
-            token = self._step(module, state, params, eos)
-            if token in stop_ids:
-                return
-            yield token
+        request = Request(
+            list(prompt_ids), params, cancel, info or DecodeInfo(), budget,
+            frozenset(() if params.ban_eos_token else eos), context, _generator(params.seed, self._input_device),
+        )  # fmt: skip
+        return self._batcher.stream(request)
 
     def unload(self) -> None:
+        self._batcher.close(f"{self.name} was unloaded. Load it again in the Model tab.")
         self.module = None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    # --- the loop -------------------------------------------------------------------------------------------------
-    # Inference mode is entered per step, never across a `yield`: the consumer may resume this generator on another
-    # thread (Gradio does), and thread-local grad state must not leak into its code between tokens.
+    # --- set-up -------------------------------------------------------------------------------------------------------
+
+    def _new_runner(self, module: torch.nn.Module, slots: int) -> Runner:
+        """A slot cache of `slots` rows when the model's attention fits one, else Transformers' dynamic cache."""
+        fits, sliding = attention_layout(getattr(module, "config", None), self.context_length)
+        if not fits:
+            if slots > 1:
+                log.info("%s: this model's attention layers need Transformers' dynamic cache; one request at a time.",
+                         self.name)  # fmt: skip
+            return DynamicRunner(module, device=self._input_device)
+        return SlotRunner(module, rows=max(1, slots), context=self.context_length, device=self._input_device,
+                          dtype=getattr(torch, self.dtype), sliding=sliding)  # fmt: skip
 
     @torch.inference_mode()
-    def _start(self, module: torch.nn.Module, prompt_ids: list[int], params: GenerationParams) -> _Decoding:
-        size = len(prompt_ids) + params.max_new_tokens
-        context = torch.empty(size, dtype=torch.long, device=self._input_device)
-        context[: len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
-        return _Decoding(context, len(prompt_ids), 0, self._new_cache(module, size),
-                         _generator(params.seed, self._input_device))
-
-    @torch.inference_mode()
-    def _step(self, module: torch.nn.Module, state: _Decoding, params: GenerationParams, eos: tuple[int, ...]) -> int:
-        """Feed the tokens not yet in the cache (the prompt, then the last token), sample, append the new token."""
-        logits = self._forward(module, state.context[None, state.fed : state.length], state.cache)  # [vocab]
-        state.fed = state.length
-        token = sample_next(logits, state.context[: state.length], params, state.generator, eos_ids=eos)
-        state.context[state.length] = token
-        state.length += 1
-        return token
-
-    @torch.inference_mode()
-    def _warm_up(self, module: torch.nn.Module) -> float:
+    def _warm_up(self, runner: Runner, *, cuda_graphs: bool) -> float:
         started = time.perf_counter()
-        token = self.tokenizer.bos_token_id or 0
-        self._forward(module, torch.tensor([[token]], device=self._input_device), self._new_cache(module, 1))
+        runner.prefill(0, [self.tokenizer.bos_token_id or 0], 0)
+        if isinstance(runner, SlotRunner) and cuda_graphs:
+            runner.graphs = capture_decode_graphs(runner)
+        if self._input_device.type == "cuda":
+            torch.cuda.synchronize(self._input_device)
         return time.perf_counter() - started
-
-    def _new_cache(self, module: torch.nn.Module, max_length: int) -> Any:
-        """A growing transformers DynamicCache (`max_length` is for a future static cache)."""
-        from transformers import DynamicCache, PreTrainedConfig
-
-        config = getattr(module, "config", None)  # lets the cache size sliding-window layers
-        return DynamicCache(config=config) if isinstance(config, PreTrainedConfig) else DynamicCache()
-
-    def _forward(self, module: torch.nn.Module, input_ids: torch.Tensor, cache: Any) -> torch.Tensor:
-        """Run `input_ids` [1, n] through the model, extending `cache`; the last position's logits [vocab]."""
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "past_key_values": cache, "use_cache": True}
-        if self._keep_last:
-            kwargs["logits_to_keep"] = 1
-        # Sampling runs where the ids live; with a split device map the LM head may sit elsewhere.
-        return module(**kwargs).logits[0, -1].float().to(self._input_device)
 
     def _live(self) -> torch.nn.Module:
         if self.module is None:
             raise ModelNotLoadedError(f"{self.name} was unloaded. Load it again in the Model tab.")
         return self.module
+
+
+def _describe(runner: Runner, slots: int, warmup_seconds: float) -> str:
+    """How decoding runs, for the load message: "static KV cache, 4 slots, CUDA graphs (captured in 1.2 s);
+    warm-up 2.0 s"."""
+    warmup = f"; warm-up {warmup_seconds:.1f} s"
+    if not isinstance(runner, SlotRunner):
+        return "dynamic KV cache (this model's attention layers), 1 slot" + warmup
+    text = f"static KV cache, {slots} slot{'s' if slots != 1 else ''}"
+    graphs = runner.graphs
+    if graphs is not None and graphs.failure:
+        return f"{text}, eager decode (CUDA graph capture failed: {graphs.failure}){warmup}"
+    if graphs is not None:
+        return f"{text}, CUDA graphs (captured in {graphs.capture_seconds:.1f} s){warmup}"
+    return text + warmup
+
+
+def _cuda_allocated() -> dict[int, int]:
+    if not torch.cuda.is_available():
+        return {}
+    return {i: torch.cuda.memory_allocated(i) for i in range(torch.cuda.device_count())}
+
+
+def _plus(memory: MemoryReport, vram: dict[int, int]) -> MemoryReport:
+    """`memory` with `vram` (bytes the warm-up allocated per CUDA device: cache, graph pool, workspaces) added."""
+    total = dict(memory.vram_bytes)
+    for index, extra in vram.items():
+        if extra > 0:
+            total[index] = total.get(index, 0) + extra
+    return MemoryReport(ram_bytes=memory.ram_bytes, vram_bytes=total)
 
 
 def _input_device(module: torch.nn.Module) -> torch.device:

@@ -48,8 +48,9 @@ def random_rows(
     return blocks.reshape(n_rows, -1)
 
 
-def triton_errors(n_rows: int = 24, n_cols: int = 512, m: int = 2) -> dict[str, list[float]]:
-    """Type name -> [max |triton - torch|, max |torch|] of y = x @ W.T on a random W."""
+def triton_errors(n_rows: int = 24, n_cols: int = 512, rows: tuple[int, ...] = (1, 3)) -> dict[str, list[float]]:
+    """Type name -> [max |triton - torch|, max |torch|] of y = x @ W.T on a random W, over `rows` activation rows
+    (1: the one-row kernel; more: the batched one)."""
     import torch
 
     from kernels.gguf_torch import dequantize
@@ -60,10 +61,14 @@ def triton_errors(n_rows: int = 24, n_cols: int = 512, m: int = 2) -> dict[str, 
     result = {}
     for qtype in ALL_TYPES:
         w = torch.from_numpy(random_rows(qtype, n_rows, n_cols, rng, any_bf16=False))
-        x = torch.randn(m, n_cols)
-        expected = x @ dequantize(w, qtype, (n_rows, n_cols)).T
-        got = gemv(x, w, qtype, (n_rows, n_cols))
-        result[qtype.name] = [(got - expected).abs().max().item(), expected.abs().max().item()]
+        error, scale = 0.0, 0.0
+        for m in rows:
+            x = torch.randn(m, n_cols)
+            expected = x @ dequantize(w, qtype, (n_rows, n_cols)).T
+            got = gemv(x, w, qtype, (n_rows, n_cols))
+            error = max(error, (got - expected).abs().max().item())
+            scale = max(scale, expected.abs().max().item())
+        result[qtype.name] = [error, scale]
     return result
 
 

@@ -99,3 +99,18 @@ def test_triton_gemv_matches_torch_under_interpreter() -> None:
     assert set(errors) == {t.name for t in ALL_TYPES}
     for name, (error, scale) in errors.items():
         assert scale > 0 and error <= 1e-5 * scale + 1e-5, f"{name}: max error {error} at magnitude {scale}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("qtype", [t for t in ALL_TYPES if t.name not in ("F32", "BF16")], ids=lambda t: t.name)
+def test_cuda_gemv_matches_torch_in_fp16(qtype: GGMLQuantizationType) -> None:
+    from kernels.gguf_dispatch import quantized_matmul
+
+    raw = torch.from_numpy(random_rows(qtype, 1024, 4096, np.random.default_rng(3), any_bf16=False)).cuda()
+    weight = gguf_torch.dequantize(raw, qtype, (1024, 4096))
+    for rows in (1, 8, 16, 40):  # one-row kernel, batched kernel (one tl.dot for all rows), torch path (prefill)
+        x = torch.randn(rows, 4096, device="cuda", dtype=torch.float16)
+        expected = x.float() @ weight.T
+        got = quantized_matmul(x, raw, qtype, (1024, 4096)).float()
+        assert (got - expected).abs().max() <= 1e-2 * expected.abs().max(), (qtype.name, rows)

@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,15 +31,6 @@ LOGITS_TEXT = (
     "movable metal type, oil-based inks and a wooden press adapted from wine making. Books became cheaper, "
     "literacy spread, and ideas travelled faster than ever before. " + VARIED_TEXT
 ) * 3
-
-
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
-    """Several developers share two cores: OpenMP spinning over oversubscribed cores slows the small matmuls ~100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

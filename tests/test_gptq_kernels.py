@@ -15,6 +15,7 @@ import torch
 
 from kernels import gptq_torch
 from kernels.gptq import GPTQLinear
+from tests.gptq_blocks import random_layer
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are decorated, i.e. at import
@@ -23,22 +24,6 @@ if not torch.cuda.is_available():
 gptq_triton = importlib.import_module("kernels.gptq_triton")
 
 CASES = [(bits, group, act) for bits in (2, 4, 8) for group in (32, 64, 128, -1) for act in (False, True)]
-
-
-def random_layer(in_f: int, out_f: int, bits: int, group: int, act_order: bool, *, zero_offset: int = 1,
-                 device: str = "cpu", seed: int = 0) -> gptq_torch.GPTQTensors:
-    generator = torch.Generator().manual_seed(seed)
-    n_groups = 1 if group == -1 else -(-in_f // group)
-    q = torch.randint(0, 2**bits, (in_f, out_f), generator=generator, dtype=torch.int32)
-    zeros = torch.randint(zero_offset, 2**bits, (n_groups, out_f), generator=generator, dtype=torch.int32)
-    scales = (torch.rand(n_groups, out_f, generator=generator) * 0.02 + 0.001).half()
-    g_idx = gptq_torch.default_g_idx(in_f, group)
-    if act_order:
-        g_idx = g_idx[torch.randperm(in_f, generator=generator)]
-    tensors = gptq_torch.GPTQTensors(gptq_torch.pack_rows(q, bits), gptq_torch.pack_cols(zeros - zero_offset, bits),
-                                     scales, g_idx, bits, zero_offset)
-    return gptq_torch.GPTQTensors(*(t.to(device) for t in (tensors.qweight, tensors.qzeros, tensors.scales,
-                                                          tensors.g_idx)), bits, zero_offset)
 
 
 @pytest.mark.parametrize(("bits", "group", "act_order"), CASES)

@@ -71,7 +71,7 @@ class Estimate:
 
     @property
     def vram_at_load(self) -> int:
-        return sum(self.device_at_load(d) for d in self.parts if d.startswith("cuda"))
+        return sum(self.device_at_load(d) for d in self.parts if d != "ram")
 
     @property
     def ram(self) -> int:
@@ -79,7 +79,7 @@ class Estimate:
 
     @property
     def vram(self) -> int:
-        return sum(self.device_total(d) for d in self.parts if d.startswith("cuda"))
+        return sum(self.device_total(d) for d in self.parts if d != "ram")
 
     @property
     def total(self) -> int:
@@ -122,6 +122,7 @@ def estimate(
     act_bytes: int | None = None,
     slots: int = 1,
     notes: tuple[str, ...] = (),
+    gpu_device: str | None = None,
 ) -> Estimate:
     """The memory of `loader` holding this model with a full context of `ctx` tokens (default: the model's max).
 
@@ -140,7 +141,7 @@ def estimate(
     if max_memory is not None:
         n_gpu_layers = _layers_within(shape, loaded, loader, ctx, kv, max_memory.get(str(gpu), 0) * GIB, slots)
     n_gpu_layers = max(0, min(n_gpu_layers, shape.n_layers + 1))
-    gpu_dev = f"cuda:{gpu}"
+    gpu_dev = gpu_device or f"cuda:{gpu}"  # "mps" for Apple's GPU
     on_gpu = _gpu_layers(loader, shape.n_layers, n_gpu_layers)
     parts: dict[str, dict[str, int]] = {"ram": {"weights": 0, "kv_cache": 0, "buffers": 0, "overhead": 0}}
     if on_gpu or n_gpu_layers > shape.n_layers:
@@ -163,9 +164,10 @@ def estimate(
     for device in parts:
         fixed, growing = _buffers(shape, loader, ctx, batch, act_bytes, on_cpu=device == "ram")
         parts[device]["buffers"] = fixed + growing
-        # llama.cpp allocates its KV cache when the context is created (and clears it: resident at once); the
-        # torch loaders' cache (DynamicCache) and activations grow with the prompt.
-        grows[device] = growing + (0 if loader == "llama.cpp" else parts[device]["kv_cache"])
+        # llama.cpp allocates its KV cache when the context is created (and clears it: resident at once), and so do
+        # the torch loaders on a GPU (their slot cache is zeroed at load); on the CPU theirs is touched as it fills.
+        kv_grows = loader != "llama.cpp" and device == "ram"
+        grows[device] = growing + (parts[device]["kv_cache"] if kv_grows else 0)
     parts["ram"]["overhead"] += RUNTIME_RAM.get(loader, RUNTIME_RAM["transformers"])
     parts["ram"]["overhead"] += TOKENIZER_BYTES_PER_TOKEN.get(loader, 0) * shape.vocab
     return Estimate(loader, ctx, n_gpu_layers, shape.n_layers, parts, grows, weights.file_bytes, weights.source, notes,

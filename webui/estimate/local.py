@@ -31,6 +31,7 @@ def plan_options(plan: LoadPlan) -> dict[str, Any]:
         "kv_bytes": plan.kv_bytes,
         "batch": plan.batch,
         "gpu": plan.gpu,
+        "gpu_device": plan.gpu_device,
         "dequant_cache": plan.weight_cache == "dequantized cache",
         "slots": plan.slots,
     }

@@ -51,7 +51,8 @@ def status_text(state: AppState) -> str:
     if est is not None:
         text += f" (estimated {format_bytes(est.ram_at_load)} at load, {format_bytes(est.ram)} at the full context"
         text += f"; VRAM {format_bytes(est.vram_at_load)} / {format_bytes(est.vram)})" if est.vram else ")"
-    return text + "."
+    decoding = getattr(model, "decode_mode", "")  # the PyTorch backends: cache, slots, CUDA graphs, warm-up time
+    return text + "." + (f" Decoding: {decoding}." if decoding else "")
 
 
 def describe(view: ModelView) -> str:
