@@ -32,9 +32,6 @@ GPTQ_CACHE_RAM_FRACTION = 0.5  # `dequantize_cache: auto` keeps dequantized weig
 NATIVE_GGUF_ARCHITECTURES = ("llama",)  # Mistral-style dense GQA files are written as "llama" by the converter
 AUTO_MAX_SLOTS = 4  # `parallel: 0` gives at most this many slots (LM Studio's default); more only when asked
 SLOT_KV_SHARE = 0.25  # ... and only as many as keep their KV caches within this share of the memory the weights leave
-# Loaders whose backend decodes several requests at once (continuous batching: llama.cpp's sequences, the PyTorch
-# backends' slot cache in loaders/batching.py). Any other plans one slot whatever `parallel` says.
-BATCHING_LOADERS = frozenset({"llama.cpp", "transformers", "gptq", "gguf"})
 WeightCache = Literal["", "dequantized cache", "per-call", "triton"]
 
 
@@ -114,7 +111,7 @@ def _plan_transformers(files: ModelFiles, settings: TransformersSettings, hw: Ha
     dtype = _dtype(settings.dtype, on_gpu=gpu is not None, cpu_native_bf16=False, gpu_dtype=gpu_dtype)
     context = settings.context_length or int(files.shape.context_max * settings.compress_pos_emb)
     on_gpu = gpu is not None and not settings.max_memory_gib
-    slots, slot_notes = _slots("transformers", settings.parallel, files, context, DTYPE_BYTES[dtype], _free(hw, gpu))
+    slots = _slots(settings.parallel, files, context, DTYPE_BYTES[dtype], _free(hw, gpu))
     notes = ()
     if files.weights is not None and files.weights.format == "pickle":
         notes = ("Only pickled .bin weights: loading them runs code stored in the file; use safetensors models "
@@ -122,7 +119,7 @@ def _plan_transformers(files: ModelFiles, settings: TransformersSettings, hw: Ha
     return LoadPlan(
         "transformers", files, tuple(files.weight_paths), device, dtype, context,
         n_gpu_layers=files.shape.n_layers + 1 if on_gpu else 0, gpu=gpu or 0, weights_dtype=dtype,
-        max_memory_gib=settings.max_memory_gib if gpu is not None else None, notes=notes + slot_notes, slots=slots,
+        max_memory_gib=settings.max_memory_gib if gpu is not None else None, notes=notes, slots=slots,
     )  # fmt: skip
 
 
@@ -142,9 +139,9 @@ def _plan_gptq(files: ModelFiles, settings: GPTQSettings, hw: Hardware) -> LoadP
     cache = _gptq_cache(files, settings.dequantize_cache, dtype, hw, on_gpu=gpu is not None, cuda=device != "mps")
     context = settings.context_length or files.shape.context_max
     n_gpu = files.shape.n_layers + 1 if gpu is not None else 0
-    slots, notes = _slots("gptq", settings.parallel, files, context, DTYPE_BYTES[dtype], _free(hw, gpu))
+    slots = _slots(settings.parallel, files, context, DTYPE_BYTES[dtype], _free(hw, gpu))
     return LoadPlan("gptq", files, tuple(files.weight_paths), device, dtype, context, n_gpu_layers=n_gpu,
-                    gpu=gpu or 0, weights_dtype=dtype, weight_cache=cache, slots=slots, notes=notes)  # fmt: skip
+                    gpu=gpu or 0, weights_dtype=dtype, weight_cache=cache, slots=slots)  # fmt: skip
 
 
 def _gptq_cache(files: ModelFiles, setting: str, dtype: str, hw: Hardware, *, on_gpu: bool,
@@ -172,7 +169,7 @@ def _plan_llama_cpp(files: ModelFiles, settings: LlamaCppSettings, hw: Hardware)
     n_gpu = min(wanted, n_layers + 1) if hw.gpus else 0
     notes = ("No GPU here: n_gpu_layers is ignored.",) if wanted and not hw.gpus else ()
     context = settings.n_ctx or files.shape.context_max
-    slots, _ = _slots("llama.cpp", settings.parallel, files, context, DTYPE_BYTES["float16"],
+    slots = _slots(settings.parallel, files, context, DTYPE_BYTES["float16"],
                       _free(hw, 0 if n_gpu else None))
     return LoadPlan("llama.cpp", files, (files.gguf_path,), _split_label(n_gpu, n_layers), "float16", context,
                     n_gpu_layers=n_gpu, gpu_side="last", batch=settings.n_batch, slots=slots, notes=notes)  # fmt: skip
@@ -193,9 +190,9 @@ def _plan_native_gguf(files: ModelFiles, settings: NativeGGUFSettings, hw: Hardw
     trained = files.shape.context_max
     context = min(settings.n_ctx, trained) if settings.n_ctx > 0 else trained
     free = _free(hw, 0 if n_gpu else None)
-    slots, notes = _slots("gguf", settings.parallel, files, context, DTYPE_BYTES[dtype], free)
+    slots = _slots(settings.parallel, files, context, DTYPE_BYTES[dtype], free)
     return LoadPlan("gguf", files, (files.gguf_path,), _split_label(n_gpu, n_layers, whole_gpu="cuda:0"), dtype,
-                    context, n_gpu_layers=n_gpu, slots=slots, notes=notes)  # fmt: skip
+                    context, n_gpu_layers=n_gpu, slots=slots)  # fmt: skip
 
 
 # --- shared rules ------------------------------------------------------------------------------------------------
@@ -240,25 +237,20 @@ def _dtype(setting: str, *, on_gpu: bool, cpu_native_bf16: bool, gpu_dtype: str)
     return "bfloat16" if cpu_native_bf16 else "float32"
 
 
-def _slots(
-    loader: str, setting: int, files: ModelFiles, context: int, kv_bytes: int, free: int
-) -> tuple[int, tuple[str, ...]]:
-    """How many requests the model decodes at once, and a note when `parallel` cannot be honoured: the setting when
-    given; 0 = as many as keep their KV caches (of `context` tokens each) within `SLOT_KV_SHARE` of the memory the
-    stored weights leave free (one when their size is unknown), at most `AUTO_MAX_SLOTS`, at least one."""
+def _slots(setting: int, files: ModelFiles, context: int, kv_bytes: int, free: int) -> int:
+    """How many requests the model decodes at once: the setting when given; 0 = as many as keep their KV caches
+    (of `context` tokens each) within `SLOT_KV_SHARE` of the memory the stored weights leave free (one when their
+    size is unknown), at most `AUTO_MAX_SLOTS`, at least one."""
     problem = parallel_problem(setting)
     if problem is not None:
         raise SettingsError(f"The setting {problem}.")
-    if loader not in BATCHING_LOADERS:
-        unused = f"The {loader} loader decodes one request at a time for now: parallel {setting} is not used."
-        return 1, (unused,) if setting > 1 else ()
     if setting:
-        return setting, ()
+        return setting
     weights = _stored_weight_bytes(files)
     if not weights:
-        return 1, ()
+        return 1
     per_slot = max(1, files.shape.kv_cache_bytes(context, kv_bytes))
-    return max(1, min(AUTO_MAX_SLOTS, int((free - weights) * SLOT_KV_SHARE) // per_slot)), ()
+    return max(1, min(AUTO_MAX_SLOTS, int((free - weights) * SLOT_KV_SHARE) // per_slot))
 
 
 def _stored_weight_bytes(files: ModelFiles) -> int:
