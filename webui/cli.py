@@ -29,7 +29,7 @@ PROMPT_END = "----- end of prompt -----"
 
 def run_once(state: AppState, args: argparse.Namespace) -> int:
     try:
-        state.models.load(args.model, loader=args.loader, confirm_memory=args.yes)
+        state.models.load(args.model, loader=args.loader, confirm_memory=args.yes, loras=args.loras)
     except CorralError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -20,7 +20,14 @@ from loaders.errors import ModelFormatError, ModelNameError, ModelNotFoundError,
 from loaders.files.gguf_choice import GGUFCandidate, choose_gguf, group_gguf, with_quants
 from loaders.files.gguf_header import GGUFHeader, read_gguf_header
 from loaders.files.jsonfile import read_json_if_exists, read_json_object
-from loaders.files.quant_config import EMBEDDED, QUANTIZE_CONFIG, GPTQConfig, gptq_config
+from loaders.files.quant_config import (
+    EMBEDDED,
+    QUANTIZE_CONFIG,
+    GPTQConfig,
+    TransformersQuant,
+    gptq_config,
+    transformers_quant,
+)
 from loaders.files.safetensors_header import SafetensorsTensor, read_safetensors_header
 from loaders.files.shape import ModelShape
 from loaders.files.weights import SAFETENSORS_INDEX, WeightFiles, find_weight_files
@@ -52,6 +59,7 @@ class ModelFiles:
     chat: ChatFacts
     config: dict[str, Any] | None = None  # config.json (hf)
     gptq: GPTQConfig | None = None
+    quant: TransformersQuant | None = None  # a checkpoint Transformers' own quantizer loads (AWQ, fp8, bnb...)
     weights: WeightFiles | None = None
     tensors: tuple[SafetensorsTensor, ...] = ()  # from the safetensors headers; () for pickles
     ggufs: tuple[GGUFCandidate, ...] = ()  # every quant in the folder (gguf)
@@ -208,6 +216,7 @@ def _has_weights(names: list[str]) -> bool:
 def _read_hf(folder: Path, names: list[str], weights_file: str) -> ModelFiles:
     config = read_json_object(folder / "config.json")
     gptq = _with_path(lambda: gptq_config(config, read_json_if_exists(folder / QUANTIZE_CONFIG)), folder)
+    quant = None if gptq else _with_path(lambda: transformers_quant(config), folder / "config.json")
     index = read_json_if_exists(folder / SAFETENSORS_INDEX)
     base_source = f"{gptq.source} model_file_base_name" if gptq else ""
     try:
@@ -221,7 +230,7 @@ def _read_hf(folder: Path, names: list[str], weights_file: str) -> ModelFiles:
             tensors += read_safetensors_header(folder / name)
     shape = _with_path(lambda: ModelShape.from_config(config), folder / "config.json")
     return ModelFiles(path=folder, folder=folder, format="hf", shape=shape, chat=_hf_chat(folder, config),
-                      config=config, gptq=gptq, weights=weights, tensors=tuple(tensors))  # fmt: skip
+                      config=config, gptq=gptq, quant=quant, weights=weights, tensors=tuple(tensors))  # fmt: skip
 
 
 def _missing_path(folder: Path, message: str) -> Path:
