@@ -87,6 +87,8 @@ class AdapterStack:
             fit.check_torch(adapter, self._model.module, self._model.name)
         elif adapter.format == "gguf":
             fit.check_gguf(adapter, self._header(), self._model.name)
+        else:
+            fit.check_peft_on_gguf(adapter, self._header(), self._model.name)
         return adapter
 
     def apply(self, choices: Sequence[AdapterChoice]) -> None:

@@ -42,6 +42,21 @@ def check_gguf(adapter: AdapterFiles, header: GGUFHeader, model: str) -> None:
             raise _mismatch(adapter, model, ours, _shape_text(pair, sizes))
 
 
+def check_peft_on_gguf(adapter: AdapterFiles, header: GGUFHeader, model: str) -> None:
+    """A PEFT adapter for a GGUF model (llama.cpp): every target has a GGUF tensor of its shape."""
+    from loaders.lora.to_gguf import gguf_names
+
+    ours = header.architecture
+    shapes = {t.name.removesuffix(".weight"): (t.dims[0], t.dims[1]) for t in header.tensors if len(t.dims) == 2}
+    names = gguf_names(adapter, header)
+    for pair in adapter.pairs:
+        name = names[pair.target]
+        if name is None:
+            raise _mismatch(adapter, model, ours, f"it adapts {pair.target}, which {model} does not have")
+        if shapes[name] != (pair.in_features, pair.out_features):
+            raise _mismatch(adapter, model, ours, _shape_text(pair, shapes[name]))
+
+
 def _sizes(module: nn.Module) -> tuple[int, int] | None:
     inner = module.get_base_layer() if hasattr(module, "get_base_layer") else module
     in_f, out_f = getattr(inner, "in_features", None), getattr(inner, "out_features", None)

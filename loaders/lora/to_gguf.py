@@ -53,18 +53,27 @@ def to_gguf(adapter: AdapterFiles, header: GGUFHeader, model: str) -> Path:
     return target
 
 
-def _gguf_tensors(adapter: AdapterFiles, header: GGUFHeader, *, permute: bool) -> dict[str, np.ndarray]:
+def gguf_names(adapter: AdapterFiles, header: GGUFHeader) -> dict[str, str | None]:
+    """PEFT target module -> the base GGUF tensor it adapts (without `.weight`; None: the GGUF has none)."""
     import gguf
 
-    arch = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}[header.architecture]
+    arch = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}.get(header.architecture)
+    if arch is None:
+        return dict.fromkeys(adapter.targets)
     names = gguf.get_tensor_name_map(arch, int(header.arch_key(gguf.Keys.LLM.BLOCK_COUNT, 0)))
+    base = {t.name for t in header.tensors}
+    mapped = {target: names.get_name(target, try_suffixes=(".weight",)) for target in adapter.targets}
+    return {target: name if name and f"{name}.weight" in base else None for target, name in mapped.items()}
+
+
+def _gguf_tensors(adapter: AdapterFiles, header: GGUFHeader, *, permute: bool) -> dict[str, np.ndarray]:
     heads, kv_heads = _heads(header)
     state = {k.removeprefix(PEFT_PREFIX): v.float() for k, v in load_file(adapter.weights).items()}
-    base = {t.name for t in header.tensors}
+    names = gguf_names(adapter, header)
     out: dict[str, np.ndarray] = {}
     for pair in adapter.pairs:
-        name = names.get_name(pair.target, try_suffixes=(".weight",))
-        if name is None or f"{name}.weight" not in base:
+        name = names[pair.target]
+        if name is None:
             raise UnsupportedModelError(f"The adapter {adapter.name} adapts {pair.target}, which the GGUF model has "
                                         "no tensor for; it was made for another architecture")  # fmt: skip
         a, b = state[f"{pair.target}.lora_A.weight"], state[f"{pair.target}.lora_B.weight"]
