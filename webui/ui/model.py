@@ -1,6 +1,7 @@
 """Model tab: pick a model (autoload on select), its loader and settings (from detection, pattern defaults and the
 user's saved values), the memory estimate before load and the measured memory after, Load / Unload / Reload,
-"Save settings for this model", and the download box (`webui/ui/downloads.py`).
+"Save settings for this model" (the LoRA adapters applied included), the LoRA adapters box (`webui/ui/adapters.py`)
+and the download box (`webui/ui/downloads.py`).
 
 Handlers only call `state.models` (`webui/model_service.py`), `state.settings` and `webui/estimate.py`, and word
 the result; every `CorralError` becomes a ⚠️ line in the status or details area, never a traceback."""
@@ -20,7 +21,7 @@ from webui.estimate.local import GPU_LAYER_LOADERS
 from webui.model_service import ModelView
 from webui.state import AppState
 from webui.templates import AUTO_TEMPLATE
-from webui.ui import downloads, loader_controls
+from webui.ui import adapters, downloads, loader_controls
 from webui.ui.chat import ChatControls
 from webui.ui.parameters import ParamControls
 
@@ -43,6 +44,8 @@ def build_tab(state: AppState, controls: ParamControls, chat: ChatControls) -> N
         estimate_btn = gr.Button("Estimate memory", elem_id="model-estimate")
         fit_btn = gr.Button("Fit GPU layers to free VRAM", visible=False, elem_id="model-fit")
     details = gr.Markdown(elem_id="model-details")
+    with gr.Accordion("LoRA adapters", open=False, elem_id="lora-box"):
+        adapters.build(state)
     with gr.Accordion("Download a model", open=True):
         downloads.build(state, on_models_changed=model_name, status=status, status_text=lambda: _status(state))
 

@@ -1,5 +1,6 @@
-"""Notebook tab: one free-text box; Generate continues the text in place (streaming), Stop, Undo, Regenerate,
-and a token count. The text before each generation is kept per browser session for Undo / Regenerate."""
+"""Notebook tab: one free-text box; Generate continues the text in place (streaming), or fills its `<FILL_ME>` in
+"Fill in the middle" mode (`notebook_fill.py`); Stop, Undo, Regenerate, and a token count. The text before each
+generation is kept per browser session for Undo / Regenerate."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import gradio as gr
 
 from webui.generation import raw_turn
 from webui.state import AppState
+from webui.ui import notebook_fill
 from webui.ui.common import error_text, format_stats, session_id, stopper
 from webui.ui.parameters import ParamControls
 
@@ -21,11 +23,15 @@ def build_tab(state: AppState, controls: ParamControls) -> None:
         undo = gr.Button("Undo")
         regenerate = gr.Button("Regenerate")
         count = gr.Button("Count tokens")
+    mode = notebook_fill.mode_control()
     status = gr.Markdown(elem_id="notebook-status")
     before = gr.State("")  # the text as it was before the last generation
 
-    def run(request: gr.Request, current: str, *values):
+    def run(request: gr.Request, current: str, mode_value: str, *values):
         params = controls.to_params(*values)
+        if notebook_fill.is_fill(mode_value):
+            yield from notebook_fill.run(state, session_id(request), current, params)
+            return
         yield current, current, "Generating…"
         try:
             for update in state.generation.stream(session_id(request), raw_turn(current, params)):
@@ -39,10 +45,10 @@ def build_tab(state: AppState, controls: ParamControls) -> None:
         except Exception as error:  # noqa: BLE001 - as above
             return error_text(error, "counting tokens")
 
-    inputs = [text, *controls.inputs]
+    inputs = [text, mode, *controls.inputs]
     generate.click(run, inputs, [text, before, status], concurrency_id="model")
     regenerate.click(lambda b: b, before, text).then(
-        run, [before, *controls.inputs], [text, before, status], concurrency_id="model"
+        run, [before, mode, *controls.inputs], [text, before, status], concurrency_id="model"
     )
     undo.click(lambda b: (b, "Undone."), before, [text, status])
     stop.click(stopper(state), None, None)
