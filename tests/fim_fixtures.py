@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tests import realmodel
 
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 RENAMED = {3: "<fim_prefix>", 4: "<fim_middle>", 7: "<fim_suffix>", 8: "<fim_pad>"}
 CODELLAMA_FIM = ("▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>")
 
@@ -82,7 +82,7 @@ CORPUS = [
     "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n",
     "for i in range(10):\n    print(i, i * i)\n",
     "class Point:\n    def __init__(self, x, y):\n        self.x = x\n        self.y = y\n",
-    "☺ hello world, the quick brown fox jumps over the lazy dog",
+    "hello world, the quick brown fox jumps over the lazy dog",
 ]
 
 
