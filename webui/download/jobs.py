@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from loaders.errors import CorralError, DownloadCancelled, DownloadError
@@ -19,8 +20,25 @@ from webui.download.transfer import DEFAULT_RETRIES, DEFAULT_STALL_S, DEFAULT_TH
 def plan_download(
     ref: RepoRef, folder: Path, *, gguf_file: str | None = None, token: str | None = None
 ) -> DownloadPlan:
-    """What a download of `ref` into `folder` would fetch: with no `gguf_file`, the GGUF already downloaded there."""
-    return choose_files(list_files(ref, token=token), gguf_file=gguf_file, remembered=remembered_gguf(folder, ref))
+    """What a download of `ref` into `folder` would fetch: with no `gguf_file`, the GGUF already downloaded there.
+    A GGUF LoRA (its header says `general.type: adapter`) becomes a plan of kind "adapter"."""
+    plan = choose_files(list_files(ref, token=token), gguf_file=gguf_file, remembered=remembered_gguf(folder, ref))
+    if plan.kind == "model" and plan.gguf is not None and _is_gguf_lora(plan, token=token):
+        plan = replace(plan, kind="adapter")
+    return plan
+
+
+def _is_gguf_lora(plan: DownloadPlan, *, token: str | None) -> bool:
+    from loaders.files.adapter import is_gguf_lora
+    from webui.estimate.hub import fetch_gguf_header
+
+    assert plan.gguf is not None
+    ref = plan.listing.ref
+    try:
+        header = fetch_gguf_header(ref.repo_id, plan.gguf.name, revision=plan.listing.commit, token=token)
+    except (CorralError, OSError):  # the header cannot be read here: the file is a model until it says otherwise
+        return False
+    return is_gguf_lora(header)
 
 
 class DownloadJob:
@@ -36,8 +54,11 @@ class DownloadJob:
         threads: int,
         retries: int,
         stall_s: float = DEFAULT_STALL_S,
+        loras_dir: Path | None = None,
     ) -> None:
         self.ref, self.folder = ref, folder
+        self.target = folder  # where the files go: `folder`, or the loras folder once the plan says "adapter"
+        self._loras_dir = loras_dir
         self.plan: DownloadPlan | None = None
         self._gguf_file, self._token, self._threads, self._retries = gguf_file, token, threads, retries
         self._stall_s = stall_s
@@ -70,11 +91,14 @@ class DownloadJob:
         try:
             tracker.set("running", f"Listing the files of {self.ref}…")
             self.plan = plan_download(self.ref, self.folder, gguf_file=self._gguf_file, token=self._token)
+            if self.plan.kind == "adapter" and self._loras_dir is not None:
+                self.target = Path(self._loras_dir) / self.folder.name
             run_plan(
-                self.plan, self.folder, tracker, self._cancel,
+                self.plan, self.target, tracker, self._cancel,
                 token=self._token, threads=self._threads, retries=self._retries, stall_s=self._stall_s,
             )  # fmt: skip
-            tracker.set("done", f"Done: {self.ref} is in {self.folder}")
+            what = "the LoRA adapter " if self.plan.kind == "adapter" else ""
+            tracker.set("done", f"Done: {what}{self.ref} is in {self.target}")
         except DownloadCancelled as error:
             tracker.set("cancelled", str(error))
         except CorralError as error:
@@ -101,8 +125,10 @@ class DownloadManager:
         retries: int = DEFAULT_RETRIES,
         stall_s: float = DEFAULT_STALL_S,
         on_done: Callable[[DownloadJob], None] | None = None,
+        loras_dir: Path | None = None,
     ) -> None:
         self.models_dir = Path(models_dir)
+        self.loras_dir = Path(loras_dir) if loras_dir is not None else None  # adapter repos go here
         self.threads, self.retries, self.stall_s = threads, retries, stall_s
         self.on_done = on_done
         self._jobs: list[DownloadJob] = []
@@ -117,7 +143,7 @@ class DownloadManager:
                 raise DownloadError(f"{ref} is already downloading into {folder}.")
             job = DownloadJob(
                 ref, folder, gguf_file=gguf_file, token=token or None,
-                threads=self.threads, retries=self.retries, stall_s=self.stall_s,
+                threads=self.threads, retries=self.retries, stall_s=self.stall_s, loras_dir=self.loras_dir,
             )  # fmt: skip
             self._jobs.append(job)
         job._start(self.on_done)
