@@ -25,7 +25,6 @@ from tests.hubserver import (  # noqa: F401 - fixtures
     hub_server_fixture,
 )
 from webui.download import DownloadManager, list_files, parse_repo
-from webui.download.jobs import plan_download
 
 ADAPTER_REPO = "corral-test/SmolLM2-mlp-lora"
 GGUF_LORA_REPO = "corral-test/SmolLM2-mlp-lora-GGUF"
@@ -70,10 +69,11 @@ def test_peft_adapter_repo_lands_in_the_loras_folder(repos: HubServer, tmp_path:
 
 
 def test_gguf_lora_repo_is_recognised_by_its_header(repos: HubServer, tmp_path: Path) -> None:
-    plan = plan_download(parse_repo(GGUF_LORA_REPO), tmp_path / "models" / "x")
-    assert plan.kind == "adapter" and [f.path for f in plan.chosen] == ["SmolLM2-mlp-lora.f32.gguf"]
     models, loras = tmp_path / "models", tmp_path / "loras"
-    assert DownloadManager(models, loras_dir=loras).start(GGUF_LORA_REPO).wait(120).state == "done"
+    job = DownloadManager(models, loras_dir=loras).start(GGUF_LORA_REPO)
+    assert job.wait(120).state == "done"
+    assert job.plan.kind == "adapter" and [f.path for f in job.plan.chosen] == ["SmolLM2-mlp-lora.f32.gguf"]
+    assert not (models / "corral-test_SmolLM2-mlp-lora-GGUF").exists()
     adapter = read_adapter(loras / "corral-test_SmolLM2-mlp-lora-GGUF")
     assert (adapter.format, adapter.architecture) == ("gguf", "llama")
 

@@ -6,7 +6,7 @@ no GGUF metadata, so the candidates are labelled from their names (`group_gguf` 
 
 A PEFT adapter repository (`adapter_config.json` with `adapter_model.safetensors`) is a plan of kind "adapter": its
 config and safetensors weights are fetched (never a pickled `adapter_model.bin`), and the download goes to the
-loras folder. A GGUF LoRA is recognised by its header (`jobs.plan_download`).
+loras folder. A GGUF LoRA is recognised by its header once downloaded (`jobs.DownloadJob`), then moved there.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ into the models folder, one per destination folder at a time)."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -20,25 +21,21 @@ from webui.download.transfer import DEFAULT_RETRIES, DEFAULT_STALL_S, DEFAULT_TH
 def plan_download(
     ref: RepoRef, folder: Path, *, gguf_file: str | None = None, token: str | None = None
 ) -> DownloadPlan:
-    """What a download of `ref` into `folder` would fetch: with no `gguf_file`, the GGUF already downloaded there.
-    A GGUF LoRA (its header says `general.type: adapter`) becomes a plan of kind "adapter"."""
-    plan = choose_files(list_files(ref, token=token), gguf_file=gguf_file, remembered=remembered_gguf(folder, ref))
-    if plan.kind == "model" and plan.gguf is not None and _is_gguf_lora(plan, token=token):
-        plan = replace(plan, kind="adapter")
-    return plan
+    """What a download of `ref` into `folder` would fetch: with no `gguf_file`, the GGUF already downloaded there."""
+    return choose_files(list_files(ref, token=token), gguf_file=gguf_file, remembered=remembered_gguf(folder, ref))
 
 
-def _is_gguf_lora(plan: DownloadPlan, *, token: str | None) -> bool:
+def gguf_lora_downloaded(plan: DownloadPlan, folder: Path) -> bool:
+    """The GGUF just downloaded into `folder` is a LoRA adapter (its header says `general.type: adapter`)."""
     from loaders.files.adapter import is_gguf_lora
-    from webui.estimate.hub import fetch_gguf_header
+    from loaders.files.gguf_header import read_gguf_header
 
-    assert plan.gguf is not None
-    ref = plan.listing.ref
-    try:
-        header = fetch_gguf_header(ref.repo_id, plan.gguf.name, revision=plan.listing.commit, token=token)
-    except (CorralError, OSError):  # the header cannot be read here: the file is a model until it says otherwise
+    if plan.gguf is None or not (folder / plan.gguf.name).is_file():
         return False
-    return is_gguf_lora(header)
+    try:
+        return is_gguf_lora(read_gguf_header(folder / plan.gguf.name))
+    except CorralError:  # not a readable GGUF: the loaders will say what it is
+        return False
 
 
 class DownloadJob:
@@ -86,6 +83,20 @@ class DownloadJob:
         self._on_done = on_done
         self._thread.start()
 
+    def _to_loras_if_adapter(self) -> None:
+        """A GGUF that turns out (by its header) to be a LoRA adapter moves from the models to the loras folder."""
+        if self.plan is None or self.plan.kind != "model" or self._loras_dir is None:
+            return
+        if not gguf_lora_downloaded(self.plan, self.target):
+            return
+        destination = Path(self._loras_dir) / self.target.name
+        if destination.exists():
+            raise DownloadError(f"{self.ref} is a LoRA adapter, but {destination} already exists; it stays in "
+                                f"{self.target}: move it to the loras folder yourself.")  # fmt: skip
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(self.target, destination)
+        self.plan, self.target = replace(self.plan, kind="adapter"), destination
+
     def _run(self) -> None:
         tracker = self._tracker
         try:
@@ -97,6 +108,7 @@ class DownloadJob:
                 self.plan, self.target, tracker, self._cancel,
                 token=self._token, threads=self._threads, retries=self._retries, stall_s=self._stall_s,
             )  # fmt: skip
+            self._to_loras_if_adapter()
             what = "the LoRA adapter " if self.plan.kind == "adapter" else ""
             tracker.set("done", f"Done: {what}{self.ref} is in {self.target}")
         except DownloadCancelled as error:
