@@ -10,13 +10,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
 
+from app import build_parser, lora_choices
 from loaders.base import GenerationParams
 from loaders.errors import ModelNotFoundError, SettingsError, UnsupportedModelError
 from loaders.files.adapter import list_adapters, read_adapter
 from loaders.lora import AdapterChoice
 from tests import gptq_fixtures, lora_fixtures
 from tests.conftest import link_tree
+from webui.api import create_app
 from webui.config import AppConfig
 from webui.engine import generate
 from webui.state import AppState
@@ -122,6 +125,11 @@ def test_two_adapters_with_scales_equal_peft_weighted_sum(state: AppState) -> No
     active = state.models.set_adapters([AdapterChoice("smollm2-attn", 0.5), AdapterChoice("smollm2-mlp", 1.0)])
     assert [(c.name, c.scale) for c in active] == [("smollm2-attn", 0.5), ("smollm2-mlp", 1.0)]
     assert reply(state) == merged_reference([("attn", 0.5), ("mlp", 1.0)])
+    api = TestClient(create_app(state), base_url="http://127.0.0.1")
+    assert api.get("/v1/internal/model/info").json()["loras"] == [{"name": "smollm2-attn", "scale": 0.5},
+                                                                  {"name": "smollm2-mlp", "scale": 1.0}]  # fmt: skip
+    listed = {item["name"]: item["fits"] for item in api.get("/v1/internal/lora/list").json()["loras"]}
+    assert listed == {"gpt2-lora": False, "llama7b-lora": False, "smollm2-attn": True, "smollm2-mlp": True}
 
 
 def test_adapters_that_do_not_fit_are_refused_by_name(state: AppState) -> None:
@@ -253,3 +261,19 @@ def test_list_adapters_sees_folders_and_gguf_files(folders: tuple[Path, Path]) -
     attn = read_adapter(loras / "smollm2-attn")
     assert (attn.rank, attn.alpha, attn.architecture) == (8, 16.0, "LlamaForCausalLM")
     assert len(attn.pairs) == 30 * 4 and attn.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_command_line_adapters_and_scales() -> None:
+    parser = build_parser()
+
+    def choices(*argv: str):
+        return lora_choices(parser, parser.parse_args(list(argv)))
+
+    assert choices("--model", "M", "--lora", "a", "b", "--lora-scale", "0.5", "1") == (AdapterChoice("a", 0.5),
+                                                                                        AdapterChoice("b", 1.0))
+    assert choices("--model", "M", "--lora", "a") == (AdapterChoice("a", 1.0),)
+    assert choices("--model", "M") is None  # the adapters saved for the model
+    for argv in (("--model", "M", "--lora", "a", "b", "--lora-scale", "1"), ("--lora", "a"),
+                 ("--model", "M", "--lora-scale", "1"), ("--model", "M", "--lora", "a", "--lora-scale", "99")):
+        with pytest.raises(SystemExit):
+            choices(*argv)

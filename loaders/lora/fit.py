@@ -16,16 +16,16 @@ def check_torch(adapter: AdapterFiles, module: nn.Module, model: str) -> None:
         raise UnsupportedModelError(f"{adapter.name} is a GGUF LoRA: it runs on the llama.cpp loader. Load {model} "
                                     "as GGUF with llama.cpp, or use the PEFT version of the adapter.")  # fmt: skip
     ours = _architecture(module)
-    for pair in adapter.pairs:
+    sizes: dict[str, tuple[int, int] | None] = {}
+    for target in adapter.targets:
         try:
-            target = module.get_submodule(pair.target)
+            found = module.get_submodule(target)
         except AttributeError:
-            raise _mismatch(adapter, model, ours, f"it adapts {pair.target}, which {model} does not have") from None
-        sizes = _sizes(target)
-        if sizes is None:
-            raise _mismatch(adapter, model, ours, f"{pair.target} is a {type(target).__name__}, not a Linear layer")
-        if sizes != (pair.in_features, pair.out_features):
-            raise _mismatch(adapter, model, ours, _shape_text(pair, sizes))
+            continue
+        sizes[target] = _sizes(found)
+        if sizes[target] is None:
+            raise _mismatch(adapter, model, ours, f"{target} is a {type(found).__name__}, not a Linear layer")
+    _check_pairs(adapter, model, ours, sizes)
 
 
 def check_gguf(adapter: AdapterFiles, header: GGUFHeader, model: str) -> None:
@@ -33,28 +33,31 @@ def check_gguf(adapter: AdapterFiles, header: GGUFHeader, model: str) -> None:
     ours = header.architecture
     if adapter.architecture and adapter.architecture != ours:
         raise _mismatch(adapter, model, ours, f"its architecture is {adapter.architecture}, the model's {ours}")
-    shapes = {t.name.removesuffix(".weight"): (t.dims[0], t.dims[1]) for t in header.tensors if len(t.dims) == 2}
-    for pair in adapter.pairs:
-        sizes = shapes.get(pair.target)
-        if sizes is None:
-            raise _mismatch(adapter, model, ours, f"it adapts {pair.target}.weight, which {model} does not have")
-        if sizes != (pair.in_features, pair.out_features):
-            raise _mismatch(adapter, model, ours, _shape_text(pair, sizes))
+    _check_pairs(adapter, model, ours, _gguf_shapes(header))
 
 
 def check_peft_on_gguf(adapter: AdapterFiles, header: GGUFHeader, model: str) -> None:
     """A PEFT adapter for a GGUF model (llama.cpp): every target has a GGUF tensor of its shape."""
     from loaders.lora.to_gguf import gguf_names
 
-    ours = header.architecture
-    shapes = {t.name.removesuffix(".weight"): (t.dims[0], t.dims[1]) for t in header.tensors if len(t.dims) == 2}
-    names = gguf_names(adapter, header)
+    shapes = _gguf_shapes(header)
+    sizes = {target: shapes.get(name) for target, name in gguf_names(adapter, header).items() if name}
+    _check_pairs(adapter, model, header.architecture, sizes)
+
+
+def _check_pairs(adapter: AdapterFiles, model: str, ours: str, sizes: dict[str, tuple[int, int] | None]) -> None:
+    """Every adapted layer is in `sizes` (target -> the model's (in, out)) with the adapter's sizes."""
     for pair in adapter.pairs:
-        name = names[pair.target]
-        if name is None:
+        found = sizes.get(pair.target)
+        if found is None:
             raise _mismatch(adapter, model, ours, f"it adapts {pair.target}, which {model} does not have")
-        if shapes[name] != (pair.in_features, pair.out_features):
-            raise _mismatch(adapter, model, ours, _shape_text(pair, shapes[name]))
+        if found != (pair.in_features, pair.out_features):
+            raise _mismatch(adapter, model, ours, _shape_text(pair, found))
+
+
+def _gguf_shapes(header: GGUFHeader) -> dict[str, tuple[int, int] | None]:
+    """Base tensor (without `.weight`) -> (in, out): GGUF lists dims innermost first."""
+    return {t.name.removesuffix(".weight"): (t.dims[0], t.dims[1]) for t in header.tensors if len(t.dims) == 2}
 
 
 def _sizes(module: nn.Module) -> tuple[int, int] | None:
