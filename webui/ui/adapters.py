@@ -70,6 +70,13 @@ def _choices(state: AppState) -> Any:
     return gr.update(choices=fitting, value=active)
 
 
+def status_note(info: Any) -> str:
+    """" LoRA: a × 1, b × 0.5." (and what the load could not apply) for the Model tab's status line."""
+    active = info.adapters.active if info.adapters is not None else ()
+    note = " LoRA: " + ", ".join(f"{c.name} × {c.scale:g}" for c in active) + "." if active else ""
+    return note + "".join(f"\n\n⚠️ {w}" for w in info.warnings)
+
+
 def describe(state: AppState) -> str:
     """The active adapters and, for those that do not fit, why."""
     info = state.models.current_info

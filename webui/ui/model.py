@@ -197,7 +197,7 @@ def _status(state: AppState) -> str:
     if est is not None:
         text += f" (estimated {format_bytes(est.ram_at_load)} at load, {format_bytes(est.ram)} at the full context"
         text += f"; VRAM {format_bytes(est.vram_at_load)} / {format_bytes(est.vram)})" if est.vram else ")"
-    return text + "."
+    return text + "." + adapters.status_note(info)
 
 
 def _describe(view: ModelView) -> str:
