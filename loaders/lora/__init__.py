@@ -98,8 +98,9 @@ class AdapterStack:
             raise SettingsError("An adapter is listed twice; give each adapter once, with its scale.")
         adapters = [self.read(c.name) for c in choices]
         if self._kind() == "torch":
+            self._active = ()  # peft starts from the bare model: if it fails half-way, none is applied
             self._apply_torch(adapters, choices)
-        else:
+        else:  # llama.cpp refuses a file before changing the context's set
             self._apply_llama_cpp(adapters, choices)
         self._active = tuple(choices)
 
