@@ -41,7 +41,7 @@ def test_notebook_fills_the_middle_and_the_model_tab_applies_an_adapter(app, bro
     limit.press("Enter")
 
     page.get_by_role("tab", name="Notebook").click()
-    page.locator("#notebook-mode").get_by_text("Fill in the middle").click()
+    page.locator("#notebook-mode").get_by_text("Fill in the middle", exact=True).click()
     page.locator("#notebook-text textarea").fill(f"{PREFIX}<FILL_ME>{SUFFIX}")
     page.locator("#notebook-generate").click()
     page.wait_for_function("() => document.querySelector('#notebook-status').innerText.includes('tokens/s')",
