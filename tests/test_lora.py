@@ -120,8 +120,15 @@ def test_adapter_on_transformers_equals_peft_merged(state: AppState, merged_mlp:
     assert state.models.current_info.adapters.active == ()
 
 
+def ensure_transformers(app: AppState) -> None:
+    """The Transformers model loaded (kept from the test before when it is)."""
+    info = app.models.current_info
+    if info is None or (info.view.name, info.model.loader) != (HF, "transformers"):
+        app.models.load(HF, loader="transformers", loras=[])
+
+
 def test_two_adapters_with_scales_equal_peft_weighted_sum(state: AppState) -> None:
-    state.models.load(HF, loader="transformers", loras=[])
+    ensure_transformers(state)
     active = state.models.set_adapters([AdapterChoice("smollm2-attn", 0.5), AdapterChoice("smollm2-mlp", 1.0)])
     assert [(c.name, c.scale) for c in active] == [("smollm2-attn", 0.5), ("smollm2-mlp", 1.0)]
     assert reply(state) == merged_reference([("attn", 0.5), ("mlp", 1.0)])
@@ -133,8 +140,7 @@ def test_two_adapters_with_scales_equal_peft_weighted_sum(state: AppState) -> No
 
 
 def test_adapters_that_do_not_fit_are_refused_by_name(state: AppState) -> None:
-    if state.models.current is None or state.models.current.loader != "transformers":
-        state.models.load(HF, loader="transformers", loras=[])
+    ensure_transformers(state)
     with pytest.raises(UnsupportedModelError) as other_arch:
         state.models.set_adapters([AdapterChoice("gpt2-lora")])
     text = str(other_arch.value)
@@ -248,7 +254,7 @@ def test_gguf_lora_is_refused_on_a_pytorch_loader(state: AppState, folders: tupl
         pytest.skip("needs the GGUF LoRA converted by the llama.cpp test")
     shutil.copy(converted, loras / "mlp.gguf")
     try:
-        state.models.load(HF, loader="transformers", loras=[])
+        ensure_transformers(state)
         with pytest.raises(UnsupportedModelError, match="mlp.gguf is a GGUF LoRA: it runs on the llama.cpp loader"):
             state.models.set_adapters([AdapterChoice("mlp.gguf")])
     finally:
