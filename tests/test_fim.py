@@ -143,6 +143,18 @@ def test_api_suffix_returns_only_the_middle(state: AppState) -> None:
     assert COUNT_PREFIX not in answer.choices[0].text
 
 
+def test_cli_infill_without_fill_me_is_refused_before_loading(state: AppState,
+                                                             capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    args = argparse.Namespace(model="SmolLM2-FIM", loader=None, yes=True, prompt="no gap", chat=False, system=None,
+                              template=None, max_new_tokens=8, greedy=True, preset=None, seed=None, show_prompt=False,
+                              loras=None, infill=True)  # fmt: skip
+    loaded = state.models.current
+    assert run_once(state, args) == 1
+    assert "Write <FILL_ME>" in capsys.readouterr().err
+    assert state.models.current is loaded  # nothing was loaded or unloaded
+
+
+# run_once unloads the model at the end: this test comes last among those using `state`.
 def test_cli_infill_shows_the_prompt_and_prints_the_middle(state: AppState, capsys: pytest.CaptureFixture) -> None:
     args = argparse.Namespace(model="SmolLM2-FIM", loader="transformers", yes=True, prompt=f"{COUNT_PREFIX}{FILL_ME}"
                               f"{COUNT_SUFFIX}", chat=False, system=None, template=None,
@@ -154,18 +166,6 @@ def test_cli_infill_shows_the_prompt_and_prints_the_middle(state: AppState, caps
     shown = out.split(PROMPT_START + "\n", 1)[1].split("\n" + PROMPT_END, 1)
     assert shown[0] == f"<fim_prefix>{COUNT_PREFIX}<fim_suffix>{COUNT_SUFFIX}<fim_middle>"
     assert shown[1].strip() == expected.strip()
-    state.models.load("SmolLM2-FIM", loader="transformers")  # run_once unloads at the end
-
-
-def test_cli_infill_without_fill_me_is_refused_before_loading(state: AppState,
-                                                             capsys: pytest.CaptureFixture) -> None:  # fmt: skip
-    args = argparse.Namespace(model="SmolLM2-FIM", loader=None, yes=True, prompt="no gap", chat=False, system=None,
-                              template=None, max_new_tokens=8, greedy=True, preset=None, seed=None, show_prompt=False,
-                              loras=None, infill=True)  # fmt: skip
-    loaded = state.models.current
-    assert run_once(state, args) == 1
-    assert "Write <FILL_ME>" in capsys.readouterr().err
-    assert state.models.current is loaded  # nothing was loaded or unloaded
 
 
 def test_llama_cpp_infills_with_the_gguf_metadata_ids(tmp_path: Path) -> None:
