@@ -121,17 +121,23 @@ def fill(app: AppState, prefix: str, suffix: str) -> tuple[str, str]:
     return updates[-1].text, prompts[0]
 
 
-def test_the_middle_never_repeats_the_suffix(state: AppState) -> None:
-    middle, prompt = fill(state, COUNT_PREFIX, COUNT_SUFFIX)
+@pytest.fixture(scope="module")
+def counted(state: AppState) -> tuple[str, str]:
+    """The middle filled between COUNT_PREFIX and COUNT_SUFFIX, and the prompt written out (computed once)."""
+    return fill(state, COUNT_PREFIX, COUNT_SUFFIX)
+
+
+def test_the_middle_never_repeats_the_suffix(counted: tuple[str, str]) -> None:
+    middle, prompt = counted
     assert prompt == f"<fim_prefix>{COUNT_PREFIX}<fim_suffix>{COUNT_SUFFIX}<fim_middle>"
     assert middle.strip(), middle
     assert COUNT_SUFFIX.splitlines()[0] not in middle and "<fim_" not in middle
 
 
-def test_api_suffix_returns_only_the_middle(state: AppState) -> None:
+def test_api_suffix_returns_only_the_middle(state: AppState, counted: tuple[str, str]) -> None:
     import openai
 
-    expected, _ = fill(state, COUNT_PREFIX, COUNT_SUFFIX)
+    expected, _ = counted
     server = ApiServer(state, host="127.0.0.1", port=free_port()).start()
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="-", max_retries=0)
@@ -155,12 +161,13 @@ def test_cli_infill_without_fill_me_is_refused_before_loading(state: AppState,
 
 
 # run_once unloads the model at the end: this test comes last among those using `state`.
-def test_cli_infill_shows_the_prompt_and_prints_the_middle(state: AppState, capsys: pytest.CaptureFixture) -> None:
+def test_cli_infill_shows_the_prompt_and_prints_the_middle(state: AppState, counted: tuple[str, str],
+                                                          capsys: pytest.CaptureFixture) -> None:  # fmt: skip
     args = argparse.Namespace(model="SmolLM2-FIM", loader="transformers", yes=True, prompt=f"{COUNT_PREFIX}{FILL_ME}"
                               f"{COUNT_SUFFIX}", chat=False, system=None, template=None,
                               max_new_tokens=GREEDY.max_new_tokens, greedy=True, preset=None, seed=None,
                               show_prompt=True, loras=None, infill=True)  # fmt: skip
-    expected = fill(state, COUNT_PREFIX, COUNT_SUFFIX)[0]
+    expected = counted[0]
     assert run_once(state, args) == 0
     out = capsys.readouterr().out
     shown = out.split(PROMPT_START + "\n", 1)[1].split("\n" + PROMPT_END, 1)
