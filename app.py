@@ -4,6 +4,8 @@
     python app.py                                  # the web UI on http://127.0.0.1:7860
     python app.py --model NAME --prompt "Hi" --chat  # one reply on stdout, no server
     python app.py --api --nowebui --model NAME       # only the OpenAI-compatible API on http://127.0.0.1:5000/v1
+    python app.py --model NAME --lora ADAPTER --lora-scale 0.8 --prompt "Hi"   # with a LoRA adapter
+    python app.py --model NAME --infill --prompt "def f(x):<FILL_ME>return y"   # fill in the middle
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+from loaders.errors import CorralError  # noqa: E402
+from loaders.lora import AdapterChoice  # noqa: E402
 from loaders.registry import loader_names  # noqa: E402
 from loaders.settings import MAX_PARALLEL, parallel_problem  # noqa: E402
 from webui.state import AppConfig, AppState  # noqa: E402
@@ -46,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=None, help="model folder (or .gguf file) under the models folder to load")
     model.add_argument("--models-dir", type=Path, default=None, help="models folder (default: ./models)")
+    model.add_argument("--loras-dir", type=Path, default=None, help="LoRA adapters folder (default: ./loras)")
+    model.add_argument("--lora", nargs="+", default=None, metavar="NAME",
+                       help="LoRA adapters (in the loras folder) to apply to --model, in order")
+    model.add_argument("--lora-scale", nargs="+", type=float, default=None, metavar="S",
+                       help="the scale of each --lora adapter, in the same order (default 1 each)")
     model.add_argument("--data-dir", type=Path, default=None, help="where chats are kept (default: ./logs)")
     model.add_argument("--loader", choices=loader_names(), default=None, help="override the detected loader")
     model.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
@@ -67,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     sampling.add_argument("--preset", default=None, help="generation preset from presets/ (default: Default)")
     once.add_argument("--seed", type=int, default=None)
     once.add_argument("--show-prompt", action="store_true", help="print the exact prompt first, between markers")
+    once.add_argument("--infill", action="store_true",
+                      help="fill in the middle: the prompt holds <FILL_ME> where code is missing; prints the middle")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -75,6 +86,8 @@ def build_state(args: argparse.Namespace) -> AppState:
     paths = {}
     if args.models_dir is not None:
         paths["models_dir"] = args.models_dir.resolve()
+    if args.loras_dir is not None:
+        paths["loras_dir"] = args.loras_dir.resolve()
     if args.data_dir is not None:
         paths["user_data_dir"] = args.data_dir.resolve()
     if args.max_body_mb <= 0 or args.max_prompt_chars <= 0:
@@ -86,6 +99,23 @@ def build_state(args: argparse.Namespace) -> AppState:
                                      trust_remote_code=args.trust_remote_code, **limits, **paths))
 
 
+def lora_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[AdapterChoice, ...] | None:
+    """`--lora A B --lora-scale 0.5 1` -> the adapters to apply to `--model` (None: the model's saved ones)."""
+    if args.lora is None:
+        if args.lora_scale is not None:
+            parser.error("--lora-scale needs --lora")
+        return None
+    if args.model is None:
+        parser.error("--lora needs --model")
+    scales = args.lora_scale or [1.0] * len(args.lora)
+    if len(scales) != len(args.lora):
+        parser.error(f"--lora-scale gives {len(scales)} scales for {len(args.lora)} adapters: give one per adapter")
+    try:
+        return tuple(AdapterChoice(name, scale) for name, scale in zip(args.lora, scales, strict=True))
+    except CorralError as error:
+        parser.error(str(error))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -93,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     state = build_state(args)
+    args.loras = lora_choices(parser, args)
     if args.prompt is not None:
         if args.model is None:
             parser.error("--prompt needs --model")

@@ -129,6 +129,13 @@ class Batcher:
             self.runner = None
             self._cond.notify_all()
 
+    def forget(self) -> None:
+        """Drop what every row holds (the model's layers changed); only between requests."""
+        with self._cond:
+            if self.live or self.pending or self._stepping:
+                raise GenerationError("The cached prompts cannot be dropped while requests are running.")
+            self.rows = [_Row() for _ in self.rows]
+
     # --- one step for everyone ----------------------------------------------------------------------------------------
 
     @torch.inference_mode()

@@ -3,6 +3,8 @@
 `detect(path)` reads the model's files once (`loaders.files.read_model_files`) and decides from their metadata,
 never from how a file is named:
 - a GPTQ config (`quantize_config.json`, or `quantization_config` with `quant_method: gptq`) -> `gptq`;
+- a `quantization_config` of AWQ, compressed-tensors, fp8, bitsandbytes or HQQ -> `transformers` (its own quantizer;
+  the reasons name the package it needs and whether it is installed);
 - `.gguf` files -> `llama.cpp` when llama-cpp-python is installed, else `gguf` (the native loader);
 - `config.json` + safetensors (or `.bin`) weights -> `transformers`;
 - old GGML `.bin` files -> `UnsupportedModelError`.
@@ -23,7 +25,7 @@ from typing import Any
 from loaders import registry
 from loaders.errors import CorralError, ModelFormatError
 from loaders.files import ModelFiles, read_model_files
-from loaders.files.quant_config import GPTQConfig
+from loaders.files.quant_config import GPTQConfig, TransformersQuant
 from loaders.files.safetensors_header import SafetensorsTensor
 from loaders.files.shape import rope_theta
 
@@ -105,6 +107,9 @@ def _detect_hf(files: ModelFiles) -> Detection:
         _apply_gptq(detection, files, gptq)
     else:
         detection.reasons.insert(0, f"config.json and {names}: a Transformers model")
+    if files.quant is not None:
+        detection.quant = files.quant.label
+        detection.reasons.insert(1, quant_reason(files.quant))
     detection.n_params = files.n_params
     if detection.n_params is None:
         detection.reasons.append("Parameter count unknown: .bin weights have no header to read it from")
@@ -112,6 +117,16 @@ def _detect_hf(files: ModelFiles) -> Detection:
         verb = "holds" if len(files.weights.names) == 1 else "hold"
         detection.reasons.append(f"{names} {verb} {_human_count(detection.n_params)} parameters")
     return detection
+
+
+def quant_reason(quant: TransformersQuant) -> str:
+    """Why a pre-quantized checkpoint goes to the Transformers loader, and whether it can load here."""
+    said = f" ({quant.details})" if quant.details else ""
+    method = quant.info
+    reason = f"{quant.source} says quant_method {quant.method}{said}: loaded through Transformers' {method.name} " \
+             f"quantizer, which needs the {method.package} package"  # fmt: skip
+    reason += " (installed)" if quant.installed else f", not installed: pip install {method.package}"
+    return reason + (f"; {method.notes}" if method.notes else "")
 
 
 def _names(names: list[str]) -> str:

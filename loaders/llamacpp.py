@@ -280,7 +280,8 @@ class LlamaCppModel:
             )  # returns only once the decoder has let go of the sampler
 
     def forget_prompts(self) -> None:
-        """Drop every cached prompt prefix, so the next request reads its whole prompt (benchmarks, tests)."""
+        """Drop every cached prompt prefix, so the next request reads its whole prompt (adapters changed,
+        benchmarks, tests)."""
         self._live().decoder.forget()
 
     def unload(self) -> None:

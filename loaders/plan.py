@@ -9,6 +9,7 @@ llama_cpp, so it also serves models on the Hub and machines without a backend in
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,7 @@ class LoadPlan:
     weight_cache: WeightCache = ""
     max_memory_gib: dict[str, float] | None = None  # accelerate-style budget: the estimator counts the layers
     batch: int = 512
+    quantize_at_load: str = ""  # "bitsandbytes 4-bit nf4": the Transformers loader quantizes the Linears as it loads
     slots: int = 1  # sequences decoded at once (continuous batching); each has its own KV cache of `context`
     notes: tuple[str, ...] = ()
 
@@ -71,6 +73,10 @@ class LoadPlan:
         f = self.files
         if f.format == "gguf" and f.gguf is not None:
             return f.gguf.quant or "GGUF"
+        if f.quant is not None:
+            return f.quant.label
+        if self.quantize_at_load:
+            return self.quantize_at_load
         return f.gptq.label if f.gptq is not None else (self.weights_dtype or "as stored")
 
     def describe(self) -> str:
@@ -104,6 +110,7 @@ def _plan_transformers(files: ModelFiles, settings: TransformersSettings, hw: Ha
     _require(files, "hf", "transformers")
     if files.gptq is not None:
         raise UnsupportedModelError("This folder holds GPTQ weights: load it with the gptq loader.", path=files.path)
+    quant_notes = _transformers_quant_notes(files, settings)
     device, gpu = _torch_device(settings.device, hw)
     # bf16 on the CPU decodes ~2x faster where the CPU has AVX512-BF16, but its prefill peak on SmolLM2 was 0.5 GB
     # above fp32's at 1024 tokens (measured, not yet explained): fp32 stays the CPU default until it is accounted for.
@@ -112,15 +119,60 @@ def _plan_transformers(files: ModelFiles, settings: TransformersSettings, hw: Ha
     context = settings.context_length or int(files.shape.context_max * settings.compress_pos_emb)
     on_gpu = gpu is not None and not settings.max_memory_gib
     slots = _slots(settings.parallel, files, context, DTYPE_BYTES[dtype], _free(hw, gpu))
-    notes = ()
+    notes = quant_notes
     if files.weights is not None and files.weights.format == "pickle":
-        notes = ("Only pickled .bin weights: loading them runs code stored in the file; use safetensors models "
-                 "from sources you trust.",)  # fmt: skip
+        notes += ("Only pickled .bin weights: loading them runs code stored in the file; use safetensors models "
+                  "from sources you trust.",)  # fmt: skip
     return LoadPlan(
         "transformers", files, tuple(files.weight_paths), device, dtype, context,
         n_gpu_layers=files.shape.n_layers + 1 if on_gpu else 0, gpu=gpu or 0, weights_dtype=dtype,
         max_memory_gib=settings.max_memory_gib if gpu is not None else None, notes=notes, slots=slots,
+        quantize_at_load=bnb_label(settings),
     )  # fmt: skip
+
+
+BNB_QUANT_TYPES = ("nf4", "fp4")
+
+
+def bnb_bits(settings: TransformersSettings) -> int:
+    """4 or 8 when the settings ask bitsandbytes to quantize at load, else 0."""
+    return 4 if settings.load_in_4bit else 8 if settings.load_in_8bit else 0
+
+
+def bnb_label(settings: TransformersSettings) -> str:
+    """"bitsandbytes 4-bit nf4" for a load that quantizes, "" otherwise."""
+    bits = bnb_bits(settings)
+    if bits == 8:
+        return "bitsandbytes 8-bit"
+    return f"bitsandbytes 4-bit {settings.quant_type}" if bits else ""
+
+
+def _transformers_quant_notes(files: ModelFiles, settings: TransformersSettings) -> tuple[str, ...]:
+    """Refuse what cannot load (a missing package, contradictory options); the notes the plan shows."""
+    bits = bnb_bits(settings)
+    if settings.load_in_4bit and settings.load_in_8bit:
+        raise SettingsError("Pick one of load_in_4bit and load_in_8bit, not both.")
+    if settings.quant_type not in BNB_QUANT_TYPES:
+        raise SettingsError(f"quant_type must be nf4 or fp4, not {settings.quant_type!r}.")
+    if settings.compute_dtype != "auto" and settings.compute_dtype not in DTYPE_BYTES:
+        raise SettingsError(f"compute_dtype must be auto or one of {', '.join(DTYPE_BYTES)}.")
+    quant = files.quant
+    if quant is not None:
+        if bits:
+            raise SettingsError(f"This checkpoint is already quantized ({quant.label}): turn load_in_{bits}bit off.")
+        if not quant.installed:
+            raise UnsupportedModelError(quant.missing_message(), path=files.folder / "config.json")
+        return (f"{quant.label} weights loaded by Transformers' own quantizer"
+                + (f" ({quant.info.notes})." if quant.info.notes else "."),)  # fmt: skip
+    if not bits:
+        return ()
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UnsupportedModelError(f"load_in_{bits}bit needs the bitsandbytes package, which is not installed: "
+                                    "installer_files/env/bin/python -m pip install bitsandbytes")  # fmt: skip
+    kind = f"4-bit {settings.quant_type}" + (", double quant" if settings.use_double_quant else "") if bits == 4 \
+        else "8-bit (LLM.int8)"  # fmt: skip
+    return (f"The Linear layers are quantized to {kind} by bitsandbytes at load; the estimate counts them unquantized "
+            "(an upper bound).",)  # fmt: skip
 
 
 # --- GPTQ --------------------------------------------------------------------------------------------------------

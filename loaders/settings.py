@@ -25,6 +25,12 @@ class TransformersSettings:
     compress_pos_emb: float = 1.0  # linear RoPE scaling factor; 1 = none
     context_length: int = 0  # 0 = the model's max_position_embeddings
     parallel: int = 0  # requests decoded at once, each with its own KV cache; 0 = chosen from free memory
+    # bitsandbytes quantization at load (text-generation-webui's names): weights of the Linear layers in 8 or 4 bits
+    load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    quant_type: str = "nf4"  # 4-bit: nf4 | fp4
+    use_double_quant: bool = False  # 4-bit: quantize the quantization constants too (~0.4 bit per weight less)
+    compute_dtype: str = "auto"  # 4-bit: the dtype matmuls run in; auto = the load's dtype
 
 
 @dataclass

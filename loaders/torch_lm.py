@@ -94,6 +94,19 @@ class TorchCausalLM:
         )  # fmt: skip
         return self._batcher.stream(request)
 
+    def weights_changed(self) -> None:
+        """The layers changed (LoRA adapters applied or removed, with no request running): the rows' cached prompts
+        are dropped, and CUDA graphs, which replay the kernels of the layers as captured, are captured again."""
+        self._live()
+        self._batcher.forget()
+        runner = self._batcher.runner
+        if isinstance(runner, SlotRunner) and runner.graphs is not None:
+            runner.graphs = capture_decode_graphs(runner)
+
+    def forget_prompts(self) -> None:
+        """Drop every cached prompt prefix, so the next request reads its whole prompt (benchmarks, tests)."""
+        self._batcher.forget()
+
     def unload(self) -> None:
         self._batcher.close(f"{self.name} was unloaded. Load it again in the Model tab.")
         self.module = None

@@ -105,6 +105,9 @@ def _load_module(
     if settings.max_memory_gib and device != "cpu":
         kwargs["device_map"] = "auto"
         kwargs["max_memory"] = _max_memory(settings.max_memory_gib)
+    quantization = bnb_config(settings, dtype)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
     try:
         module = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as error:  # missing / truncated weight files
@@ -112,6 +115,20 @@ def _load_module(
     except ValueError as error:  # unknown architecture, remote code refused
         raise _config_error(error, path / "config.json", settings) from error
     return module.eval()
+
+
+def bnb_config(settings: TransformersSettings, dtype: torch.dtype) -> Any:
+    """Transformers' `BitsAndBytesConfig` for `load_in_4bit` / `load_in_8bit` (the plan checked the options and that
+    bitsandbytes is installed); None when neither is set."""
+    if not (settings.load_in_4bit or settings.load_in_8bit):
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if settings.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = dtype if settings.compute_dtype == "auto" else DTYPES[settings.compute_dtype]
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=settings.quant_type,
+                              bnb_4bit_use_double_quant=settings.use_double_quant, bnb_4bit_compute_dtype=compute)
 
 
 def _max_memory(gib: dict[str, float]) -> dict[int | str, str]:

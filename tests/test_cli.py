@@ -30,7 +30,7 @@ class FakeModels:
 def cli_args(**changes: object) -> argparse.Namespace:
     values = {"model": "fake", "loader": None, "yes": True, "prompt": "hi", "chat": False, "system": None,
               "template": None, "max_new_tokens": 16, "greedy": True, "preset": None, "seed": None,
-              "show_prompt": False}
+              "show_prompt": False, "loras": None, "infill": False}
     return argparse.Namespace(**(values | changes))
 
 

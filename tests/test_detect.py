@@ -269,8 +269,8 @@ def test_two_gptq_configs_that_disagree(tmp_path: Path) -> None:
 def test_other_quant_method_is_unsupported(tmp_path: Path, smollm2_hf: Path) -> None:
     folder = link_tree(smollm2_hf, tmp_path / "m")
     config = json.loads((folder / "config.json").read_text())
-    replace_json(folder / "config.json", {**config, "quantization_config": {"quant_method": "awq", "bits": 4}})
-    with pytest.raises(UnsupportedModelError, match="quantized with awq"):
+    replace_json(folder / "config.json", {**config, "quantization_config": {"quant_method": "eetq", "bits": 8}})
+    with pytest.raises(UnsupportedModelError, match="quantized with eetq, which Corral cannot load"):
         detect(folder)
 
 

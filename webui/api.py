@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API (`--api`): routes, request validation, the OpenAI error shape, and serving.
 
-Owns `/v1/models`, `/v1/completions`, `/v1/chat/completions` (server-sent events or one JSON reply),
-`/v1/internal/model/{load,unload,info}` and `/v1/internal/token-count`. Generation goes through the same
+Owns `/v1/models`, `/v1/completions` (with OpenAI's `suffix`: fill in the middle), `/v1/chat/completions`
+(server-sent events or one JSON reply), `/v1/internal/model/{load,unload,info}` (info lists the active LoRA
+adapters), `/v1/internal/lora/{list,load}` and `/v1/internal/token-count`. Generation goes through the same
 `GenerationService` as the UI, so API and UI requests share the model's parallel slots and one
 first-come-first-served line beyond them; a request's prompt, parameters and context check are built once its turn
 has come, from the model that runs it (a chat through the same prompt builder as the Chat tab,
@@ -57,7 +58,8 @@ from loaders.errors import (
     TemplateNotFoundError,
     TemplateRenderError,
 )
-from webui import chat_turn
+from loaders.lora import AdapterChoice
+from webui import chat_turn, infill
 from webui.engine import GenerationStats, is_token_model
 from webui.generation import StreamUpdate, Turn, TurnBuilder
 from webui.listen import AllowedHosts, HostGuard, allowed_hosts, bind_address, hosts_of_args
@@ -187,6 +189,7 @@ class SamplingRequest(BaseModel):
 
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str]
+    suffix: str | None = None  # OpenAI's field: the text after the gap; the prompt is the text before it (infilling)
 
     @field_validator("prompt")
     @classmethod
@@ -224,11 +227,24 @@ class ChatRequest(SamplingRequest):
     max_completion_tokens: int | None = Field(None, ge=1)
 
 
+class LoraSpec(BaseModel):
+    name: str = Field(min_length=1, max_length=255)
+    scale: float = 1.0
+
+    def choice(self) -> AdapterChoice:
+        return AdapterChoice(self.name, self.scale)
+
+
 class LoadRequest(BaseModel):
     model_name: str = Field(min_length=1)
     loader: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
     confirm_memory: bool = False
+    loras: list[LoraSpec] | None = Field(None, max_length=32)  # None: the adapters saved for the model
+
+
+class LorasRequest(BaseModel):
+    loras: list[LoraSpec] = Field(max_length=32)  # [] removes every adapter
 
 
 class TokenCountRequest(BaseModel):
@@ -278,7 +294,8 @@ def _check_context(model: AnyModel, turn: Turn, param: str) -> None:
     if not is_token_model(model) or model.context_length <= 0:
         return  # a remote engine: it answers for its own context
     params = turn.params
-    prompt_tokens = len(model.tokenizer.encode(turn.prompt, add_bos=params.add_bos_token))
+    prompt_tokens = len(turn.prompt_ids) if turn.prompt_ids is not None else \
+        len(model.tokenizer.encode(turn.prompt, add_bos=params.add_bos_token))  # fmt: skip
     if prompt_tokens + params.max_new_tokens > model.context_length:
         raise ApiError(
             400, f"This model's maximum context length is {model.context_length} tokens. However, you "
@@ -296,6 +313,8 @@ def _request_turn(state: AppState, body: CompletionRequest | ChatRequest) -> Tur
         return chat_turn.chat_turn(
             state.templates, lambda info: chat_turn.model_chat(info, messages), lambda info: _params(state, info, body)
         )
+    if body.suffix is not None:  # fill in the middle: the reply is the middle alone
+        return infill.infill_turn(body.text, body.suffix, lambda info: _params(state, info, body))
     return lambda info: Turn(body.text, _params(state, info, body))
 
 
@@ -682,14 +701,26 @@ def _add_model_routes(app: FastAPI, state: AppState) -> None:
                 "template": template.name, "chat_template": template.source, "stop": list(template.stop),
                 "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token,
                 "slots": state.generation.slots(), "running": state.generation.running,
-                "waiting": state.generation.waiting}
+                "waiting": state.generation.waiting, "loras": _active_loras(info)}
 
     @app.post("/v1/internal/model/load")
     def load(body: LoadRequest) -> dict[str, Any]:
         # An unknown loader or a bad setting is a CorralError (SettingsError): the app's handler answers 400.
+        loras = None if body.loras is None else [spec.choice() for spec in body.loras]
         info = state.models.load(body.model_name, loader=body.loader, loader_settings=body.settings,
-                                 confirm_memory=body.confirm_memory)
-        return {"model_name": info.view.name, "loader": info.model.loader, "load_seconds": info.model.load_seconds}
+                                 confirm_memory=body.confirm_memory, loras=loras)
+        return {"model_name": info.view.name, "loader": info.model.loader, "load_seconds": info.model.load_seconds,
+                "loras": _active_loras(info), "warnings": list(info.warnings)}
+
+    @app.get("/v1/internal/lora/list")
+    def lora_list() -> dict[str, Any]:
+        fits = state.models.adapter_fits()
+        return {"loras": [{"name": f.name, "fits": f.fits, "problem": f.problem or None} for f in fits]}
+
+    @app.post("/v1/internal/lora/load")
+    def lora_load(body: LorasRequest) -> dict[str, Any]:
+        active = state.models.set_adapters([spec.choice() for spec in body.loras])
+        return {"loras": [{"name": c.name, "scale": c.scale} for c in active]}
 
     @app.post("/v1/internal/model/unload")
     def unload() -> dict[str, Any]:
@@ -702,6 +733,12 @@ def _add_model_routes(app: FastAPI, state: AppState) -> None:
         return {"length": state.generation.count_tokens(body.text)}
 
 
+def _active_loras(info: LoadedInfo) -> list[dict[str, Any]]:
+    """The LoRA adapters applied to the loaded model, in order: [{"name", "scale"}]."""
+    active = info.adapters.active if info.adapters is not None else ()
+    return [{"name": choice.name, "scale": choice.scale} for choice in active]
+
+
 def _model_card(name: str) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": 0, "owned_by": "corral"}
 
@@ -709,7 +746,7 @@ def _model_card(name: str) -> dict[str, Any]:
 def _add_generation_routes(app: FastAPI, state: AppState) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        _check_prompt_size(state, body.text, "prompt")
+        _check_prompt_size(state, body.text + (body.suffix or ""), "prompt")
         info = _check_model(state, body.model, state.models.current_info)  # fail fast, before waiting in line
         job = Job(state, body, info.view.name, prompt_param="prompt")
         return await _respond(job, request, Shape(chat=False), stream=body.stream, include_usage=body.include_usage)
@@ -781,7 +818,7 @@ def launch_api(state: AppState, args: argparse.Namespace, *, foreground: bool) -
         return 0
     if args.model:
         try:
-            state.models.load(args.model, loader=args.loader, confirm_memory=args.yes)
+            state.models.load(args.model, loader=args.loader, confirm_memory=args.yes, loras=args.loras)
         except CorralError as error:
             log.error("Could not load %s: %s", args.model, error)
     server.run()

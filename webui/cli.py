@@ -1,6 +1,7 @@
 """One-shot generation from the command line (no server): load `--model` with the same settings resolution as the
-UI, build the prompt (raw, or under `--chat` with the shared chat prompt builder and the model's template), stream the
-reply to stdout and exit.
+UI (and `--lora` adapters), build the prompt (raw; under `--chat` with the shared chat prompt builder and the model's
+template; under `--infill` the fill-in-the-middle prompt of `webui/infill.py`, the reply being the middle), stream
+the reply to stdout and exit.
 
 Errors print one line on stderr and exit 1; the reply goes to stdout alone so scripts can capture it.
 """
@@ -10,11 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from loaders.base import GenerationParams
 from loaders.errors import CorralError
-from webui import chat_turn
+from webui import chat_turn, infill
 from webui.generation import StreamUpdate, Turn, TurnBuilder
 from webui.history import Chat
 from webui.state import AppState
@@ -29,12 +31,13 @@ PROMPT_END = "----- end of prompt -----"
 
 def run_once(state: AppState, args: argparse.Namespace) -> int:
     try:
-        state.models.load(args.model, loader=args.loader, confirm_memory=args.yes)
+        turn = _turn(state, args)  # a malformed --infill prompt is refused before the model loads
+        state.models.load(args.model, loader=args.loader, confirm_memory=args.yes, loras=args.loras)
     except CorralError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     try:
-        for update in state.generation.stream("cli", _turn(state, args)):
+        for update in state.generation.stream("cli", turn):
             if update.stats is not None:
                 _print_reply(update)
     except CorralError as error:
@@ -62,14 +65,26 @@ def _turn(state: AppState, args: argparse.Namespace) -> TurnBuilder:
         return chat_turn.model_chat(info, messages, template=args.template, system_prompt=args.system or "")
 
     chat_build = chat_turn.chat_turn(state.templates, chat, params)
+    fill_build = _infill_turn(args, params) if args.infill else None
 
     def build(info: LoadedInfo) -> Turn:
-        turn = chat_build(info) if args.chat else Turn(args.prompt, params(info))
+        if fill_build is not None:
+            turn = fill_build(info)
+        else:
+            turn = chat_build(info) if args.chat else Turn(args.prompt, params(info))
         if args.show_prompt:
             print(PROMPT_START, turn.prompt, PROMPT_END, sep="\n", flush=True)
         return turn
 
     return build
+
+
+def _infill_turn(args: argparse.Namespace, params: Callable[[LoadedInfo], GenerationParams]) -> TurnBuilder:
+    """`--infill`: the prompt holds <FILL_ME>; the reply printed is the middle alone."""
+    if args.chat:
+        raise CorralError("--infill fills a gap in code; it cannot be combined with --chat.")
+    prefix, suffix = infill.fill_parts(args.prompt)
+    return infill.infill_turn(prefix, suffix, params)
 
 
 def _params(state: AppState, args: argparse.Namespace, model_preset: str | None) -> GenerationParams:

@@ -13,6 +13,7 @@ class AppConfig:
     """Start-up options (from flags); immutable for the life of the app."""
 
     models_dir: Path = REPO_ROOT / "models"
+    loras_dir: Path = REPO_ROOT / "loras"  # --loras-dir: LoRA adapters (PEFT folders, GGUF LoRA files)
     presets_dir: Path = REPO_ROOT / "presets"
     templates_dir: Path = REPO_ROOT / "webui" / "templates"
     user_data_dir: Path = REPO_ROOT / "logs"  # chats and other things the user makes

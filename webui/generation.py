@@ -22,7 +22,15 @@ from typing import TYPE_CHECKING
 
 from loaders.base import GenerationParams
 from loaders.errors import ModelNotLoadedError
-from webui.engine import Generation, GenerationStats, count_tokens, describe_stats, generate, is_token_model
+from webui.engine import (
+    Generation,
+    GenerationStats,
+    count_tokens,
+    describe_stats,
+    generate,
+    generate_ids,
+    is_token_model,
+)
 from webui.model_gate import ModelGate
 
 if TYPE_CHECKING:
@@ -44,10 +52,13 @@ class StreamUpdate:
 
 @dataclass(frozen=True)
 class Turn:
-    """What one request runs: the exact prompt and its parameters (stop strings included)."""
+    """What one request runs: the exact prompt and its parameters (stop strings included). `prompt_ids`, when set,
+    are the prompt's tokens as built (infilling puts special tokens by id): they are run as they are, and `prompt`
+    is only the prompt written out."""
 
     prompt: str
     params: GenerationParams
+    prompt_ids: tuple[int, ...] | None = None
 
 
 TurnBuilder = Callable[["LoadedInfo"], Turn]  # called once the request's turn has come, with the model that runs it
@@ -71,6 +82,12 @@ class Pacer:
             return False
         self._last = now
         return True
+
+
+def _start(info: LoadedInfo, turn: Turn, cancel: threading.Event) -> Generation:
+    if turn.prompt_ids is not None:
+        return generate_ids(info.model, turn.prompt_ids, turn.params, cancel=cancel)
+    return generate(info.model, turn.prompt, turn.params, cancel=cancel)
 
 
 class GenerationService:
@@ -99,7 +116,7 @@ class GenerationService:
                     return
                 info = self._require_info()
                 turn = build(info)
-                generation = generate(info.model, turn.prompt, turn.params, cancel=cancel)
+                generation = _start(info, turn, cancel)
                 yield from self._updates(generation)
             finally:
                 self._gate.leave()

@@ -3,26 +3,31 @@
 `inspect(name)` gives everything the Model tab shows before a load: the files read once, detection, resolved
 settings with where each value came from, the loader's plan and its memory estimate. `load(...)` resolves settings
 the same way for the UI, the API and the CLI, plans, checks the plan's estimate against free memory (refusing with
-numbers unless confirmed), validates everything before unloading the previous model, then carries the plan out.
+numbers unless confirmed), validates everything before unloading the previous model, then carries the plan out and
+applies the model's LoRA adapters (`loaders.lora.AdapterStack`; `set_adapters` changes them between generations).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from loaders.base import LoadedModel
 from loaders.detect import Detection, detect_files
-from loaders.errors import CorralError, SettingsError
+from loaders.errors import CorralError, ModelNotLoadedError, SettingsError
 from loaders.files import list_models, model_path, read_model_files
+from loaders.files.adapter import adapter_path, list_adapters
 from loaders.hardware import snapshot
+from loaders.lora import AdapterChoice, AdapterFit, AdapterStack
 from loaders.plan import LoadPlan, plan_load
 from loaders.registry import load_model, load_plan
 from loaders.settings import LoaderSettings, settings_for
 from webui.config import AppConfig
+from webui.engine import is_token_model
 from webui.estimate import Estimate, check_fits, estimate_plan
 from webui.model_gate import ModelGate
 from webui.remote_models import RemoteCatalog, RemoteEndpoint
@@ -55,6 +60,8 @@ class LoadedInfo:
     view: ModelView
     loader_settings: LoaderSettings
     estimate: Estimate | None  # the estimate of the plan that was carried out
+    adapters: AdapterStack | None = None  # LoRA adapters on this model (None: a remote engine takes none)
+    warnings: tuple[str, ...] = ()  # what the load could not do (a saved adapter that no longer fits)
 
     @property
     def plan(self) -> LoadPlan | None:
@@ -142,10 +149,12 @@ class ModelService:
         return replace(view, plan=plan, estimate=estimate_plan(plan))
 
     def save_settings(
-        self, name: str, loader: str, loader_settings: dict[str, Any], *, template: str | None, preset: str | None
+        self, name: str, loader: str, loader_settings: dict[str, Any], *, template: str | None, preset: str | None,
+        loras: Sequence[AdapterChoice] | None = None,
     ) -> list[str]:
         """"Save settings for this model": the loader, its settings (the context field becomes the model-level
-        `context_length`), template and preset. Returns warnings (a broken settings file moved aside)."""
+        `context_length`), template, preset and LoRA adapters (`loras`; None = the ones applied now when this
+        model is loaded, else those saved before). Returns warnings (a broken settings file moved aside)."""
         from webui.settings import CONTEXT_FIELDS, ModelSettings
         from webui.templates import AUTO_TEMPLATE
 
@@ -155,8 +164,17 @@ class ModelService:
         values = dict(loader_settings)
         context = values.pop(CONTEXT_FIELDS.get(loader, ""), None) or None
         template = None if template in (None, "", AUTO_TEMPLATE) else template
-        saved = ModelSettings(loader, values, template, preset or None, context)
+        saved = ModelSettings(loader, values, template, preset or None, context, self._loras_to_save(name, loras))
         return self._settings.save(name, saved)
+
+    def _loras_to_save(self, name: str, loras: Sequence[AdapterChoice] | None) -> tuple[AdapterChoice, ...]:
+        if loras is not None:
+            return tuple(loras)
+        info = self._loaded
+        if info is not None and info.view.name == name and info.adapters is not None:
+            return info.adapters.active
+        before = self._settings.saved(name)
+        return before.loras if before is not None else ()
 
     # --- the loaded model ---------------------------------------------------------------------------------------
 
@@ -175,9 +193,12 @@ class ModelService:
         loader: str | None = None,
         loader_settings: dict[str, Any] | None = None,
         confirm_memory: bool = False,
+        loras: Sequence[AdapterChoice] | None = None,
     ) -> LoadedInfo:
         """Load `name` with resolved settings, `loader` / `loader_settings` overriding them (UI controls, --loader).
-        Everything is checked (name, settings, plan, memory) before the model already loaded is unloaded."""
+        Everything is checked (name, settings, plan, memory) before the model already loaded is unloaded. Then the
+        LoRA adapters are applied: `loras` (--lora, the API), else those saved for the model (one that no longer
+        fits becomes a warning of the load; one given in `loras` that does not fit is an error)."""
         view = self.inspect(name, loader=loader or self._config.default_loader, loader_settings=loader_settings)
         endpoint = self._remote_endpoint(name)
         if endpoint is not None:  # no memory here to check; the key comes from the file, not the UI
@@ -189,25 +210,70 @@ class ModelService:
         if view.estimate is not None and not confirm_memory:
             check_fits(view.estimate, snapshot())
         plan = view.plan
-        return self._swap(view, settings, lambda: load_plan(plan, settings, name=name))
+        if loras:
+            for choice in loras:  # a typo in a name is refused before the model already loaded goes away
+                adapter_path(self._config.loras_dir, choice.name)
+        return self._swap(view, settings, lambda: load_plan(plan, settings, name=name), loras=loras)
 
-    def _swap(self, view: ModelView, settings: LoaderSettings, load: Any) -> LoadedInfo:
+    def _swap(self, view: ModelView, settings: LoaderSettings, load: Any, *,
+              loras: Sequence[AdapterChoice] | None = None) -> LoadedInfo:  # fmt: skip
         with self._gate.exclusive():  # waits for the running generations; those in line wait for the new model
             self.unload()
             started = time.monotonic()
             model = load()
             log.info("Loaded %s with %s in %.1f s", view.name, view.resolved.loader, time.monotonic() - started)
             self._loaded = LoadedInfo(model=model, view=view, loader_settings=settings, estimate=view.estimate)
+            if is_token_model(model):
+                self._loaded = self._with_adapters(self._loaded, loras)
         return self._loaded
+
+    def _with_adapters(self, info: LoadedInfo, loras: Sequence[AdapterChoice] | None) -> LoadedInfo:
+        """`info` with its adapter stack, the given (or saved) adapters applied."""
+        stack = AdapterStack(info.model, self._config.loras_dir)
+        info = replace(info, adapters=stack)
+        wanted = tuple(loras) if loras is not None else info.view.resolved.loras
+        if not wanted:
+            return info
+        try:
+            stack.apply(wanted)
+        except CorralError as error:
+            if loras is not None:
+                raise
+            log.warning("Saved adapters of %s not applied: %s", info.view.name, error)
+            return replace(info, warnings=(f"The adapters saved for this model were not applied: {error}",))
+        log.info("Applied adapters %s", ", ".join(f"{c.name} x{c.scale:g}" for c in wanted))
+        return info
+
+    def set_adapters(self, choices: Sequence[AdapterChoice]) -> tuple[AdapterChoice, ...]:
+        """Apply exactly `choices` to the loaded model (an empty list removes them all), between generations."""
+        with self._gate.exclusive():
+            info = self._loaded
+            if info is None:
+                raise ModelNotLoadedError("No model is loaded: load one, then apply adapters to it.")
+            if info.adapters is None:
+                raise CorralError(f"{info.view.name} runs on a remote engine, which takes no adapters from here.")
+            info.adapters.apply(choices)
+            return info.adapters.active
+
+    def adapter_fits(self) -> list[AdapterFit]:
+        """The adapters of the loras folder and whether each fits the loaded model (all, unchecked, if none is)."""
+        info = self._loaded
+        if info is None or info.adapters is None:
+            return [AdapterFit(name, "no model is loaded") for name in list_adapters(self._config.loras_dir)]
+        return info.adapters.fits()  # reads the model's layer names and shapes only: no need to stop generations
 
     def reload(self, *, loader: str | None = None, loader_settings: dict[str, Any] | None = None) -> LoadedInfo:
         if self._loaded is None:
             raise CorralError("No model is loaded: pick one and click Load.")
-        return self.load(self._loaded.view.name, loader=loader, loader_settings=loader_settings, confirm_memory=True)
+        stack = self._loaded.adapters  # the adapters applied now come back with the reloaded model
+        return self.load(self._loaded.view.name, loader=loader, loader_settings=loader_settings, confirm_memory=True,
+                         loras=stack.active if stack is not None else None)
 
     def unload(self) -> None:
         with self._gate.exclusive():
             if self._loaded is not None:
+                if self._loaded.adapters is not None:
+                    self._loaded.adapters.close()  # before the model: llama.cpp frees adapters with it
                 self._loaded.model.unload()
                 self._loaded = None
 

@@ -49,7 +49,7 @@ def launch(state: AppState, args: argparse.Namespace) -> int:
     auth = parse_auth(args.gradio_auth)
     if args.model:
         try:
-            state.models.load(args.model, loader=args.loader, confirm_memory=args.yes)
+            state.models.load(args.model, loader=args.loader, confirm_memory=args.yes, loras=args.loras)
         except CorralError as error:
             log.error("Could not load %s: %s", args.model, error)
     demo = build_ui(state)

@@ -6,7 +6,8 @@ Two YAML files, both readable and editable by hand:
   any loader-settings field (`rope_freq_base`, `n_gpu_layers`...). Patterns never choose the loader nor override
   what the files say (GPTQ bits...): those are decided from metadata.
 - `models/config-user.yaml` (created on the first save): model name -> loader, loader_settings, template, preset,
-  context_length, as stored by "Save settings for this model".
+  context_length and loras (the LoRA adapters applied after each load: [{name, scale}]), as stored by "Save
+  settings for this model".
 
 `SettingsStore.resolve` layers detected settings, pattern defaults, the user's values (and an explicit loader
 override) and records which layer each value came from. A value of None means "no preference" at every layer.
@@ -26,6 +27,7 @@ import yaml
 from loaders.detect import Detection, detect
 from loaders.errors import CorralError, SettingsError
 from loaders.files import file_in_folder
+from loaders.lora import AdapterChoice
 from loaders.settings import SETTINGS_CLASSES, LoaderSettings, parallel_problem, settings_for
 from webui import fileio
 from webui.templates import AUTO_TEMPLATE, MODEL_TEMPLATE, TemplateRegistry
@@ -34,7 +36,7 @@ SHIPPED_DEFAULTS = Path(__file__).resolve().parent.parent / "models" / "config.y
 SHIPPED_TEMPLATES = Path(__file__).resolve().parent / "templates"
 DEFAULTS_NAME = "config.yaml"
 USER_NAME = "config-user.yaml"
-MODEL_KEYS = ("loader", "template", "preset", "context_length")
+MODEL_KEYS = ("loader", "template", "preset", "context_length", "loras")
 # The loader-settings field that holds the context length; `context_length` at model level is the one knob.
 CONTEXT_FIELDS = {"transformers": "context_length", "gptq": "context_length", "llama.cpp": "n_ctx", "gguf": "n_ctx"}
 # Facts about the weights: only detection sets them (the UI shows them read-only).
@@ -51,6 +53,7 @@ class ModelSettings:
     template: str | None = None  # None = no preference (the model's own template, or a pattern default)
     preset: str | None = None
     context_length: int | None = None
+    loras: tuple[AdapterChoice, ...] = ()  # the LoRA adapters applied after each load, in order, with their scales
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class ResolvedSettings:
     preset: str | None
     context_length: int | None
     sources: dict[str, Source]  # "loader", "template", "preset", "context_length" and every loader-settings field
+    loras: tuple[AdapterChoice, ...] = ()
     patterns: list[str] = field(default_factory=list)  # the models/config.yaml patterns that matched
     saved: bool = False  # the user has saved settings for this model
     warnings: list[str] = field(default_factory=list)
@@ -89,7 +93,7 @@ class ResolvedSettings:
         """These values as `save` takes them (the detected facts are left out: they come from the files)."""
         values = {f.name: getattr(self.loader_settings, f.name) for f in fields(self.loader_settings)}
         kept = {k: v for k, v in values.items() if k not in FILE_FACTS and k != CONTEXT_FIELDS[self.loader]}
-        return ModelSettings(self.loader, kept, self.template, self.preset, self.context_length)
+        return ModelSettings(self.loader, kept, self.template, self.preset, self.context_length, self.loras)
 
 
 Layer = dict[str, tuple[Any, Source]]  # key -> (value, where it came from)
@@ -144,6 +148,7 @@ class SettingsStore:
             template=entry.get("template"),
             preset=entry.get("preset"),
             context_length=entry.get("context_length"),
+            loras=loras_of(entry.get("loras")) if _loras_problem(entry.get("loras")) is None else (),
         )
 
     def save(self, model_name: str, settings: ModelSettings) -> list[str]:
@@ -314,6 +319,8 @@ def _problem(key: str, value: Any, *, allow_loader: bool) -> str | None:
         return None if ok else f"{key} should be a positive whole number, not {value!r}"
     if key == "parallel":
         return parallel_problem(value)
+    if key == "loras":
+        return _loras_problem(value)
     default = _field_default(key)
     if default is _UNKNOWN:
         return f"unknown setting {key!r}"
@@ -341,6 +348,24 @@ def _same_kind(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
+def _loras_problem(value: Any) -> str | None:
+    """None when `value` is a list of {name, scale} entries (the YAML of `loras`), else what is wrong."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, dict) and isinstance(v.get("name"), str) for v in value):
+        return f"loras should be a list of {{name: ..., scale: ...}} entries, not {str(value)[:80]!r}"
+    try:
+        loras_of(value)
+    except CorralError as error:
+        return str(error)
+    return None
+
+
+def loras_of(value: Any) -> tuple[AdapterChoice, ...]:
+    """`loras` as stored ([{name, scale}]) -> adapter choices; raises `SettingsError` for a bad scale."""
+    return tuple(AdapterChoice(str(v["name"]), v.get("scale", 1.0)) for v in value or ())
+
+
 def _check_loader(loader: str) -> str:
     if loader not in SETTINGS_CLASSES:
         raise SettingsError(f"Unknown loader {loader!r}; pick one of {', '.join(SETTINGS_CLASSES)}")
@@ -357,13 +382,15 @@ def _entry(settings: ModelSettings) -> dict[str, Any]:
         loader_settings.pop(key, None)
     names = {f.name for f in fields(SETTINGS_CLASSES[settings.loader])}
     kept = {k: v for k, v in loader_settings.items() if k in names and k not in FILE_FACTS and v is not None}
+    loras = [{"name": c.name, "scale": float(c.scale)} for c in settings.loras]
     for key, value in [*kept.items(), ("template", settings.template), ("preset", settings.preset),
-                       ("context_length", context)]:
+                       ("context_length", context), ("loras", loras or None)]:
         problem = None if value is None else _problem(key, value, allow_loader=True)
         if problem:
             raise SettingsError(f"Cannot save: {problem}")
     entry: dict[str, Any] = {"loader": settings.loader, "loader_settings": kept}
-    for key, value in (("template", settings.template), ("preset", settings.preset), ("context_length", context)):
+    for key, value in (("template", settings.template), ("preset", settings.preset), ("context_length", context),
+                       ("loras", loras or None)):  # fmt: skip
         if value is not None:
             entry[key] = value
     return entry
@@ -409,6 +436,7 @@ def _build(model_name: str, detection: Detection, merged: Layer, warnings: list[
         preset=merged.get("preset", (None, DEFAULT))[0],
         context_length=context,
         sources=sources,
+        loras=loras_of(merged.get("loras", ((), DEFAULT))[0]),
         warnings=warnings,
     )
 

@@ -59,7 +59,7 @@ class AppState:
     def downloads(self) -> DownloadManager:
         from webui.download import DownloadManager
 
-        return DownloadManager(self.config.models_dir)
+        return DownloadManager(self.config.models_dir, loras_dir=self.config.loras_dir)
 
     @cached_property
     def models(self) -> ModelService:

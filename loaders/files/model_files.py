@@ -20,7 +20,14 @@ from loaders.errors import ModelFormatError, ModelNameError, ModelNotFoundError,
 from loaders.files.gguf_choice import GGUFCandidate, choose_gguf, group_gguf, with_quants
 from loaders.files.gguf_header import GGUFHeader, read_gguf_header
 from loaders.files.jsonfile import read_json_if_exists, read_json_object
-from loaders.files.quant_config import EMBEDDED, QUANTIZE_CONFIG, GPTQConfig, gptq_config
+from loaders.files.quant_config import (
+    EMBEDDED,
+    QUANTIZE_CONFIG,
+    GPTQConfig,
+    TransformersQuant,
+    gptq_config,
+    transformers_quant,
+)
 from loaders.files.safetensors_header import SafetensorsTensor, read_safetensors_header
 from loaders.files.shape import ModelShape
 from loaders.files.weights import SAFETENSORS_INDEX, WeightFiles, find_weight_files
@@ -52,6 +59,7 @@ class ModelFiles:
     chat: ChatFacts
     config: dict[str, Any] | None = None  # config.json (hf)
     gptq: GPTQConfig | None = None
+    quant: TransformersQuant | None = None  # a checkpoint Transformers' own quantizer loads (AWQ, fp8, bnb...)
     weights: WeightFiles | None = None
     tensors: tuple[SafetensorsTensor, ...] = ()  # from the safetensors headers; () for pickles
     ggufs: tuple[GGUFCandidate, ...] = ()  # every quant in the folder (gguf)
@@ -191,6 +199,9 @@ def read_model_files(path: Path, *, gguf_file: str = "", weights_file: str = "")
     ggml = [p for p in files if p.suffix.lower() == ".bin" and is_ggml(p)]
     if ggml:
         raise ggml_error(ggml[0])
+    if (path / "adapter_config.json").is_file():
+        raise UnsupportedModelError("This folder holds a LoRA adapter (adapter_config.json), not a model: move it to "
+                                    "the loras folder and apply it to a model in the Model tab", path=path)  # fmt: skip
     if (path / QUANTIZE_CONFIG).is_file() or _has_weights(weight_names):
         next_to = QUANTIZE_CONFIG if (path / QUANTIZE_CONFIG).is_file() else "the weights"
         raise ModelFormatError(f"config.json is missing next to {next_to}; download it again",
@@ -208,6 +219,7 @@ def _has_weights(names: list[str]) -> bool:
 def _read_hf(folder: Path, names: list[str], weights_file: str) -> ModelFiles:
     config = read_json_object(folder / "config.json")
     gptq = _with_path(lambda: gptq_config(config, read_json_if_exists(folder / QUANTIZE_CONFIG)), folder)
+    quant = None if gptq else _with_path(lambda: transformers_quant(config), folder / "config.json")
     index = read_json_if_exists(folder / SAFETENSORS_INDEX)
     base_source = f"{gptq.source} model_file_base_name" if gptq else ""
     try:
@@ -221,7 +233,7 @@ def _read_hf(folder: Path, names: list[str], weights_file: str) -> ModelFiles:
             tensors += read_safetensors_header(folder / name)
     shape = _with_path(lambda: ModelShape.from_config(config), folder / "config.json")
     return ModelFiles(path=folder, folder=folder, format="hf", shape=shape, chat=_hf_chat(folder, config),
-                      config=config, gptq=gptq, weights=weights, tensors=tuple(tensors))  # fmt: skip
+                      config=config, gptq=gptq, quant=quant, weights=weights, tensors=tuple(tensors))  # fmt: skip
 
 
 def _missing_path(folder: Path, message: str) -> Path:
@@ -255,6 +267,13 @@ def _with_path(read: Any, path: Path) -> Any:
 def _read_gguf(path: Path, folder: Path, files: list[Path], *, gguf_file: str) -> ModelFiles:
     candidates = group_gguf((p.name, _size(p)) for p in files)
     headers = {c.name: read_gguf_header(folder / c.name) for c in candidates}
+    adapters = [name for name, header in headers.items() if header.get("general.type") == "adapter"]
+    if adapters and len(adapters) == len(headers):
+        raise UnsupportedModelError(f"{adapters[0]} is a LoRA adapter (GGUF general.type adapter), not a model: move "
+                                    "it to the loras folder and apply it to a model in the Model tab",
+                                    path=folder / adapters[0])  # fmt: skip
+    candidates = [c for c in candidates if c.name not in adapters]
+    headers = {name: header for name, header in headers.items() if name not in adapters}
     candidates = with_quants(candidates, {name: header.quant for name, header in headers.items()})
     # A later shard of a split model is not a model on its own: llama.cpp opens the first.
     candidates = [c for c in candidates if headers[c.name].split_number == 0] or candidates
@@ -351,11 +370,27 @@ def is_ggml(path: Path) -> bool:
 
 
 def ggml_error(path: Path) -> UnsupportedModelError:
+    """GGML (the format before GGUF): refused with the reason and the GGUF repository to look for, named from the
+    folder's download record when it has one (`owner/Name-GGML` -> `owner/Name-GGUF`)."""
+    sibling = _gguf_sibling_name(path.parent)
+    where = f"download {sibling} (the GGUF version of the repository this came from)" if sibling else \
+        "download the GGUF version of this model (usually the same repository name ending in -GGUF)"  # fmt: skip
     return UnsupportedModelError(
-        "GGML is no longer supported, use a GGUF file: download the GGUF version of this model "
-        "(the same repository name with -GGUF)",
+        f"{path.name} is a GGML file, a format llama.cpp stopped reading in August 2023 and Corral cannot load; "
+        f"GGML is no longer supported, use a GGUF file: {where}",
         path=path,
     )
+
+
+def _gguf_sibling_name(folder: Path) -> str | None:
+    record = folder / SOURCE_RECORD
+    try:
+        repo = read_json_object(record).get("repo") if record.is_file() else None
+    except ModelFormatError:
+        return None
+    if not isinstance(repo, str) or "/" not in repo or not repo.lower().endswith("-ggml"):
+        return None
+    return repo[:-4] + "GGUF"
 
 
 def _size(path: Path) -> int:

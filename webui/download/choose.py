@@ -3,14 +3,20 @@
 The GGUF quant is chosen by `loaders.files.gguf_choice`, the rule detection, estimates and loaders use too: the file
 the user asked for, else the one remembered for the destination folder, else that rule's default. A Hub listing has
 no GGUF metadata, so the candidates are labelled from their names (`group_gguf` does that).
+
+A PEFT adapter repository (`adapter_config.json` with `adapter_model.safetensors`) is a plan of kind "adapter": its
+config and safetensors weights are fetched (never a pickled `adapter_model.bin`), and the download goes to the
+loras folder. A GGUF LoRA is recognised by its header once downloaded (`jobs.DownloadJob`), then moved there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import PurePosixPath
+from typing import Literal
 
 from loaders.errors import DownloadError
+from loaders.files.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from loaders.files.gguf_choice import GGUFCandidate, choose_gguf, find_candidate, group_gguf, group_key
 from loaders.units import format_bytes
 from webui.download.hub import RemoteFile, RepoListing, safe_name
@@ -42,6 +48,7 @@ class DownloadPlan:
     gguf_file: str | None = None
     gguf: GGUFCandidate | None = None
     gguf_reason: str = ""
+    kind: Literal["model", "adapter"] = "model"  # an adapter goes to the loras folder
 
     @property
     def total_bytes(self) -> int:
@@ -52,6 +59,8 @@ def choose_files(listing: RepoListing, *, gguf_file: str | None = None, remember
     """Pick what to download. `gguf_file`: the GGUF the user asked for (must exist); `remembered`: the folder's
     earlier pick, kept when the user asks for none so that a second download does not fetch another quant."""
     files = [replace(f, path=safe_name(f.path)) for f in listing.files]
+    if is_adapter_listing(files):
+        return _adapter_plan(listing, files)
     candidates = group_gguf((f.path, f.size) for f in files)
     pick, reason = _pick_gguf(candidates, listing, files, wanted=gguf_file, remembered=remembered)
     chosen: list[RemoteFile] = []
@@ -65,6 +74,39 @@ def choose_files(listing: RepoListing, *, gguf_file: str | None = None, remember
     choices = tuple(group_key(c.name) for c in candidates)
     label = group_key(pick.name) if pick else None
     return DownloadPlan(listing, tuple(chosen), tuple(skipped), choices, label, pick, reason)
+
+
+def is_adapter_listing(files: list[RemoteFile]) -> bool:
+    """A PEFT adapter repository: adapter_config.json at the top and no config.json (a model with an adapter
+    beside it is a model)."""
+    names = {f.path for f in files}
+    return ADAPTER_CONFIG in names and "config.json" not in names
+
+
+def _adapter_plan(listing: RepoListing, files: list[RemoteFile]) -> DownloadPlan:
+    names = {f.path for f in files}
+    if ADAPTER_WEIGHTS not in names:
+        pickled = " (only adapter_model.bin, a pickle that can run code, which Corral does not load)" \
+            if "adapter_model.bin" in names else ""  # fmt: skip
+        raise DownloadError(f"{listing.ref} is a LoRA adapter without {ADAPTER_WEIGHTS}{pickled}.")
+    chosen, skipped = [], []
+    for item in files:
+        why = _adapter_skip_reason(item)
+        if why is None:
+            chosen.append(item)
+        else:
+            skipped.append(SkippedFile(item, why))
+    return DownloadPlan(listing, tuple(chosen), tuple(skipped), kind="adapter")
+
+
+def _adapter_skip_reason(item: RemoteFile) -> str | None:
+    if item.path in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        return None
+    if "/" in item.path or item.path.startswith(".git"):
+        return "in a subfolder (not needed to apply the adapter)"
+    if item.path.endswith((".safetensors", *_TORCH_SUFFIXES, ".gguf")):
+        return "not the adapter's weights (adapter_model.safetensors is)"
+    return _skip_other_reason(item)
 
 
 def _pick_gguf(

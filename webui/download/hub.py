@@ -1,8 +1,10 @@
 """The Hub side of a download: the text a user pastes, listing a branch through `HfApi`, and the Hub's errors.
 
 `parse_repo` turns `owner/repo`, `owner/repo:branch` or a Hub URL into a `RepoRef`; `list_files` lists a branch
-(sizes, hashes, commit) without downloading; `hub_errors_as_corral` is the one place where huggingface_hub's
-exceptions become Corral errors; `safe_name` refuses server file names that would escape the model folder.
+(sizes, hashes, commit) without downloading, and refuses a repository of GGML files (read by their first bytes),
+naming its GGUF sibling (`…-GGML` -> `…-GGUF`) when the Hub has one; `hub_errors_as_corral` is the one place
+where huggingface_hub's exceptions become Corral errors; `safe_name` refuses server file names that would escape
+the model folder.
 
 Everything the Hub says about a file is checked here, where its `RemoteFile` is made: a name that stays in the
 folder, a size, and a hash of the right form (sha256: 64 hex digits, git blob id: 40), because the hash names the
@@ -204,7 +206,54 @@ def list_files(ref: RepoRef, *, token: str | None = None) -> RepoListing:
         files = tuple(_remote_file(s) for s in info.siblings or [])
         if info.gated and files:
             _probe_access(ref, info.sha or ref.branch, files[0].path, endpoint=endpoint, token=token)
-    return RepoListing(ref=ref, commit=info.sha or ref.branch, files=files, endpoint=endpoint)
+    listing = RepoListing(ref=ref, commit=info.sha or ref.branch, files=files, endpoint=endpoint)
+    _refuse_ggml(listing, token=token)
+    return listing
+
+
+# --- GGML repositories --------------------------------------------------------------------------------------------
+
+GGML_MAGICS = (b"lmgg", b"fmgg", b"tjgg", b"algg")  # ggml, ggmf, ggjt, ggla as they lie on disk (little-endian)
+
+
+def _refuse_ggml(listing: RepoListing, *, token: str | None) -> None:
+    """A branch whose weights are GGML `.bin` files (no config.json, no .gguf; the first bytes say GGML) is refused
+    with the reason and, when the Hub has it, the GGUF repository to download instead."""
+    names = [f.path for f in listing.files]
+    if "config.json" in names or any(n.lower().endswith(".gguf") for n in names):
+        return
+    bins = [f for f in listing.files if f.path.lower().endswith(".bin") and "/" not in f.path and f.size >= 4]
+    if not bins or _first_bytes(listing, bins[0].path, token=token) not in GGML_MAGICS:
+        return
+    sibling = gguf_sibling(listing.ref.repo_id, token=token)
+    then = f"Its GGUF version is {sibling}: download that instead." if sibling else \
+        "Look for a GGUF version of this model (usually the same name ending in -GGUF)."  # fmt: skip
+    raise DownloadError(f"{listing.ref} holds GGML files ({bins[0].path}), a format llama.cpp stopped reading in "
+                        f"August 2023 and Corral cannot load. {then}")  # fmt: skip
+
+
+def _first_bytes(listing: RepoListing, path: str, *, token: str | None) -> bytes:
+    url = hf_hub_url(listing.ref.repo_id, path, revision=listing.commit, endpoint=listing.endpoint)
+    headers = {**build_hf_headers(token=token), "range": "bytes=0-3"}
+    try:
+        response = get_session().get(url, headers=headers, follow_redirects=True)
+        hf_raise_for_status(response)
+    except (hub_errors.HfHubHTTPError, httpx2.TransportError):
+        return b""  # cannot tell: the download goes on and the loader says what the file is
+    return response.content[:4]
+
+
+def gguf_sibling(repo_id: str, *, token: str | None = None) -> str | None:
+    """`owner/Name-GGUF` for `owner/Name-GGML` when the Hub has that repository, else None."""
+    owner, _, name = repo_id.partition("/")
+    if not name.lower().endswith("-ggml"):
+        return None
+    candidate = f"{owner}/{name[:-4]}GGUF"
+    try:
+        HfApi(endpoint=hub_endpoint(), token=token).model_info(candidate)
+    except (hub_errors.HfHubHTTPError, httpx2.TransportError):
+        return None
+    return candidate
 
 
 def _remote_file(sibling: RepoSibling) -> RemoteFile:

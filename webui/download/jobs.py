@@ -11,8 +11,10 @@ job list shows the same quant the file table showed and the loader will load. `r
 from __future__ import annotations
 
 import itertools
+import shutil
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from loaders.errors import CorralError, DownloadCancelled, DownloadError
@@ -30,6 +32,19 @@ def plan_download(
     return choose_files(list_files(ref, token=token), gguf_file=gguf_file, remembered=remembered_gguf(folder, ref))
 
 
+def gguf_lora_downloaded(plan: DownloadPlan, folder: Path) -> bool:
+    """The GGUF just downloaded into `folder` is a LoRA adapter (its header says `general.type: adapter`)."""
+    from loaders.files.adapter import is_gguf_lora
+    from loaders.files.gguf_header import read_gguf_header
+
+    if plan.gguf is None or not (folder / plan.gguf.name).is_file():
+        return False
+    try:
+        return is_gguf_lora(read_gguf_header(folder / plan.gguf.name))
+    except CorralError:  # not a readable GGUF: the loaders will say what it is
+        return False
+
+
 class DownloadJob:
     """One download running in a background thread; the UI polls `snapshot()` and may `cancel()`."""
 
@@ -44,8 +59,11 @@ class DownloadJob:
         retries: int,
         stall_s: float = DEFAULT_STALL_S,
         job_id: str = "job",
+        loras_dir: Path | None = None,
     ) -> None:
         self.id, self.ref, self.folder = job_id, ref, folder
+        self.target = folder  # where the files go: `folder`, or the loras folder once the plan says "adapter"
+        self._loras_dir = loras_dir
         self.plan: DownloadPlan | None = None
         self._gguf_file, self._token, self._threads, self._retries = gguf_file, token, threads, retries
         self._stall_s = stall_s
@@ -85,16 +103,34 @@ class DownloadJob:
         self._on_done = on_done
         self._thread.start()
 
+    def _to_loras_if_adapter(self) -> None:
+        """A GGUF that turns out (by its header) to be a LoRA adapter moves from the models to the loras folder."""
+        if self.plan is None or self.plan.kind != "model" or self._loras_dir is None:
+            return
+        if not gguf_lora_downloaded(self.plan, self.target):
+            return
+        destination = Path(self._loras_dir) / self.target.name
+        if destination.exists():
+            raise DownloadError(f"{self.ref} is a LoRA adapter, but {destination} already exists; it stays in "
+                                f"{self.target}: move it to the loras folder yourself.")  # fmt: skip
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(self.target, destination)
+        self.plan, self.target = replace(self.plan, kind="adapter"), destination
+
     def _run(self) -> None:
         tracker = self._tracker
         try:
             tracker.set("running", f"Listing the files of {self.ref}…")
             self.plan = plan_download(self.ref, self.folder, gguf_file=self._gguf_file, token=self._token)
+            if self.plan.kind == "adapter" and self._loras_dir is not None:
+                self.target = Path(self._loras_dir) / self.folder.name
             run_plan(
-                self.plan, self.folder, tracker, self._cancel,
+                self.plan, self.target, tracker, self._cancel,
                 token=self._token, threads=self._threads, retries=self._retries, stall_s=self._stall_s,
             )  # fmt: skip
-            tracker.set("done", f"Done: {self.ref} is in {self.folder}")
+            self._to_loras_if_adapter()
+            what = "the LoRA adapter " if self.plan.kind == "adapter" else ""
+            tracker.set("done", f"Done: {what}{self.ref} is in {self.target}")
         except DownloadCancelled as error:
             tracker.set("cancelled", str(error))
         except CorralError as error:
@@ -121,8 +157,10 @@ class DownloadManager:
         retries: int = DEFAULT_RETRIES,
         stall_s: float = DEFAULT_STALL_S,
         on_done: Callable[[DownloadJob], None] | None = None,
+        loras_dir: Path | None = None,
     ) -> None:
         self.models_dir = Path(models_dir)
+        self.loras_dir = Path(loras_dir) if loras_dir is not None else None  # adapter repos go here
         self.threads, self.retries, self.stall_s = threads, retries, stall_s
         self.on_done = on_done
         self._jobs: list[DownloadJob] = []
@@ -173,8 +211,9 @@ class DownloadManager:
             if any(job.folder == folder and not job.finished for job in self._jobs):
                 raise DownloadError(f"{ref} is already downloading into {folder}.")
             job = DownloadJob(
-                ref, folder, gguf_file=gguf_file, token=token,
+                ref, folder, gguf_file=gguf_file, token=token or None,
                 threads=self.threads, retries=self.retries, stall_s=self.stall_s, job_id=f"job-{next(self._ids)}",
+                loras_dir=self.loras_dir,
             )  # fmt: skip
             if replacing is not None and replacing in self._jobs:
                 self._jobs[self._jobs.index(replacing)] = job

@@ -24,6 +24,8 @@ CHOICES = {
     "dequantize_cache": ["auto", "on", "off"],
     "checkpoint_format": ["gptq", "gptq_v2"],
     "kind": ["openai", "tgi"],
+    "quant_type": ["nf4", "fp4"],
+    "compute_dtype": ["auto", "float32", "float16", "bfloat16"],
 }
 PER_ROW = 5  # controls per row: labels stay readable at a laptop's width
 WIDE = ("file", "weights_file")  # on a row of their own
@@ -45,6 +47,11 @@ HELP = {
     "max_memory_gib": 'JSON, e.g. {"0": 20, "cpu": 60}',
     "url": "http://host:port of the remote engine",
     "api_key": "empty = the key in models/remote.yaml",
+    "load_in_8bit": "bitsandbytes 8-bit at load",
+    "load_in_4bit": "bitsandbytes 4-bit at load",
+    "quant_type": "4-bit data type",
+    "use_double_quant": "4-bit: quantize the scales too",
+    "compute_dtype": "4-bit matmul dtype",
 }
 
 

@@ -1,8 +1,8 @@
 """Model tab, layout and wiring: pick a model (autoload on select), its loader and settings (from detection,
 pattern defaults and the user's saved values), the memory bar (the plan's estimate against free memory, at load
-and at full context), Load / Unload / Reload, "Save settings for this model", and the download box and job list
-(`webui/ui/downloads.py`). The handlers are in `webui/ui/model_handlers.py`; every page fills the tab from the
-server's state when it opens.
+and at full context), Load / Unload / Reload, "Save settings for this model" (the LoRA adapters applied included),
+the LoRA adapters box (`webui/ui/adapters.py`), and the download box and job list (`webui/ui/downloads.py`). The
+handlers are in `webui/ui/model_handlers.py`; every page fills the tab from the server's state when it opens.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import gradio as gr
 from loaders.hardware import Hardware
 from loaders.settings import SETTINGS_CLASSES
 from webui.state import AppState
-from webui.ui import downloads, loader_controls
+from webui.ui import adapters, downloads, loader_controls
 from webui.ui import model_handlers as h
 from webui.ui.chat import ChatTab
 from webui.ui.memory_bar import memory_html
@@ -41,6 +41,7 @@ class ModelTab:
     estimate: gr.Button
     fit: gr.Button
     details: gr.Markdown
+    lora: adapters.AdaptersBox
     downloads: downloads.DownloadsBox
 
 
@@ -64,10 +65,12 @@ def build_tab(state: AppState) -> ModelTab:
         estimate_btn = gr.Button("Estimate memory", elem_id="model-estimate")
         fit = gr.Button("Fit GPU layers to free VRAM", visible=False, elem_id="model-fit")
     details = gr.Markdown(elem_id="model-details")
+    with gr.Accordion("LoRA adapters", open=False, elem_id="lora-box"):
+        lora = adapters.build()
     with gr.Accordion("Download a model", open=True, elem_id="download-box"):
         box = downloads.build_box()
     return ModelTab(name, refresh, autoload, load, unload, reload, save, force, status, memory, loader, loader_ui,
-                    estimate_btn, fit, details, box)  # fmt: skip
+                    estimate_btn, fit, details, lora, box)  # fmt: skip
 
 
 def _no_hardware() -> Hardware:  # the first paint, before a page load fills the bar
@@ -100,3 +103,4 @@ def wire(state: AppState, demo: gr.Blocks, tab: ModelTab, chat: ChatTab, control
                "details": t.details}  # fmt: skip
     listen(t.fit.click, h.on_fit, state, settings, fit_out)
     downloads.wire(state, demo, t.downloads, model_name=t.name, model_status=t.status)
+    adapters.wire(state, demo, t.lora, model_status=t.status)

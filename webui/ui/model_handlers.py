@@ -24,6 +24,7 @@ from webui.estimate.local import GPU_LAYER_LOADERS
 from webui.model_service import LoadedInfo, ModelView
 from webui.state import AppState
 from webui.templates import AUTO_TEMPLATE
+from webui.ui import adapters
 from webui.ui.common import ERROR, WARNING, warning_lines
 from webui.ui.loader_controls import collect, field_updates, visibility
 from webui.ui.memory_bar import memory_html
@@ -52,7 +53,7 @@ def status_text(state: AppState) -> str:
         text += f" (estimated {format_bytes(est.ram_at_load)} at load, {format_bytes(est.ram)} at the full context"
         text += f"; VRAM {format_bytes(est.vram_at_load)} / {format_bytes(est.vram)})" if est.vram else ")"
     decoding = getattr(model, "decode_mode", "")  # the PyTorch backends: cache, slots, CUDA graphs, warm-up time
-    return text + "." + (f" Decoding: {decoding}." if decoding else "")
+    return text + "." + (f" Decoding: {decoding}." if decoding else "") + adapters.status_note(info)
 
 
 def describe(view: ModelView) -> str:

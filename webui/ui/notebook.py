@@ -1,5 +1,6 @@
-"""Notebook tab: one free-text box; Generate continues the text in place (streaming), Stop, Undo, Regenerate, a
-token count, and the Prompt view of the last request. The text before each generation is kept per browser session
+"""Notebook tab: one free-text box; Generate continues the text in place (streaming), or fills its `<FILL_ME>` in
+"Fill in the middle" mode (`notebook_fill.py`); Stop, Undo, Regenerate, a token count, and the Prompt view of the
+last request. The text before each generation is kept per browser session
 for Undo / Regenerate; the text itself is kept in the browser (BrowserState, written by the browser alone, no
 server call per keystroke), so a reload of the page does not lose it.
 
@@ -17,6 +18,7 @@ import gradio as gr
 from webui.generation import raw_turn, status_text
 from webui.prompt_record import recording
 from webui.state import AppState
+from webui.ui import notebook_fill
 from webui.ui.common import error_text
 from webui.ui.parameters import ParamControls, params_from_values
 from webui.ui.prompt_view import prompt_html
@@ -29,6 +31,7 @@ SAVED_TEXT_SECRET = "corral-notebook-v1"  # a fixed key: the text is found again
 @dataclass
 class NotebookTab:
     text: gr.Textbox
+    mode: gr.Radio
     saved: gr.BrowserState
     before: gr.State
     generate: gr.Button
@@ -55,11 +58,12 @@ def build_tab(saved: gr.BrowserState) -> NotebookTab:
         undo = gr.Button("Undo", elem_id="notebook-undo", min_width=80)
         regenerate = gr.Button("Regenerate", elem_id="notebook-regenerate", min_width=80)
         count = gr.Button("Count tokens", elem_id="notebook-count", min_width=80)
+    mode = notebook_fill.mode_control()
     status = gr.Markdown(elem_id="notebook-status")
     with gr.Accordion("Prompt (the last request, exactly as sent)", open=False, elem_id="notebook-prompt-view"):
         prompt = gr.HTML(prompt_html(None), elem_id="notebook-prompt", js_on_load=None)
     before = gr.State("")  # the text as it was before the last generation
-    return NotebookTab(text, saved, before, generate, stop, undo, regenerate, count, status, prompt)
+    return NotebookTab(text, mode, saved, before, generate, stop, undo, regenerate, count, status, prompt)
 
 
 def prompt_key(session: str) -> str:
@@ -74,8 +78,11 @@ def on_page_load(state: AppState, values: Values, ctx: Ctx) -> Values:
 def on_generate(state: AppState, values: Values, ctx: Ctx) -> Iterator[Values]:
     """Continue `text` in place, streaming; the text before is kept for Undo and Regenerate."""
     current = values["text"] or ""
-    yield {"before": current, "status": "Generating..."}
     key = prompt_key(ctx.session)
+    if notebook_fill.is_fill(values["mode"]):
+        yield from notebook_fill.on_fill(state, current, params_from_values(values["params"]), ctx.session, key)
+        return
+    yield {"before": current, "status": "Generating..."}
     try:
         build = recording(raw_turn(current, params_from_values(values["params"])), state.prompts, key)
         for update in state.generation.stream(ctx.session, build):
@@ -108,7 +115,7 @@ def on_stop(state: AppState, values: Values, ctx: Ctx) -> Values:
 
 def wire(state: AppState, demo: gr.Blocks, tab: NotebookTab, controls: ParamControls) -> None:
     out = {"text": tab.text, "before": tab.before, "status": tab.status, "prompt": tab.prompt}
-    inputs = {"text": tab.text, "before": tab.before, "params": controls.components}
+    inputs = {"text": tab.text, "mode": tab.mode, "before": tab.before, "params": controls.components}
     listen(demo.load, on_page_load, state, {"saved": tab.saved}, {"text": tab.text}, show_progress="hidden")
     # The browser copies the text into its own storage after each edit and each generation: no server call.
     # (Not on every change: the empty box a page starts with would overwrite the saved text before it is read.)
