@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 import psutil
 
-from loaders.base import DecodeInfo, GenerationParams, MemoryReport
-from loaders.errors import GenerationError, ModelFormatError, ModelNotLoadedError
+from loaders.base import ConstraintSpec, DecodeInfo, GenerationParams, MemoryReport, TokenLogprob
+from loaders.constraints import gbnf
+from loaders.errors import ConstraintError, GenerationError, ModelFormatError, ModelNotLoadedError
 from loaders.plan import LoadPlan
 from loaders.registry import loader_for_paths
 from loaders.settings import LlamaCppSettings
@@ -129,51 +131,107 @@ def _token_text(llm: llama_cpp.Llama, token: int) -> str | None:
 
 class _SamplerChain:
     """One llama.cpp sampler chain for one generation, freed on exit. Order follows Transformers' logits processors
-    (penalties, temperature, top-k, top-p, min-p, typical), so both backends sample from the same distribution."""
+    (EOS ban, penalties, then the request's grammar, then temperature, top-k, top-p, min-p, typical), so both
+    backends sample from the same distribution. Three sub-chains: `pre` (ban, penalties), the grammar, `pick` (the
+    rest); `sample_logprobs` runs them one by one to read the log-probabilities between the grammar and `pick`."""
 
-    def __init__(self, params: GenerationParams, *, n_vocab: int, n_ctx: int, banned: Sequence[int]) -> None:
-        self.chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    def __init__(
+        self, params: GenerationParams, *, vocab: llama_cpp.llama_vocab_p, n_vocab: int, n_ctx: int,
+        banned: Sequence[int],
+    ) -> None:
+        self.chain = _new_chain()
+        self.pre, self.grammar, self.pick = _new_chain(), _new_chain(), _new_chain()
+        for part in (self.pre, self.grammar, self.pick):
+            llama_cpp.llama_sampler_chain_add(self.chain, part)  # the chain owns its parts
+        self.n_vocab = n_vocab
         if banned:
             biases = (llama_cpp.llama_logit_bias * len(banned))(*[(t, float("-inf")) for t in banned])
-            self._add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(banned), biases))
+            self._add(self.pre, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(banned), biases))
         if _has_penalties(params):
             last_n = params.repetition_penalty_range or n_ctx  # 0 = the whole context
-            self._add(
-                llama_cpp.llama_sampler_init_penalties(
-                    n_vocab, last_n, params.repetition_penalty, params.frequency_penalty, params.presence_penalty
-                )
-            )
+            self._add(self.pre, llama_cpp.llama_sampler_init_penalties(
+                n_vocab, last_n, params.repetition_penalty, params.frequency_penalty, params.presence_penalty))
+        if params.constraint is not None:
+            self._add(self.grammar, _grammar_sampler(vocab, params.constraint))
         if not params.do_sample or params.temperature <= 0:
-            self._add(llama_cpp.llama_sampler_init_greedy())
+            self._add(self.pick, llama_cpp.llama_sampler_init_greedy())
             return
-        self._add(llama_cpp.llama_sampler_init_temp(params.temperature))
+        self._add(self.pick, llama_cpp.llama_sampler_init_temp(params.temperature))
         if params.top_k > 0:
-            self._add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+            self._add(self.pick, llama_cpp.llama_sampler_init_top_k(params.top_k))
         if params.top_p < 1.0:
-            self._add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            self._add(self.pick, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
         if params.min_p > 0.0:
-            self._add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+            self._add(self.pick, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
         if params.typical_p < 1.0:
-            self._add(llama_cpp.llama_sampler_init_typical(params.typical_p, 1))
+            self._add(self.pick, llama_cpp.llama_sampler_init_typical(params.typical_p, 1))
         seed = params.seed if params.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED  # default = random
-        self._add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        self._add(self.pick, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
-    def _add(self, sampler: llama_cpp.llama_sampler_p) -> None:
-        llama_cpp.llama_sampler_chain_add(self.chain, sampler)  # the chain owns it from here
+    def _add(self, chain: llama_cpp.llama_sampler_p, sampler: llama_cpp.llama_sampler_p) -> None:
+        llama_cpp.llama_sampler_chain_add(chain, sampler)  # the chain owns it from here
 
     def accept_history(self, ids: Sequence[int]) -> None:
-        """Feed the prompt to the penalty sampler: Transformers counts prompt tokens as seen, and so do we."""
+        """Feed the prompt to the penalty sampler: Transformers counts prompt tokens as seen, and so do we (never
+        to the grammar, which starts at the reply)."""
         for token in ids:
-            llama_cpp.llama_sampler_accept(self.chain, token)
+            llama_cpp.llama_sampler_accept(self.pre, token)
 
     def sample(self, ctx: llama_cpp.llama_context_p) -> int:
         return llama_cpp.llama_sampler_sample(self.chain, ctx, -1)  # also accepts the token
+
+    def sample_logprobs(self, ctx: llama_cpp.llama_context_p, top: int) -> tuple[int, TokenLogprob]:
+        """`sample`, step by step as `llama_sampler_sample` does it, with the log-probabilities of the logits the
+        grammar left (before temperature and the truncation samplers)."""
+        data = np.empty(self.n_vocab, dtype=_TOKEN_DATA)
+        data["id"] = np.arange(self.n_vocab, dtype=np.int32)
+        data["logit"] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,))
+        data["p"] = 0.0
+        array = llama_cpp.llama_token_data_array(
+            data=data.ctypes.data_as(llama_cpp.llama_token_data_p), size=self.n_vocab, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(self.pre, ctypes.byref(array))
+        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(array))
+        log_probs = np.full(self.n_vocab, -np.inf, dtype=np.float32)
+        seen = _candidates(array)  # the samplers may re-point `data`: read through the array
+        log_probs[seen["id"]] = _log_softmax(seen["logit"])
+        llama_cpp.llama_sampler_apply(self.pick, ctypes.byref(array))
+        token = int(_candidates(array)["id"][array.selected])
+        llama_cpp.llama_sampler_accept(self.chain, token)
+        best = np.argsort(-log_probs)[:top] if top > 0 else np.empty(0, dtype=np.int64)
+        return token, TokenLogprob(token, float(log_probs[token]),
+                                   tuple((int(i), float(log_probs[i])) for i in best))
 
     def __enter__(self) -> _SamplerChain:
         return self
 
     def __exit__(self, *exc: object) -> None:
         llama_cpp.llama_sampler_free(self.chain)
+
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # struct llama_token_data
+
+
+def _new_chain() -> llama_cpp.llama_sampler_p:
+    return llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+
+
+def _grammar_sampler(vocab: llama_cpp.llama_vocab_p, spec: ConstraintSpec) -> llama_cpp.llama_sampler_p:
+    """llama.cpp's own grammar sampler for `spec`; `ConstraintError` when llama.cpp cannot parse it."""
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf(spec).encode("utf-8"), b"root")
+    if not sampler:
+        raise ConstraintError("llama.cpp could not parse the grammar (the server log has its message).")
+    return sampler
+
+
+def _candidates(array: llama_cpp.llama_token_data_array) -> np.ndarray:
+    """The array's current candidates as a numpy view of (id, logit, p) records."""
+    buffer = (ctypes.c_char * (array.size * _TOKEN_DATA.itemsize)).from_address(ctypes.addressof(array.data.contents))
+    return np.frombuffer(buffer, dtype=_TOKEN_DATA)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    top = logits.max()
+    return logits - (top + np.log(np.exp(logits - top).sum()))
 
 
 def _has_penalties(params: GenerationParams) -> bool:
@@ -216,7 +274,9 @@ class LlamaCppModel:
                 "Shorten the prompt, lower 'truncation_length', or reload with a larger n_ctx."
             )
         budget = min(params.max_new_tokens, n_ctx - len(prompt_ids))
-        banned = self.tokenizer.eos_token_ids if params.ban_eos_token else ()
+        # A grammar decides where the reply ends: its end allows nothing but EOS, so the ban yields to it.
+        ban = params.ban_eos_token and params.constraint is None
+        banned = self.tokenizer.eos_token_ids if ban else ()
         return self._decode(llm, prompt_ids, params, cancel, budget, banned, info or DecodeInfo())
 
     def _decode(
@@ -230,7 +290,8 @@ class LlamaCppModel:
         info: DecodeInfo,
     ) -> Iterator[int]:
         stop_ids = frozenset(self.tokenizer.eos_token_ids)
-        with _SamplerChain(params, n_vocab=llm.n_vocab(), n_ctx=llm.n_ctx(), banned=banned) as sampler:
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        with _SamplerChain(params, vocab=vocab, n_vocab=llm.n_vocab(), n_ctx=llm.n_ctx(), banned=banned) as sampler:
             if _has_penalties(params):
                 window = params.repetition_penalty_range
                 sampler.accept_history(prompt_ids[-window:] if window else prompt_ids)
@@ -238,7 +299,12 @@ class LlamaCppModel:
             for produced in range(budget):
                 if cancel.is_set():
                     return
-                token = sampler.sample(llm.ctx)
+                if params.logprobs is None:
+                    token = sampler.sample(llm.ctx)
+                else:
+                    token, logprob = sampler.sample_logprobs(llm.ctx, params.logprobs)
+                    if token not in stop_ids:
+                        info.logprobs.append(logprob)
                 if token in stop_ids:  # never sampled when banned: their logits are -inf
                     return
                 yield token

@@ -1,7 +1,8 @@
 """Next-token selection for the PyTorch backends: penalties, then greedy or temperature + truncation samplers.
 
 One logits vector in, one token id out. Order as in `transformers.generate`: repetition penalty (HF semantics),
-presence / frequency penalties (OpenAI semantics), EOS ban, then temperature, top_k, top_p, min_p, typical_p.
+presence / frequency penalties (OpenAI semantics), EOS ban, the grammar mask of a structured-output request
+(`select_next`), then temperature, top_k, top_p, min_p, typical_p. Log-probabilities are read after the mask.
 Every step is a vectorized tensor operation; truncation samplers work on a sorted candidate list (the top_k
 survivors when top_k is on, else the head that holds every top_p / min_p survivor), so a sampled token costs one
 `topk` (or, at worst, one `sort`) of the vocabulary, not one per sampler.
@@ -9,10 +10,15 @@ survivors when top_k is on, else the head that holds every top_p / min_p survivo
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
-from loaders.base import GenerationParams
+from loaders.base import GenerationParams, TokenLogprob
+
+if TYPE_CHECKING:
+    from loaders.constraints import TokenConstraint
 
 NEG_INF = float("-inf")
 
@@ -26,12 +32,39 @@ def sample_next(
     eos_ids: tuple[int, ...] = (),
 ) -> int:
     """The next token id. `logits`: [vocab] float32; `context_ids`: [n] long, prompt and reply so far."""
+    return select_next(logits, context_ids, params, generator, eos_ids=eos_ids)[0]
+
+
+def select_next(
+    logits: Tensor,
+    context_ids: Tensor,
+    params: GenerationParams,
+    generator: torch.Generator | None,
+    *,
+    eos_ids: tuple[int, ...] = (),
+    constraint: TokenConstraint | None = None,
+) -> tuple[int, TokenLogprob | None]:
+    """`sample_next` with a grammar (`constraint` masks the logits after the penalties and advances on the pick)
+    and, when `params.logprobs` is set, the pick's log-probability from those same processed logits."""
     logits = adjust_logits(logits, context_ids, params, eos_ids=eos_ids)
+    if constraint is not None:
+        logits = constraint.mask(logits)
     if _is_greedy(params):
-        return int(torch.argmax(logits))
-    probs, ids = candidates(logits, params)
-    pick = torch.multinomial(probs, 1, generator=generator)
-    return int(ids[pick])
+        token = int(torch.argmax(logits))
+    else:
+        probs, ids = candidates(logits, params)
+        token = int(ids[torch.multinomial(probs, 1, generator=generator)])
+    if constraint is not None:
+        constraint.advance(token)
+    return token, None if params.logprobs is None else token_logprob(logits, token, params.logprobs)
+
+
+def token_logprob(logits: Tensor, token: int, top: int) -> TokenLogprob:
+    """`token`'s log-probability under `logits` [vocab] and the `top` most likely (token, logprob) pairs."""
+    log_probs = torch.log_softmax(logits, dim=0)
+    best = torch.topk(log_probs, min(top, log_probs.shape[0])) if top > 0 else None
+    pairs = () if best is None else tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+    return TokenLogprob(token, float(log_probs[token]), pairs)
 
 
 def token_distribution(

@@ -23,9 +23,10 @@ from typing import Any
 import torch
 
 from loaders.base import DecodeInfo, GenerationParams, MemoryReport, ModelTokenizer
+from loaders.constraints import GrammarCompiler, TokenConstraint
 from loaders.errors import ModelNotLoadedError
 from loaders.plan import LoadPlan
-from loaders.sampling import sample_next
+from loaders.sampling import select_next
 
 
 @dataclass
@@ -37,6 +38,7 @@ class _Decoding:
     fed: int  # tokens already run through the model (held in `cache`)
     cache: Any
     generator: torch.Generator
+    constraint: TokenConstraint | None = None  # the request's grammar (structured output)
 
 
 class TorchCausalLM:
@@ -67,6 +69,7 @@ class TorchCausalLM:
         self.memory = memory
         self.plan = plan  # what the loader was asked to do (the Model tab shows it next to what it did)
         self.weight_cache = ""  # GPTQ: how its quantized layers run ("dequantized cache", "triton"...)
+        self.grammar = GrammarCompiler(tokenizer)  # structured output; reads the vocabulary on first use
         self._input_device = _input_device(module)
         self.dtype = _activation_dtype(module, self._input_device)
         # Prefill needs the last position's logits only; HF models skip the rest of the LM head when told so.
@@ -90,13 +93,16 @@ class TorchCausalLM:
         eos = tuple(self.tokenizer.eos_token_ids)
         stop_ids = () if params.ban_eos_token else eos
         state = self._start(module, prompt_ids, params)
+        info = info if info is not None else DecodeInfo()
         for _ in range(params.max_new_tokens):
             if cancel.is_set():
                 return
-            token = self._step(module, state, params, eos)
+            token = self._step(module, state, params, eos, info)
             if token in stop_ids:
                 return
             yield token
+            if state.constraint is not None and state.constraint.finished:
+                return  # the grammar is complete: only the end of the reply could follow
 
     def unload(self) -> None:
         self.module = None
@@ -113,15 +119,23 @@ class TorchCausalLM:
         size = len(prompt_ids) + params.max_new_tokens
         context = torch.empty(size, dtype=torch.long, device=self._input_device)
         context[: len(prompt_ids)] = torch.tensor(prompt_ids, dtype=torch.long)
+        constraint = self.grammar.start(params.constraint) if params.constraint is not None else None
         return _Decoding(context, len(prompt_ids), 0, self._new_cache(module, size),
-                         _generator(params.seed, self._input_device))
+                         _generator(params.seed, self._input_device), constraint)
 
     @torch.inference_mode()
-    def _step(self, module: torch.nn.Module, state: _Decoding, params: GenerationParams, eos: tuple[int, ...]) -> int:
-        """Feed the tokens not yet in the cache (the prompt, then the last token), sample, append the new token."""
+    def _step(
+        self, module: torch.nn.Module, state: _Decoding, params: GenerationParams, eos: tuple[int, ...],
+        info: DecodeInfo,
+    ) -> int:
+        """Feed the tokens not yet in the cache (the prompt, then the last token), sample, append the new token
+        (and its log-probability to `info` when asked, unless it is EOS: the engine never sees that one)."""
         logits = self._forward(module, state.context[None, state.fed : state.length], state.cache)  # [vocab]
         state.fed = state.length
-        token = sample_next(logits, state.context[: state.length], params, state.generator, eos_ids=eos)
+        token, logprob = select_next(logits, state.context[: state.length], params, state.generator, eos_ids=eos,
+                                     constraint=state.constraint)
+        if logprob is not None and token not in eos:
+            info.logprobs.append(logprob)
         state.context[state.length] = token
         state.length += 1
         return token

@@ -63,6 +63,8 @@ class ModelService:
     def __init__(self, config: AppConfig, settings: SettingsStore, lock: threading.RLock) -> None:
         self._config, self._settings, self._lock = config, settings, lock
         self._loaded: LoadedInfo | None = None
+        self._loads: list[str] = []  # the models loads are under way for (requests for them wait)
+        self._load_done = threading.Condition()
         self.remote = RemoteCatalog(config.models_dir)  # named remote engines (models/remote.yaml)
 
     # --- what is on disk ----------------------------------------------------------------------------------------
@@ -182,14 +184,32 @@ class ModelService:
         plan = view.plan
         return self._swap(view, settings, lambda: load_plan(plan, settings, name=name))
 
+    @property
+    def loading(self) -> str | None:
+        """The name of the model being loaded now (from the moment its load waits for the model), else None."""
+        with self._load_done:
+            return self._loads[-1] if self._loads else None
+
+    def wait_for_load(self, timeout: float) -> bool:
+        """Wait until no load is under way; False if one still is after `timeout` seconds."""
+        with self._load_done:
+            return self._load_done.wait_for(lambda: not self._loads, timeout)
+
     def _swap(self, view: ModelView, settings: LoaderSettings, load: Any) -> LoadedInfo:
-        with self._lock:
-            self.unload()
-            started = time.monotonic()
-            model = load()
-            log.info("Loaded %s with %s in %.1f s", view.name, view.resolved.loader, time.monotonic() - started)
-            self._loaded = LoadedInfo(model=model, view=view, loader_settings=settings, estimate=view.estimate)
-        return self._loaded
+        with self._load_done:
+            self._loads.append(view.name)
+        try:
+            with self._lock:
+                self.unload()
+                started = time.monotonic()
+                model = load()
+                log.info("Loaded %s with %s in %.1f s", view.name, view.resolved.loader, time.monotonic() - started)
+                self._loaded = LoadedInfo(model=model, view=view, loader_settings=settings, estimate=view.estimate)
+                return self._loaded
+        finally:
+            with self._load_done:
+                self._loads.remove(view.name)
+                self._load_done.notify_all()
 
     def reload(self, *, loader: str | None = None, loader_settings: dict[str, Any] | None = None) -> LoadedInfo:
         if self._loaded is None:

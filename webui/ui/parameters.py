@@ -8,7 +8,7 @@ chosen, and on page load / refresh for one set aside elsewhere (an API request, 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -41,7 +41,7 @@ def params_from_values(names: list[str], values) -> GenerationParams:
 
 
 def values_from_params(params: GenerationParams) -> list:
-    values = asdict(params)
+    values = {name: getattr(params, name) for name in GenerationParams.field_names()}  # not the per-request ones
     values["stop"] = "\n".join(params.stop)
     return list(values.values())
 
