@@ -22,6 +22,7 @@ import psutil
 
 from loaders.base import ConstraintSpec, DecodeInfo, GenerationParams, MemoryReport, TokenLogprob
 from loaders.constraints import gbnf
+from loaders.embedding import EMBEDDING_CONTEXT, Embeddings, LlamaCppEmbedder
 from loaders.errors import ConstraintError, GenerationError, ModelFormatError, ModelNotLoadedError
 from loaders.plan import LoadPlan
 from loaders.registry import loader_for_paths
@@ -259,6 +260,7 @@ class LlamaCppModel:
     weight_cache: str = ""
     loader: str = LOADER_NAME
     slots: int = 1  # one generation at a time
+    _embedder: LlamaCppEmbedder | None = field(default=None, repr=False)  # opened by the first `embed`
 
     def generate_tokens(
         self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event,
@@ -329,7 +331,19 @@ class LlamaCppModel:
         llm.eval(prompt_ids[keep:])
         return keep
 
+    def embed(self, texts: Sequence[str]) -> Embeddings:
+        """Sentence embeddings of `texts` from a second llama.cpp context on the same file, in embedding mode
+        (`loaders/embedding.py`), opened on first use and closed with the model."""
+        self._live()
+        if self._embedder is None:
+            self._embedder = LlamaCppEmbedder(self.name, self.path, n_gpu_layers=self.plan.n_gpu_layers if self.plan
+                                              else 0, context_length=min(self.context_length, EMBEDDING_CONTEXT))
+        return self._embedder.embed(texts)
+
     def unload(self) -> None:
+        if self._embedder is not None:
+            self._embedder.unload()
+            self._embedder = None
         if self.llm is not None:
             self.llm.close()
             self.llm = None

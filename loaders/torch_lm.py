@@ -15,7 +15,7 @@ import inspect
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import torch
 
 from loaders.base import DecodeInfo, GenerationParams, MemoryReport, ModelTokenizer
 from loaders.constraints import GrammarCompiler, TokenConstraint
+from loaders.embedding import Embeddings, embed_causal_lm
 from loaders.errors import ModelNotLoadedError
 from loaders.plan import LoadPlan
 from loaders.sampling import select_next
@@ -103,6 +104,11 @@ class TorchCausalLM:
             yield token
             if state.constraint is not None and state.constraint.finished:
                 return  # the grammar is complete: only the end of the reply could follow
+
+    def embed(self, texts: Sequence[str]) -> Embeddings:
+        """Sentence embeddings of `texts` (`loaders/embedding.py`: mean-pooled last hidden state, normalised)."""
+        return embed_causal_lm(self._live(), self.tokenizer, texts, context=self.context_length,
+                               device=self._input_device)
 
     def unload(self) -> None:
         self.module = None

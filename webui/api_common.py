@@ -1,5 +1,6 @@
 """What every API route shares, below the routes themselves: the error an API request ends with (`ApiError`, in the
-OpenAI shape by default), the one mapping of Corral's exceptions onto HTTP statuses, and the API key check.
+OpenAI shape by default), the one mapping of Corral's exceptions onto HTTP statuses, a body that fails validation
+as a 400 naming the field, the API key check, and the server-sent event response that cancels its job.
 
 The OpenAI routes (`webui/api.py`) and the Anthropic ones (`webui/api_anthropic.py`) raise the same `ApiError`;
 each answers it in its own protocol's shape. The key is accepted as `Authorization: Bearer KEY` (OpenAI clients)
@@ -9,11 +10,13 @@ or `x-api-key: KEY` (Anthropic clients), compared in constant time.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from loaders.errors import (
     ConstraintError,
@@ -76,3 +79,36 @@ def key_checker(api_key: str | None) -> Callable[[Request], None]:
                            "'x-api-key: <key>').", code="invalid_api_key")
 
     return check
+
+
+def validation_error(error: RequestValidationError) -> ApiError:
+    """A request body that does not fit its model, as the 400 an OpenAI client expects (naming the field)."""
+    first = error.errors()[0] if error.errors() else {"msg": "invalid request", "loc": ()}
+    if first.get("type") == "json_invalid":
+        return ApiError(400, f"The request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}.")
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    message = first["msg"].removeprefix("Value error, ")
+    if param is None:
+        return ApiError(400, f"The request body must be a JSON object ({message}).")
+    if first.get("type") == "missing":
+        return ApiError(400, f"'{param}' is a required property.", param=param)
+    return ApiError(400, f"Invalid value for '{param}': {message}.", param=param)
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class EventStream(StreamingResponse):
+    """Server-sent events that cancel their job however the response ends (done, client gone, server stopping)."""
+
+    def __init__(self, content: AsyncIterator[str], job: Cancellable) -> None:
+        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self._job = job
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._job.cancel()
