@@ -1,22 +1,27 @@
-"""Structured output: a `ConstraintSpec` (JSON object, JSON schema, GBNF grammar) turned into what a backend enforces.
+"""Structured output: a `ConstraintSpec` (JSON object, JSON schema, GBNF grammar) turned into a per-request mask.
 
-The PyTorch backends mask logits with `llguidance` (chosen over xgrammar and outlines-core by `bench/
-grammar_engines.py`: the lowest per-token cost on SmolLM2's 49152-token vocabulary, ~10 ms compiles, GBNF and
-Lark grammars, used by vLLM, SGLang and llama.cpp): `GrammarCompiler` (one per loaded model: the tokenizer's
-token bytes, built once, ~1 s) starts one `TokenConstraint` per request, which masks the next-token logits,
-advances on the chosen token and says when the grammar is complete. llama.cpp runs its own grammar sampler:
-`gbnf(spec)` is the grammar text it gets. Both read the same JSON conventions: whitespace is at most one space
-where JSON allows it (llama.cpp's converter writes `space ::= " "?`), so a small model cannot wander off into
-endless blank lines and the reply always ends.
+Every local backend enforces it with one grammar engine, `llguidance` (the engine of OpenAI's structured outputs,
+also used by vLLM, SGLang and llama.cpp's own LLGUIDANCE build): `bench/grammar_engines.py` measured the lowest
+per-token cost among llguidance, xgrammar and outlines-core on SmolLM2's 49152-token vocabulary (and ~10 ms
+compiles), and `bench/structured.py` measured llama.cpp's own GBNF sampler at a small fraction of llama.cpp's speed
+on a JSON schema, where llguidance's mask costs a few percent. One engine also means one set of JSON conventions:
+whitespace is at most one space where JSON allows it (as llama.cpp's converter writes `space ::= " "?`), so a small
+model cannot wander off into endless blank lines, and property order is the schema's.
 
-`check(spec)` compiles a spec without a tokenizer, so a bad schema or grammar is refused before a request waits.
+A `GrammarCompiler` (one per loaded model: the vocabulary's token bytes, read once, ~0.5-1.5 s, from the transformers
+tokenizer or from llama.cpp's vocabulary) starts one `TokenConstraint` per request, which masks the next-token
+logits (a torch tensor, or a numpy array on llama.cpp), advances on the chosen token and says when the grammar is
+complete. `check(spec)` compiles a spec without a tokenizer, so a bad schema or grammar is refused before a request
+waits.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from loaders.base import ConstraintSpec, ModelTokenizer
@@ -51,29 +56,17 @@ def check(spec: ConstraintSpec) -> None:
         raise ConstraintError(f"The {_what(spec)} cannot be enforced: {error}")
 
 
-def gbnf(spec: ConstraintSpec) -> str:
-    """llama.cpp's grammar text for `spec` (its own JSON-schema converter for the JSON kinds)."""
-    if spec.kind == "grammar":
-        return spec.text
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
-    try:
-        return json_schema_to_gbnf(ANY_OBJECT if spec.kind == "json_object" else spec.text)
-    except (ValueError, KeyError, TypeError, NotImplementedError, RecursionError, AssertionError) as error:
-        raise ConstraintError(f"llama.cpp cannot turn the {_what(spec)} into a grammar: {error}") from error
-
-
 def _what(spec: ConstraintSpec) -> str:
     return "grammar" if spec.kind == "grammar" else "JSON schema"
 
 
 class TokenConstraint:
-    """One request's grammar state on a PyTorch backend: `mask` the logits, `advance` on the chosen token."""
+    """One request's grammar state: `mask` the logits, `advance` on the chosen token."""
 
     def __init__(self, matcher: Any, vocab_size: int) -> None:
         self._matcher = matcher
         self._vocab = vocab_size  # tokens the grammar engine knows; logits beyond are never allowed
-        self._bitmask = torch.empty((vocab_size + 31) // 32, dtype=torch.int32)
+        self._bitmask = np.zeros((vocab_size + 31) // 32, dtype=np.int32)
         self._shifts: torch.Tensor | None = None
 
     @property
@@ -83,19 +76,28 @@ class TokenConstraint:
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """`logits` [vocab] with every token the grammar forbids at -inf (in place)."""
-        self._matcher.unsafe_compute_mask_ptr(self._bitmask.data_ptr(), self._bitmask.numel() * 4)
-        self._raise_on_error()
+        self._fill()
         if self._shifts is None or self._shifts.device != logits.device:
             self._shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
-        words = self._bitmask.to(logits.device, non_blocking=True)
+        words = torch.from_numpy(self._bitmask).to(logits.device, non_blocking=True)
         allowed = ((words.unsqueeze(-1) >> self._shifts) & 1).bool().view(-1)  # [32 * words]
         known = min(self._vocab, logits.shape[0])
         logits[:known].masked_fill_(~allowed[:known], float("-inf"))
         logits[known:] = float("-inf")
         return logits
 
+    def allowed(self, vocab: int) -> np.ndarray:
+        """Which of `vocab` tokens the grammar allows next: bool [vocab]."""
+        self._fill()
+        bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little").astype(bool)
+        return bits[:vocab] if vocab <= bits.shape[0] else np.pad(bits, (0, vocab - bits.shape[0]))
+
     def advance(self, token: int) -> None:
         self._matcher.consume_token(token)
+        self._raise_on_error()
+
+    def _fill(self) -> None:
+        self._matcher.unsafe_compute_mask_ptr(self._bitmask.ctypes.data, self._bitmask.nbytes)
         self._raise_on_error()
 
     def _raise_on_error(self) -> None:
@@ -104,33 +106,48 @@ class TokenConstraint:
 
 
 class GrammarCompiler:
-    """Starts `TokenConstraint`s for one loaded model's tokenizer (its token bytes are read on first use)."""
+    """Starts `TokenConstraint`s for one loaded model's vocabulary (read on first use by `read_vocabulary`)."""
 
-    def __init__(self, tokenizer: ModelTokenizer) -> None:
-        self._tokenizer = tokenizer
-        self._ll_tokenizer: Any = None
+    def __init__(self, read_vocabulary: Callable[[], Any]) -> None:
+        self._read = read_vocabulary
+        self._engine_tokenizer: Any = None
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: ModelTokenizer) -> GrammarCompiler:
+        """For a model whose tokenizer wraps a transformers one (`.hf`: the Transformers, GPTQ, native GGUF loaders)."""
+
+        def read() -> Any:
+            import llguidance.hf
+
+            eos = list(tokenizer.eos_token_ids)
+            try:
+                return llguidance.hf.from_tokenizer(getattr(tokenizer, "hf", None), eos_token=eos or None)
+            except (ValueError, TypeError) as error:
+                raise ConstraintError("Structured output needs a model with a fast (tokenizer.json) tokenizer; "
+                                      f"this one cannot drive the grammar engine ({error}).") from error
+
+        return cls(read)
+
+    @classmethod
+    def for_llama_vocab(cls, vocab: Any, eos_ids: Sequence[int]) -> GrammarCompiler:
+        """For a model in llama.cpp (`vocab`: its `llama_vocab` pointer)."""
+
+        def read() -> Any:
+            import llguidance.llamacpp
+
+            return llguidance.llamacpp.lltokenizer_from_vocab(vocab, eos_token=list(eos_ids) or None)
+
+        return cls(read)
 
     def start(self, spec: ConstraintSpec) -> TokenConstraint:
         import llguidance
 
-        tokenizer = self._engine_tokenizer()
-        matcher = llguidance.LLMatcher(tokenizer, llguidance_grammar(spec), log_level=0)
+        if self._engine_tokenizer is None:
+            self._engine_tokenizer = self._read()
+        matcher = llguidance.LLMatcher(self._engine_tokenizer, llguidance_grammar(spec), log_level=0)
         if matcher.is_error():
             raise ConstraintError(f"The {_what(spec)} cannot be enforced: {matcher.get_error()}")
-        return TokenConstraint(matcher, tokenizer.vocab_size)
-
-    def _engine_tokenizer(self) -> Any:
-        if self._ll_tokenizer is None:
-            import llguidance.hf
-
-            hf = getattr(self._tokenizer, "hf", None)
-            eos = list(self._tokenizer.eos_token_ids)
-            try:
-                self._ll_tokenizer = llguidance.hf.from_tokenizer(hf, eos_token=eos or None)
-            except (ValueError, TypeError) as error:
-                raise ConstraintError("Structured output needs a model with a fast (tokenizer.json) tokenizer; "
-                                      f"this one cannot drive the grammar engine ({error}).") from error
-        return self._ll_tokenizer
+        return TokenConstraint(matcher, self._engine_tokenizer.vocab_size)
 
 
 def spec_from_schema(schema: dict[str, Any]) -> ConstraintSpec:

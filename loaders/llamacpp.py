@@ -20,10 +20,10 @@ import llama_cpp
 import numpy as np
 import psutil
 
-from loaders.base import ConstraintSpec, DecodeInfo, GenerationParams, MemoryReport, TokenLogprob
-from loaders.constraints import gbnf
+from loaders.base import DecodeInfo, GenerationParams, MemoryReport, TokenLogprob
+from loaders.constraints import GrammarCompiler, TokenConstraint
 from loaders.embedding import EMBEDDING_CONTEXT, Embeddings, LlamaCppEmbedder
-from loaders.errors import ConstraintError, GenerationError, ModelFormatError, ModelNotLoadedError
+from loaders.errors import GenerationError, ModelFormatError, ModelNotLoadedError
 from loaders.plan import LoadPlan
 from loaders.registry import loader_for_paths
 from loaders.settings import LlamaCppSettings
@@ -132,17 +132,15 @@ def _token_text(llm: llama_cpp.Llama, token: int) -> str | None:
 
 class _SamplerChain:
     """One llama.cpp sampler chain for one generation, freed on exit. Order follows Transformers' logits processors
-    (EOS ban, penalties, then the request's grammar, then temperature, top-k, top-p, min-p, typical), so both
-    backends sample from the same distribution. Three sub-chains: `pre` (ban, penalties), the grammar, `pick` (the
-    rest); `sample_logprobs` runs them one by one to read the log-probabilities between the grammar and `pick`."""
+    (EOS ban, penalties, then a request's grammar mask, then temperature, top-k, top-p, min-p, typical), so both
+    backends sample from the same distribution. Two sub-chains, `pre` (ban, penalties) and `pick` (the rest): a
+    plain step is one `llama_sampler_sample`; with a grammar or log-probabilities, `sample` runs them one by one,
+    masking and reading the logits in between."""
 
-    def __init__(
-        self, params: GenerationParams, *, vocab: llama_cpp.llama_vocab_p, n_vocab: int, n_ctx: int,
-        banned: Sequence[int],
-    ) -> None:
+    def __init__(self, params: GenerationParams, *, n_vocab: int, n_ctx: int, banned: Sequence[int]) -> None:
         self.chain = _new_chain()
-        self.pre, self.grammar, self.pick = _new_chain(), _new_chain(), _new_chain()
-        for part in (self.pre, self.grammar, self.pick):
+        self.pre, self.pick = _new_chain(), _new_chain()
+        for part in (self.pre, self.pick):
             llama_cpp.llama_sampler_chain_add(self.chain, part)  # the chain owns its parts
         self.n_vocab = n_vocab
         if banned:
@@ -152,8 +150,6 @@ class _SamplerChain:
             last_n = params.repetition_penalty_range or n_ctx  # 0 = the whole context
             self._add(self.pre, llama_cpp.llama_sampler_init_penalties(
                 n_vocab, last_n, params.repetition_penalty, params.frequency_penalty, params.presence_penalty))
-        if params.constraint is not None:
-            self._add(self.grammar, _grammar_sampler(vocab, params.constraint))
         if not params.do_sample or params.temperature <= 0:
             self._add(self.pick, llama_cpp.llama_sampler_init_greedy())
             return
@@ -173,34 +169,37 @@ class _SamplerChain:
         llama_cpp.llama_sampler_chain_add(chain, sampler)  # the chain owns it from here
 
     def accept_history(self, ids: Sequence[int]) -> None:
-        """Feed the prompt to the penalty sampler: Transformers counts prompt tokens as seen, and so do we (never
-        to the grammar, which starts at the reply)."""
+        """Feed the prompt to the penalty sampler: Transformers counts prompt tokens as seen, and so do we."""
         for token in ids:
             llama_cpp.llama_sampler_accept(self.pre, token)
 
-    def sample(self, ctx: llama_cpp.llama_context_p) -> int:
-        return llama_cpp.llama_sampler_sample(self.chain, ctx, -1)  # also accepts the token
-
-    def sample_logprobs(self, ctx: llama_cpp.llama_context_p, top: int) -> tuple[int, TokenLogprob]:
-        """`sample`, step by step as `llama_sampler_sample` does it, with the log-probabilities of the logits the
-        grammar left (before temperature and the truncation samplers)."""
+    def sample(
+        self, ctx: llama_cpp.llama_context_p, *, constraint: TokenConstraint | None = None, top: int | None = None
+    ) -> tuple[int, TokenLogprob | None]:
+        """The next token (accepted by the chain, and by `constraint`), and with `top` set its log-probability
+        and the `top` most likely, from the logits after `pre` and the grammar mask (before `pick`)."""
+        if constraint is None and top is None:
+            return llama_cpp.llama_sampler_sample(self.chain, ctx, -1), None  # also accepts the token
         data = np.empty(self.n_vocab, dtype=_TOKEN_DATA)
         data["id"] = np.arange(self.n_vocab, dtype=np.int32)
         data["logit"] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(self.n_vocab,))
         data["p"] = 0.0
+        if constraint is not None:
+            data["logit"][~constraint.allowed(self.n_vocab)] = -np.inf
         array = llama_cpp.llama_token_data_array(
             data=data.ctypes.data_as(llama_cpp.llama_token_data_p), size=self.n_vocab, selected=-1, sorted=False)
         llama_cpp.llama_sampler_apply(self.pre, ctypes.byref(array))
-        llama_cpp.llama_sampler_apply(self.grammar, ctypes.byref(array))
-        log_probs = np.full(self.n_vocab, -np.inf, dtype=np.float32)
-        seen = _candidates(array)  # the samplers may re-point `data`: read through the array
-        log_probs[seen["id"]] = _log_softmax(seen["logit"])
+        log_probs = None
+        if top is not None:  # the samplers may re-point `data`: read through the array
+            seen = _candidates(array)
+            log_probs = np.full(self.n_vocab, -np.inf, dtype=np.float32)
+            log_probs[seen["id"]] = _log_softmax(seen["logit"])
         llama_cpp.llama_sampler_apply(self.pick, ctypes.byref(array))
         token = int(_candidates(array)["id"][array.selected])
         llama_cpp.llama_sampler_accept(self.chain, token)
-        best = np.argsort(-log_probs)[:top] if top > 0 else np.empty(0, dtype=np.int64)
-        return token, TokenLogprob(token, float(log_probs[token]),
-                                   tuple((int(i), float(log_probs[i])) for i in best))
+        if constraint is not None:
+            constraint.advance(token)
+        return token, None if log_probs is None else _logprob(log_probs, token, top or 0)
 
     def __enter__(self) -> _SamplerChain:
         return self
@@ -216,18 +215,15 @@ def _new_chain() -> llama_cpp.llama_sampler_p:
     return llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
 
 
-def _grammar_sampler(vocab: llama_cpp.llama_vocab_p, spec: ConstraintSpec) -> llama_cpp.llama_sampler_p:
-    """llama.cpp's own grammar sampler for `spec`; `ConstraintError` when llama.cpp cannot parse it."""
-    sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf(spec).encode("utf-8"), b"root")
-    if not sampler:
-        raise ConstraintError("llama.cpp could not parse the grammar (the server log has its message).")
-    return sampler
-
-
 def _candidates(array: llama_cpp.llama_token_data_array) -> np.ndarray:
     """The array's current candidates as a numpy view of (id, logit, p) records."""
     buffer = (ctypes.c_char * (array.size * _TOKEN_DATA.itemsize)).from_address(ctypes.addressof(array.data.contents))
     return np.frombuffer(buffer, dtype=_TOKEN_DATA)
+
+
+def _logprob(log_probs: np.ndarray, token: int, top: int) -> TokenLogprob:
+    best = np.argsort(-log_probs)[:top] if top > 0 else np.empty(0, dtype=np.int64)
+    return TokenLogprob(token, float(log_probs[token]), tuple((int(i), float(log_probs[i])) for i in best))
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -261,6 +257,7 @@ class LlamaCppModel:
     loader: str = LOADER_NAME
     slots: int = 1  # one generation at a time
     _embedder: LlamaCppEmbedder | None = field(default=None, repr=False)  # opened by the first `embed`
+    _grammars: GrammarCompiler | None = field(default=None, repr=False)  # structured output, made on first use
 
     def generate_tokens(
         self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event,
@@ -276,9 +273,7 @@ class LlamaCppModel:
                 "Shorten the prompt, lower 'truncation_length', or reload with a larger n_ctx."
             )
         budget = min(params.max_new_tokens, n_ctx - len(prompt_ids))
-        # A grammar decides where the reply ends: its end allows nothing but EOS, so the ban yields to it.
-        ban = params.ban_eos_token and params.constraint is None
-        banned = self.tokenizer.eos_token_ids if ban else ()
+        banned = self.tokenizer.eos_token_ids if params.ban_eos_token else ()
         return self._decode(llm, prompt_ids, params, cancel, budget, banned, info or DecodeInfo())
 
     def _decode(
@@ -292,8 +287,8 @@ class LlamaCppModel:
         info: DecodeInfo,
     ) -> Iterator[int]:
         stop_ids = frozenset(self.tokenizer.eos_token_ids)
-        vocab = llama_cpp.llama_model_get_vocab(llm.model)
-        with _SamplerChain(params, vocab=vocab, n_vocab=llm.n_vocab(), n_ctx=llm.n_ctx(), banned=banned) as sampler:
+        constraint = self._grammar(llm).start(params.constraint) if params.constraint is not None else None
+        with _SamplerChain(params, n_vocab=llm.n_vocab(), n_ctx=llm.n_ctx(), banned=banned) as sampler:
             if _has_penalties(params):
                 window = params.repetition_penalty_range
                 sampler.accept_history(prompt_ids[-window:] if window else prompt_ids)
@@ -301,18 +296,23 @@ class LlamaCppModel:
             for produced in range(budget):
                 if cancel.is_set():
                     return
-                if params.logprobs is None:
-                    token = sampler.sample(llm.ctx)
-                else:
-                    token, logprob = sampler.sample_logprobs(llm.ctx, params.logprobs)
-                    if token not in stop_ids:
-                        info.logprobs.append(logprob)
+                token, logprob = sampler.sample(llm.ctx, constraint=constraint, top=params.logprobs)
                 if token in stop_ids:  # never sampled when banned: their logits are -inf
                     return
+                if logprob is not None:
+                    info.logprobs.append(logprob)
                 yield token
+                if constraint is not None and constraint.finished:
+                    return  # the grammar is complete: only the end of the reply could follow
                 if produced + 1 == budget or cancel.is_set():
                     return  # the last token is never evaluated: nothing will read its logits
                 llm.eval([token])
+
+    def _grammar(self, llm: llama_cpp.Llama) -> GrammarCompiler:
+        if self._grammars is None:
+            vocab = llama_cpp.llama_model_get_vocab(llm.model)
+            self._grammars = GrammarCompiler.for_llama_vocab(vocab, self.tokenizer.eos_token_ids)
+        return self._grammars
 
     def _eval_prompt(self, llm: llama_cpp.Llama, prompt_ids: list[int]) -> int:
         """Evaluate the prompt, keeping the KV cache of the prefix it shares with the previous call; the number of

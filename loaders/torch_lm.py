@@ -70,7 +70,7 @@ class TorchCausalLM:
         self.memory = memory
         self.plan = plan  # what the loader was asked to do (the Model tab shows it next to what it did)
         self.weight_cache = ""  # GPTQ: how its quantized layers run ("dequantized cache", "triton"...)
-        self.grammar = GrammarCompiler(tokenizer)  # structured output; reads the vocabulary on first use
+        self.grammar = GrammarCompiler.for_tokenizer(tokenizer)  # structured output; reads the vocabulary on first use
         self._input_device = _input_device(module)
         self.dtype = _activation_dtype(module, self._input_device)
         # Prefill needs the last position's logits only; HF models skip the rest of the LM head when told so.

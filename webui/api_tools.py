@@ -310,13 +310,13 @@ def parse_tool_calls(text: str, names: Sequence[str]) -> tuple[str, list[ToolCal
         blocks = re.findall(r"<tool_call>(.*?)(?:</tool_call>|\Z)", text, flags=re.S)  # the last may be unclosed
         calls = _calls_in([block.strip() for block in blocks], names)
         if calls:
-            return text.partition(CALL_OPEN)[0].strip(), calls
+            return text.partition(CALL_OPEN)[0].rstrip(), calls
     for marker in MARKERS[1:]:
         if marker in text:
             before, _, rest = text.partition(marker)
             calls = _calls_in([rest], names)
             if calls:
-                return before.strip(), calls
+                return before.rstrip(), calls
     stripped = _unfenced(text.strip())
     if stripped.startswith(("{", "[")):
         calls = _calls_in([stripped], names)
@@ -400,6 +400,8 @@ class ToolCallStream:
         return (content[len(shown) :] if content.startswith(shown) else ""), calls
 
     def _release(self, end: int) -> str:
+        while end > self._released and self._text[end - 1].isspace():
+            end -= 1  # trailing whitespace waits: before a call it is not part of the content
         text, self._released = self._text[self._released : end], max(self._released, end)
         return text
 
