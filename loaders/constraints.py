@@ -18,6 +18,7 @@ waits.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -135,7 +136,9 @@ class GrammarCompiler:
         def read() -> Any:
             import llguidance.llamacpp
 
-            return llguidance.llamacpp.lltokenizer_from_vocab(vocab, eos_token=list(eos_ids) or None)
+            with warnings.catch_warnings():  # it calls a deprecated llama.cpp function once per token (49152 warnings)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return llguidance.llamacpp.lltokenizer_from_vocab(vocab, eos_token=list(eos_ids) or None)
 
         return cls(read)
 

@@ -45,6 +45,10 @@ class FakeMessage:
         self.role, self.content, self.tool_calls = role, content, tool_calls
         self.tool_call_id, self.name = tool_call_id, name
 
+    @property
+    def text(self) -> str:
+        return self.content
+
     def to_message(self):  # noqa: ANN201
         from webui.templates import Message
 

@@ -1,7 +1,11 @@
 """The OpenAI-compatible HTTP API (`--api`): routes, request validation, the OpenAI error shape, and serving.
 
 Owns `/v1/models`, `/v1/completions`, `/v1/chat/completions` (server-sent events or one JSON reply),
-`/v1/internal/model/{load,unload,info}` and `/v1/internal/token-count`. Generation goes through the same
+`/v1/internal/model/{load,unload,info}` and `/v1/internal/token-count`, and mounts the routes of its sibling
+modules: `/v1/embeddings` (`api_embeddings.py`) and Anthropic's `/v1/messages` (`api_anthropic.py`, run as a chat
+request here). What a request asks beyond the samplers is read once, before it waits in line: structured output,
+logprobs and context (`api_structured.py`), tools (`api_tools.py`), the model (`model_switch.py`: loaded on demand,
+or waited for while it loads); replies are spelled by `api_replies.py`. Generation goes through the same
 `GenerationService` as the UI, so API and UI requests share one first-come-first-served line for the one model;
 a request's prompt, parameters and context check are built once its turn has come, from the model that runs it
 (a chat through the same prompt builder as the Chat tab, `webui/chat_turn.py`). Errors that are not Corral's are
@@ -167,10 +171,14 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None
     name: str | None = None
 
-    def to_message(self) -> Message:
+    @property
+    def text(self) -> str:
         content = self.content or ""
-        text = content if isinstance(content, str) else "".join(part.text for part in content)
-        return Message(ROLE_ALIASES.get(self.role, self.role), text)
+        return content if isinstance(content, str) else "".join(part.text for part in content)
+
+    def to_message(self) -> Message:
+        """As a plain chat message (any role but "tool": `webui/api_tools.py` writes those)."""
+        return Message(ROLE_ALIASES.get(self.role, self.role), self.text)
 
 
 class ChatRequest(SamplingRequest, ToolFields):
@@ -265,8 +273,8 @@ class Job:
         self._requested = ModelRequest(body.model, options.context)
         self._prompt_param = prompt_param
         self._build = _request_turn(state, body, options)
+        self.options = options
         self._logprobs: LogprobReader | None = None  # set with the model that runs the turn, if asked for
-        self._wants_logprobs = options.logprobs is not None
         threading.Thread(target=self._run, name=f"api-{self.id[:8]}", daemon=True).start()
 
     def cancel(self) -> None:
@@ -300,7 +308,7 @@ class Job:
         turn = self._build(info)
         _check_context(info.model, turn, self._prompt_param)
         self.model = info.view.name  # read by the event loop only after the first update crossed the queue
-        if self._wants_logprobs:
+        if self.options.logprobs is not None:
             self._logprobs = LogprobReader(info.model.tokenizer)
         return turn
 
@@ -506,7 +514,7 @@ def _check_prompt_size(state: AppState, text: str, param: str) -> None:
 def _request_text(body: CompletionRequest | ChatRequest) -> str:
     if isinstance(body, CompletionRequest):
         return body.text
-    return "".join(message.to_message().content for message in body.messages)
+    return "".join(message.text for message in body.messages)
 
 
 # --- the app ------------------------------------------------------------------------------------------------------
@@ -587,13 +595,13 @@ def _add_generation_routes(app: FastAPI, state: AppState) -> None:
     async def completions(body: CompletionRequest, request: Request) -> Any:
         _check_prompt_size(state, body.text, "prompt")
         job = _start(state, body, "prompt")  # fails fast, before waiting in line
-        shape = ReplyShape(chat=False, logprobs=body.logprobs is not None)
+        shape = ReplyShape(chat=False, logprobs=job.options.logprobs is not None)
         return await _respond(job, request, shape, stream=body.stream, include_usage=body.include_usage)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
         job = _start(state, body, "messages")
-        shape = ReplyShape(chat=True, tools=body.tool_setup(), logprobs=bool(body.logprobs))
+        shape = ReplyShape(chat=True, tools=job.options.tools, logprobs=job.options.logprobs is not None)
         return await _respond(job, request, shape, stream=body.stream, include_usage=body.include_usage)
 
 
@@ -616,7 +624,7 @@ def _chat_starter(state: AppState) -> api_anthropic.ChatStarter:
             raise validation_error(RequestValidationError(error.errors())) from None
         job = _start(state, body, "messages")
         first = await _first(job, request)
-        return api_anthropic.ChatRun(job, first, body.tool_setup())
+        return api_anthropic.ChatRun(job, first, job.options.tools)
 
     return start
 

@@ -130,21 +130,18 @@ class ChatMessageLike(Protocol):
     """What this module reads of a request's message (`webui/api.py` ChatMessage)."""
 
     role: str
-    content: Any
     tool_calls: list[ToolCallIn] | None
     tool_call_id: str | None
     name: str | None
 
+    @property
+    def text(self) -> str:
+        """The message's text (its text parts joined)."""
+        ...
+
     def to_message(self) -> Message:
         """The message as a plain chat message (any role but "tool")."""
         ...
-
-
-def _text(message: ChatMessageLike) -> str:
-    if message.role != "tool":
-        return message.to_message().content
-    content = message.content or ""
-    return content if isinstance(content, str) else "".join(part.text for part in content)
 
 
 # --- the tools of one request ------------------------------------------------------------------------------------
@@ -232,7 +229,7 @@ def native_messages(messages: Sequence[ChatMessageLike]) -> list[dict[str, Any]]
     out: list[dict[str, Any]] = []
     for message in messages:
         role = message.to_message().role if message.role != "tool" else "tool"
-        item: dict[str, Any] = {"role": role, "content": _text(message)}
+        item: dict[str, Any] = {"role": role, "content": message.text}
         if message.tool_calls:
             item["tool_calls"] = [_native_call(call) for call in message.tool_calls]
             names.update((call.id, call.function.name) for call in message.tool_calls if call.id)
@@ -258,7 +255,7 @@ def generic_messages(messages: Sequence[ChatMessageLike], setup: ToolSetup) -> l
     out: list[Message] = []
     for message in messages:
         if message.role == "tool":
-            block = f"<tool_response>\n{_text(message)}\n</tool_response>"
+            block = f"<tool_response>\n{message.text}\n</tool_response>"
             if out and out[-1].role == "user" and out[-1].content.endswith("</tool_response>"):
                 out[-1] = Message("user", f"{out[-1].content}\n{block}")
             else:
