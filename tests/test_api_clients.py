@@ -132,7 +132,7 @@ def claude(base_url: str) -> anthropic.Anthropic:
 
 
 def test_anthropic_messages_create_and_stream(claude: anthropic.Anthropic, client: openai.OpenAI) -> None:
-    kwargs = {"model": MODEL, "max_tokens": 12, "temperature": 0, "system": "You are terse.",
+    kwargs = {"model": MODEL, "max_tokens": 12, "system": "You are terse.", "extra_body": {"temperature": 0},
               "messages": [{"role": "user", "content": "What is the capital of France?"}]}
     message = claude.messages.create(**kwargs)
     assert message.type == "message" and message.role == "assistant" and message.model == MODEL
@@ -153,18 +153,21 @@ def test_anthropic_messages_create_and_stream(claude: anthropic.Anthropic, clien
 def test_anthropic_tool_use(claude: anthropic.Anthropic) -> None:
     tools = [{"name": t["function"]["name"], "description": t["function"]["description"],
               "input_schema": t["function"]["parameters"]} for t in TOOLS]
-    message = claude.messages.create(model=MODEL, max_tokens=60, temperature=0, tools=tools,
-                                     tool_choice={"type": "tool", "name": "get_weather"}, messages=ASK)
+    message = claude.messages.create(model=MODEL, max_tokens=60, tools=tools, messages=ASK,
+                                     tool_choice={"type": "tool", "name": "get_weather"})
     assert message.stop_reason == "tool_use"
     (use,) = [block for block in message.content if block.type == "tool_use"]
     assert use.name == "get_weather" and use.id.startswith("toolu_")
     jsonschema.validate(use.input, WEATHER)
-    answer = claude.messages.create(model=MODEL, max_tokens=12, temperature=0, tools=tools, messages=[
+    answer = claude.messages.create(model=MODEL, max_tokens=12, tools=tools, messages=[
         *ASK, {"role": "assistant", "content": [{"type": "tool_use", "id": use.id, "name": use.name,
                                                  "input": use.input}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "18 degrees"}]}],
         tool_choice={"type": "none"})
     assert answer.content[0].type == "text" and answer.content[0].text
+    shaped = claude.messages.create(model=MODEL, max_tokens=60, messages=ASK,
+                                    output_config={"format": {"type": "json_schema", "schema": WEATHER}})
+    jsonschema.validate(json.loads(shaped.content[0].text), WEATHER)  # structured output, Anthropic's way
 
 
 def test_anthropic_errors_have_anthropic_shape(base_url: str, claude: anthropic.Anthropic) -> None:
@@ -172,8 +175,9 @@ def test_anthropic_errors_have_anthropic_shape(base_url: str, claude: anthropic.
         claude.messages.create(model="no-such-model", max_tokens=4, messages=ASK)
     assert error.value.body["type"] == "error" and error.value.body["error"]["type"] == "not_found_error"
     with pytest.raises(anthropic.BadRequestError) as error:
-        claude.messages.create(model=MODEL, max_tokens=0, messages=ASK)
-    assert error.value.body["error"]["type"] == "invalid_request_error" and "max_tokens" in str(error.value.body)
+        claude.messages.create(model=MODEL, max_tokens=4, messages=[{"role": "user", "content": [
+            {"type": "image", "source": {"type": "url", "url": "http://127.0.0.1/cat.png"}}]}])
+    assert error.value.body["error"]["type"] == "invalid_request_error" and "image" in str(error.value.body)
     with pytest.raises(anthropic.AuthenticationError):
         anthropic.Anthropic(base_url=base_url, api_key="wrong", max_retries=0).messages.create(
             model=MODEL, max_tokens=4, messages=ASK)

@@ -7,8 +7,9 @@ prompt builder, model switching, samplers, structured tool calls), and its reply
 - `system` (text or text blocks) becomes the system message; `user` / `assistant` messages keep their text
   blocks; `tool_use` blocks become the assistant's `tool_calls`, `tool_result` blocks `tool` messages;
 - `tools` (`name`, `description`, `input_schema`) and `tool_choice` (`auto`, `any` = required, `tool` = that
-  one, `none`) map onto the OpenAI ones; `stop_sequences`, `temperature`, `top_p`, `top_k`, `max_tokens` too;
-  images and documents are refused (400): the local models here read text;
+  one, `none`) map onto the OpenAI ones, `output_config.format` (a JSON schema: structured output) onto
+  `response_format`; `stop_sequences`, `temperature`, `top_p`, `top_k` (which older clients send), `max_tokens`
+  too; images and documents are refused (400): the local models here read text;
 - the reply is a `message` with `text` and `tool_use` content blocks and `stop_reason` `end_turn`, `max_tokens`,
   `stop_sequence` or `tool_use`; a stream sends Anthropic's events (`message_start`, `content_block_start` /
   `_delta` / `_stop`, `message_delta` with the usage, `message_stop`), an error after the headers as an `error`
@@ -80,6 +81,19 @@ class AnthropicToolChoice(BaseModel):
     name: str | None = None
 
 
+class OutputFormat(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    format: OutputFormat | None = None
+
+
 class MessagesRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -94,6 +108,7 @@ class MessagesRequest(BaseModel):
     stream: bool = False
     tools: list[AnthropicTool] | None = None
     tool_choice: AnthropicToolChoice | None = None
+    output_config: OutputConfig | None = None
 
     def chat_fields(self) -> dict[str, Any]:
         """The same request as the OpenAI chat endpoint's body."""
@@ -108,6 +123,9 @@ class MessagesRequest(BaseModel):
                                                                  "parameters": t.input_schema}} for t in self.tools]
         if self.tool_choice is not None:
             fields["tool_choice"] = _tool_choice(self.tool_choice)
+        if self.output_config is not None and self.output_config.format is not None:
+            fields["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "output", "schema": self.output_config.format.schema_}}
         return fields
 
     def _messages(self) -> list[dict[str, Any]]:
