@@ -85,16 +85,17 @@ class ModelSwitcher:
     def check(self, request: ModelRequest) -> str:
         """Refuse now what can never run; the model name the replies will carry. Never blocks."""
         name = request.name
-        if name and name not in self._models.names():
+        info, loading = self._models.current_info, self._models.loading
+        loaded = info.view.name if info else None
+        if name and name not in (loaded, loading) and name not in self._models.names():
             raise ApiError(404, f"The model '{name}' does not exist. GET /v1/models lists the models.",
                            param="model", code="model_not_found")
-        info, loading = self._models.current_info, self._models.loading
-        current = loading or (info.view.name if info else None)
+        current = loading or loaded
         if not name:
             if current or self._idle_unloaded:
                 return current or self._idle_unloaded or ""
             raise _no_model()
-        if name in (loading, info.view.name if info else None) or self._may_load(name):
+        if name in (loading, loaded) or self._may_load(name):
             return name
         if current is None:
             raise _no_model()
