@@ -66,9 +66,7 @@ class TokenConstraint:
 
     def __init__(self, matcher: Any, vocab_size: int) -> None:
         self._matcher = matcher
-        self._vocab = vocab_size  # tokens the grammar engine knows; logits beyond are never allowed
         self._bitmask = np.zeros((vocab_size + 31) // 32, dtype=np.int32)
-        self._shifts: torch.Tensor | None = None
 
     @property
     def finished(self) -> bool:
@@ -77,20 +75,13 @@ class TokenConstraint:
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """`logits` [vocab] with every token the grammar forbids at -inf (in place)."""
-        self._fill()
-        if self._shifts is None or self._shifts.device != logits.device:
-            self._shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
-        words = torch.from_numpy(self._bitmask).to(logits.device, non_blocking=True)
-        allowed = ((words.unsqueeze(-1) >> self._shifts) & 1).bool().view(-1)  # [32 * words]
-        known = min(self._vocab, logits.shape[0])
-        logits[:known].masked_fill_(~allowed[:known], float("-inf"))
-        logits[known:] = float("-inf")
-        return logits
+        forbidden = torch.from_numpy(~self.allowed(logits.shape[0]))  # numpy unpacks the bits fastest on a CPU
+        return logits.masked_fill_(forbidden.to(logits.device, non_blocking=True), float("-inf"))
 
     def allowed(self, vocab: int) -> np.ndarray:
-        """Which of `vocab` tokens the grammar allows next: bool [vocab]."""
+        """Which of `vocab` tokens the grammar allows next: bool [vocab] (tokens it does not know: never)."""
         self._fill()
-        bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little").astype(bool)
+        bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little").view(np.bool_)
         return bits[:vocab] if vocab <= bits.shape[0] else np.pad(bits, (0, vocab - bits.shape[0]))
 
     def advance(self, token: int) -> None:
