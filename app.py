@@ -47,6 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--max-body-mb", type=float, default=8, help="largest API request body in MB (default 8)")
     api.add_argument("--max-prompt-chars", type=int, default=1_000_000,
                      help="longest API prompt in characters (default 1000000)")
+    api.add_argument("--api-load-models", action="store_true",
+                     help="let an API request load the model its 'model' field names (with that model's saved "
+                          "settings, when the memory estimate fits), or reload with a larger 'num_ctx'")
+    api.add_argument("--idle-unload", type=float, default=0, metavar="MINUTES",
+                     help="unload the model after this many minutes unused (default 0: never); the next API "
+                          "request for it loads it again")
+    api.add_argument("--load-wait", type=float, default=300, metavar="SECONDS",
+                     help="how long an API request waits for a model load under way (default 300)")
+    api.add_argument("--embedding-model", default=None, metavar="NAME",
+                     help="a model folder to load for /v1/embeddings only (mean-pooled, normalised)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default=None, help="model folder (or .gguf file) under the models folder to load")
     model.add_argument("--models-dir", type=Path, default=None, help="models folder (default: ./models)")
@@ -94,9 +104,25 @@ def build_state(args: argparse.Namespace) -> AppState:
         raise SystemExit("--max-body-mb and --max-prompt-chars must be positive")
     if args.parallel is not None and (args.parallel < 1 or parallel_problem(args.parallel)):
         raise SystemExit(f"--parallel takes a whole number from 1 to {MAX_PARALLEL}")
+    if args.idle_unload < 0 or args.load_wait < 0:
+        raise SystemExit("--idle-unload and --load-wait cannot be negative")
     limits = {"max_body_bytes": int(args.max_body_mb * 1_000_000), "max_prompt_chars": args.max_prompt_chars}
+    on_demand = {"api_load_models": args.api_load_models, "idle_unload_minutes": args.idle_unload,
+                 "load_wait_seconds": args.load_wait, "embedding_model": args.embedding_model}
     return AppState(config=AppConfig(force_cpu=args.cpu, default_loader=args.loader, parallel=args.parallel,
-                                     trust_remote_code=args.trust_remote_code, **limits, **paths))
+                                     trust_remote_code=args.trust_remote_code, **limits, **paths, **on_demand))
+
+
+def start_services(state: AppState) -> None:
+    """What runs beside the UI and the API: the idle unload, the embedding model."""
+    state.model_switch.start()
+    if state.config.embedding_model:
+        from loaders.errors import CorralError
+
+        try:
+            state.embeddings.load(state.config.embedding_model)
+        except CorralError as error:
+            log.error("Could not load the embedding model %s: %s", state.config.embedding_model, error)
 
 
 def lora_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[AdapterChoice, ...] | None:
@@ -124,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     state = build_state(args)
     args.loras = lora_choices(parser, args)
+    if args.prompt is None:
+        start_services(state)
     if args.prompt is not None:
         if args.model is None:
             parser.error("--prompt needs --model")

@@ -13,12 +13,39 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+ConstraintKind = Literal["json_object", "json_schema", "grammar"]
+
+
+@dataclass(frozen=True)
+class ConstraintSpec:
+    """What a reply must match (structured output), as a frozen, hashable description; each backend builds its
+    live matcher from it (`loaders/constraints.py`). `text`: for "json_schema" the schema as JSON text, for
+    "grammar" a grammar in llama.cpp's GBNF syntax, unused for "json_object" (any JSON object)."""
+
+    kind: ConstraintKind
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and the `n` most likely alternatives at its step (token, logprob),
+    most likely first: log-softmax of the logits the sampler drew from after the logits processors (penalties,
+    EOS ban, the grammar mask), before temperature and the truncation samplers (top-k/p, min-p, typical)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+PER_REQUEST = {"per_request": True}  # field metadata: set by one request (the API), never by presets or settings
 
 
 @dataclass
 class GenerationParams:
-    """Samplers and limits for one generation. Field names are the keys of presets and per-model settings."""
+    """Samplers and limits for one generation. Field names are the keys of presets and per-model settings, except
+    the per-request fields at the end (`field_names` leaves them out)."""
 
     max_new_tokens: int = 512
     do_sample: bool = True  # False = greedy (argmax), all samplers below ignored except the penalties
@@ -37,10 +64,16 @@ class GenerationParams:
     skip_special_tokens: bool = True
     truncation_length: int = 2048  # prompt is cut from the left to truncation_length - max_new_tokens
     stop: tuple[str, ...] = ()  # custom stop strings, never shown in the output
+    # Per request: the backend reports `logprobs` (None = off; n = the chosen token's and the n most likely) in
+    # `DecodeInfo.logprobs`, and masks every token that `constraint` forbids (its end also ends the reply, and
+    # the EOS ban yields to it).
+    logprobs: int | None = field(default=None, metadata=PER_REQUEST)
+    constraint: ConstraintSpec | None = field(default=None, metadata=PER_REQUEST)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        """The preset / settings keys (the per-request fields are not among them)."""
+        return tuple(f.name for f in fields(cls) if not f.metadata.get("per_request"))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> GenerationParams:
@@ -89,6 +122,8 @@ class DecodeInfo:
     """What a backend tells the engine about one `generate_tokens` call, filled in as it goes."""
 
     cached_tokens: int = 0  # prompt tokens whose KV was reused from an earlier request (prefix reuse)
+    # With `params.logprobs` set: one entry per yielded token, appended by the backend before it yields the token.
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @runtime_checkable

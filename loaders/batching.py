@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from loaders.base import DecodeInfo, GenerationParams
+from loaders.base import DecodeInfo, GenerationParams, TokenLogprob
+from loaders.constraints import TokenConstraint
 from loaders.decode_step import Runner
 from loaders.errors import GenerationError, ModelNotLoadedError
-from loaders.sampling import next_tokens
+from loaders.sampling import next_tokens, select_next
 
 _END = object()  # put in a request's queue after its last token
 
@@ -46,6 +47,7 @@ class Request:
     stop_ids: frozenset[int]
     context: torch.Tensor  # [prompt + budget] long on the model's device: what the penalties look at
     generator: torch.Generator
+    constraint: TokenConstraint | None = None  # the request's grammar (structured output), advanced on each token
     sequence: list[int] = field(default_factory=list)  # prompt + sampled tokens (not EOS)
     fed: int = 0  # tokens of `sequence` whose keys/values sit in the row
     produced: int = 0
@@ -199,20 +201,35 @@ class Batcher:
         self._deliver(live, logits)
 
     def _deliver(self, requests: list[Request], logits: torch.Tensor) -> None:
-        """Sample one token per request (one host sync for all), hand it over, end those that are done."""
-        contexts = [r.context[: len(r.sequence)] for r in requests]
-        chosen = next_tokens(logits, contexts, [r.params for r in requests], [r.generator for r in requests],
-                             eos_ids=self.eos_ids)  # fmt: skip
-        for request, token in zip(requests, chosen.tolist(), strict=True):
+        """Sample one token per request (one host sync for the plain ones; a request with a grammar or asking for
+        log-probabilities goes through `select_next`), hand it over, end those that are done."""
+        chosen: list[int] = [0] * len(requests)
+        logprobs: list[TokenLogprob | None] = [None] * len(requests)
+        plain = [i for i, r in enumerate(requests) if r.constraint is None and r.params.logprobs is None]
+        if plain:
+            contexts = [requests[i].context[: len(requests[i].sequence)] for i in plain]
+            picked = next_tokens(logits[plain] if len(plain) < len(requests) else logits, contexts,
+                                 [requests[i].params for i in plain], [requests[i].generator for i in plain],
+                                 eos_ids=self.eos_ids).tolist()  # fmt: skip
+            for i, token in zip(plain, picked, strict=True):
+                chosen[i] = token
+        for i in (i for i in range(len(requests)) if i not in plain):
+            r = requests[i]
+            chosen[i], logprobs[i] = select_next(logits[i], r.context[: len(r.sequence)], r.params, r.generator,
+                                                 eos_ids=self.eos_ids, constraint=r.constraint)  # fmt: skip
+        for request, token, logprob in zip(requests, chosen, logprobs, strict=True):
             if token in request.stop_ids:
                 request.done = True
                 request.out.append(_END)
                 continue
+            if logprob is not None:
+                request.info.logprobs.append(logprob)  # before the token: the engine reads it as the token arrives
             request.context[len(request.sequence)] = token
             request.sequence.append(token)
             request.produced += 1
             request.out.append(token)
-            if request.produced >= request.budget:  # the last token is never fed: nothing reads its logits
+            finished = request.constraint is not None and request.constraint.finished  # only the end could follow
+            if request.produced >= request.budget or finished:  # the last token is never fed: nothing reads its logits
                 request.done = True
                 request.out.append(_END)
         self._wake()

@@ -133,3 +133,7 @@ class DownloadCancelled(DownloadError):
 
 class GenerationError(CorralError, RuntimeError):
     """Generation failed for a reason the user can act on (e.g. prompt longer than the context)."""
+
+
+class ConstraintError(GenerationError, ValueError):
+    """A JSON schema or grammar that the grammar engine cannot compile (structured output)."""

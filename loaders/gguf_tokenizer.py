@@ -57,6 +57,7 @@ class GGUFTokenizer:
         self, backend, *, bos_id: int | None, eos_ids: tuple[int, ...], chat_template: str | None, adds_bos: bool
     ) -> None:
         self._backend = backend
+        self.hf = backend  # the transformers tokenizer, as `HFTokenizer.hf` (the grammar engine reads its vocabulary)
         self.adds_bos = adds_bos
         self.bos_token_id = bos_id
         self.bos_token = backend.convert_ids_to_tokens(bos_id) if bos_id is not None else None

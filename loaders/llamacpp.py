@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import llama_cpp
+import numpy as np
 import psutil
 
-from loaders.base import DecodeInfo, GenerationParams, MemoryReport
+from loaders.base import DecodeInfo, GenerationParams, MemoryReport, TokenLogprob
+from loaders.constraints import GrammarCompiler, TokenConstraint
+from loaders.embedding import EMBEDDING_CONTEXT, Embeddings, LlamaCppEmbedder
 from loaders.errors import GenerationError, ModelFormatError, ModelNotLoadedError
 from loaders.llamacpp_batch import BatchDecoder
 from loaders.plan import LoadPlan
@@ -160,52 +163,115 @@ def _metadata(model: llama_cpp.llama_model_p, key: str) -> str | None:
 
 class _SamplerChain:
     """One llama.cpp sampler chain for one generation, freed on exit. Order follows Transformers' logits processors
-    (penalties, temperature, top-k, top-p, min-p, typical), so both backends sample from the same distribution."""
+    (EOS ban, penalties, then a request's grammar mask, then temperature, top-k, top-p, min-p, typical), so both
+    backends sample from the same distribution. Two sub-chains, `pre` (ban, penalties) and `pick` (the rest): a
+    plain step is one `llama_sampler_sample`; with a grammar or log-probabilities, `sample` runs them one by one,
+    masking and reading the logits in between."""
 
-    def __init__(self, params: GenerationParams, *, n_vocab: int, n_ctx: int, banned: Sequence[int]) -> None:
-        self.chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    def __init__(
+        self, params: GenerationParams, *, n_vocab: int, n_ctx: int, banned: Sequence[int],
+        constraint: TokenConstraint | None = None, info: DecodeInfo | None = None,
+        stop_ids: frozenset[int] = frozenset(),
+    ) -> None:  # fmt: skip
+        self.constraint, self.top, self.stop_ids = constraint, params.logprobs, stop_ids
+        self.info = info if info is not None else DecodeInfo()
+        self.chain = _new_chain()
+        self.pre, self.pick = _new_chain(), _new_chain()
+        for part in (self.pre, self.pick):
+            llama_cpp.llama_sampler_chain_add(self.chain, part)  # the chain owns its parts
+        self.n_vocab = n_vocab
         if banned:
             biases = (llama_cpp.llama_logit_bias * len(banned))(*[(t, float("-inf")) for t in banned])
-            self._add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(banned), biases))
+            self._add(self.pre, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(banned), biases))
         if _has_penalties(params):
             last_n = params.repetition_penalty_range or n_ctx  # 0 = the whole context
-            self._add(
-                llama_cpp.llama_sampler_init_penalties(
-                    n_vocab, last_n, params.repetition_penalty, params.frequency_penalty, params.presence_penalty
-                )
-            )
+            self._add(self.pre, llama_cpp.llama_sampler_init_penalties(
+                n_vocab, last_n, params.repetition_penalty, params.frequency_penalty, params.presence_penalty))
         if not params.do_sample or params.temperature <= 0:
-            self._add(llama_cpp.llama_sampler_init_greedy())
+            self._add(self.pick, llama_cpp.llama_sampler_init_greedy())
             return
-        self._add(llama_cpp.llama_sampler_init_temp(params.temperature))
+        self._add(self.pick, llama_cpp.llama_sampler_init_temp(params.temperature))
         if params.top_k > 0:
-            self._add(llama_cpp.llama_sampler_init_top_k(params.top_k))
+            self._add(self.pick, llama_cpp.llama_sampler_init_top_k(params.top_k))
         if params.top_p < 1.0:
-            self._add(llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
+            self._add(self.pick, llama_cpp.llama_sampler_init_top_p(params.top_p, 1))
         if params.min_p > 0.0:
-            self._add(llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
+            self._add(self.pick, llama_cpp.llama_sampler_init_min_p(params.min_p, 1))
         if params.typical_p < 1.0:
-            self._add(llama_cpp.llama_sampler_init_typical(params.typical_p, 1))
+            self._add(self.pick, llama_cpp.llama_sampler_init_typical(params.typical_p, 1))
         seed = params.seed if params.seed >= 0 else llama_cpp.LLAMA_DEFAULT_SEED  # default = random
-        self._add(llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+        self._add(self.pick, llama_cpp.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
-    def _add(self, sampler: llama_cpp.llama_sampler_p) -> None:
-        llama_cpp.llama_sampler_chain_add(self.chain, sampler)  # the chain owns it from here
+    def _add(self, chain: llama_cpp.llama_sampler_p, sampler: llama_cpp.llama_sampler_p) -> None:
+        llama_cpp.llama_sampler_chain_add(chain, sampler)  # the chain owns it from here
 
     def accept_history(self, ids: Sequence[int]) -> None:
         """Feed the prompt to the penalty sampler: Transformers counts prompt tokens as seen, and so do we."""
         for token in ids:
-            llama_cpp.llama_sampler_accept(self.chain, token)
+            llama_cpp.llama_sampler_accept(self.pre, token)
 
     def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
-        """The next token from the logits of batch entry `index`; also accepted into the penalties' history."""
-        return llama_cpp.llama_sampler_sample(self.chain, ctx, index)
+        """The next token from the logits of batch entry `index` (accepted by the chain for the penalties, and by
+        the request's grammar); with log-probabilities asked for, the pick's and the `top` most likely, from the
+        logits after `pre` and the grammar mask (before `pick`), go to `info` unless the pick ends the reply."""
+        if self.constraint is None and self.top is None:
+            return llama_cpp.llama_sampler_sample(self.chain, ctx, index)  # also accepts the token
+        data = np.empty(self.n_vocab, dtype=_TOKEN_DATA)
+        data["id"] = np.arange(self.n_vocab, dtype=np.int32)
+        data["logit"] = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, index), shape=(self.n_vocab,))
+        data["p"] = 0.0
+        if self.constraint is not None:
+            data["logit"][~self.constraint.allowed(self.n_vocab)] = -np.inf
+        array = llama_cpp.llama_token_data_array(
+            data=data.ctypes.data_as(llama_cpp.llama_token_data_p), size=self.n_vocab, selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(self.pre, ctypes.byref(array))
+        log_probs = None
+        if self.top is not None:  # the samplers may re-point `data`: read through the array
+            seen = _candidates(array)
+            log_probs = np.full(self.n_vocab, -np.inf, dtype=np.float32)
+            log_probs[seen["id"]] = _log_softmax(seen["logit"])
+        llama_cpp.llama_sampler_apply(self.pick, ctypes.byref(array))
+        token = int(_candidates(array)["id"][array.selected])
+        llama_cpp.llama_sampler_accept(self.chain, token)
+        if self.constraint is not None:
+            self.constraint.advance(token)
+        if log_probs is not None and token not in self.stop_ids:
+            self.info.logprobs.append(_logprob(log_probs, token, self.top or 0))
+        return token
+
+    @property
+    def finished(self) -> bool:
+        """The request's grammar is complete: only the end of the reply could follow."""
+        return self.constraint is not None and self.constraint.finished
 
     def __enter__(self) -> _SamplerChain:
         return self
 
     def __exit__(self, *exc: object) -> None:
         llama_cpp.llama_sampler_free(self.chain)
+
+
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])  # struct llama_token_data
+
+
+def _new_chain() -> llama_cpp.llama_sampler_p:
+    return llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+
+
+def _candidates(array: llama_cpp.llama_token_data_array) -> np.ndarray:
+    """The array's current candidates as a numpy view of (id, logit, p) records."""
+    buffer = (ctypes.c_char * (array.size * _TOKEN_DATA.itemsize)).from_address(ctypes.addressof(array.data.contents))
+    return np.frombuffer(buffer, dtype=_TOKEN_DATA)
+
+
+def _logprob(log_probs: np.ndarray, token: int, top: int) -> TokenLogprob:
+    best = np.argsort(-log_probs)[:top] if top > 0 else np.empty(0, dtype=np.int64)
+    return TokenLogprob(token, float(log_probs[token]), tuple((int(i), float(log_probs[i])) for i in best))
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    top = logits.max()
+    return logits - (top + np.log(np.exp(logits - top).sum()))
 
 
 def _has_penalties(params: GenerationParams) -> bool:
@@ -247,6 +313,8 @@ class LlamaCppModel:
     plan: LoadPlan | None = field(default=None, repr=False)
     weight_cache: str = ""
     loader: str = LOADER_NAME
+    _embedder: LlamaCppEmbedder | None = field(default=None, repr=False)  # opened by the first `embed`
+    _grammars: GrammarCompiler | None = field(default=None, repr=False)  # structured output, made on first use
 
     def generate_tokens(
         self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event,
@@ -270,12 +338,15 @@ class LlamaCppModel:
     ) -> Iterator[int]:
         banned = self.tokenizer.eos_token_ids if params.ban_eos_token else ()  # never sampled: their logits are -inf
         n_vocab = llama_cpp.llama_vocab_n_tokens(self.tokenizer.vocab)
-        with _SamplerChain(params, n_vocab=n_vocab, n_ctx=self.context_length, banned=banned) as sampler:
+        stop_ids = frozenset(self.tokenizer.eos_token_ids)
+        constraint = self._grammar(engine).start(params.constraint) if params.constraint is not None else None
+        with _SamplerChain(params, n_vocab=n_vocab, n_ctx=self.context_length, banned=banned, constraint=constraint,
+                           info=info, stop_ids=stop_ids) as sampler:  # fmt: skip
             if _has_penalties(params):
                 window = params.repetition_penalty_range
                 sampler.accept_history(prompt_ids[-window:] if window else prompt_ids)
             yield from engine.decoder.generate(
-                prompt_ids, sampler, budget=budget, stop_ids=frozenset(self.tokenizer.eos_token_ids), cancel=cancel,
+                prompt_ids, sampler, budget=budget, stop_ids=stop_ids, cancel=cancel,
                 info=info,
             )  # returns only once the decoder has let go of the sampler
 
@@ -284,7 +355,25 @@ class LlamaCppModel:
         benchmarks, tests)."""
         self._live().decoder.forget()
 
+    def _grammar(self, engine: _Engine) -> GrammarCompiler:
+        if self._grammars is None:
+            vocab = llama_cpp.llama_model_get_vocab(engine.model)
+            self._grammars = GrammarCompiler.for_llama_vocab(vocab, self.tokenizer.eos_token_ids)
+        return self._grammars
+
+    def embed(self, texts: Sequence[str]) -> Embeddings:
+        """Sentence embeddings of `texts` from a second llama.cpp context on the same file, in embedding mode
+        (`loaders/embedding.py`), opened on first use and closed with the model."""
+        self._live()
+        if self._embedder is None:
+            self._embedder = LlamaCppEmbedder(self.name, self.path, n_gpu_layers=self.plan.n_gpu_layers if self.plan
+                                              else 0, context_length=min(self.context_length, EMBEDDING_CONTEXT))
+        return self._embedder.embed(texts)
+
     def unload(self) -> None:
+        if self._embedder is not None:
+            self._embedder.unload()
+            self._embedder = None
         if self.engine is not None:
             self.engine.close()
             self.engine = None

@@ -43,6 +43,11 @@ class Sampler(Protocol):
         """The next token from the logits of batch entry `index` (and remember it, for the penalties)."""
         ...
 
+    @property
+    def finished(self) -> bool:
+        """True once nothing but the end of the reply may follow (a structured-output grammar is complete)."""
+        ...
+
 
 @dataclass(eq=False)
 class _Sequence:
@@ -257,7 +262,7 @@ class BatchDecoder:
             return
         request.out.put(token)
         request.produced += 1
-        if request.produced >= request.budget:
+        if request.produced >= request.budget or request.sampler.finished:
             self._finish(request)  # the last token is never fed: nothing will read its logits
         else:
             request.pending = token

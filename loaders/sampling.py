@@ -3,7 +3,8 @@
 One logits vector in, one token id out; `next_tokens` does a batch of rows, each with its own parameters, and leaves
 the ids on the device (the caller reads them all at once: one host sync per step). Order as in
 `transformers.generate`: repetition penalty (HF semantics), presence / frequency penalties (OpenAI semantics), EOS
-ban, then temperature, top_k, top_p, min_p, typical_p.
+ban, the grammar mask of a structured-output request (`select_next`), then temperature, top_k, top_p, min_p,
+typical_p. Log-probabilities are read after the mask.
 Every step is a vectorized tensor operation; truncation samplers work on a sorted candidate list (the top_k
 survivors when top_k is on, else the head that holds every top_p / min_p survivor), so a sampled token costs one
 `topk` (or, at worst, one `sort`) of the vocabulary, not one per sampler.
@@ -12,11 +13,15 @@ survivors when top_k is on, else the head that holds every top_p / min_p survivo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from loaders.base import GenerationParams
+from loaders.base import GenerationParams, TokenLogprob
+
+if TYPE_CHECKING:
+    from loaders.constraints import TokenConstraint
 
 NEG_INF = float("-inf")
 
@@ -83,6 +88,38 @@ def _draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
         return torch.multinomial(probs, 1, generator=generator)[0]
     race = torch.empty_like(probs).exponential_(1, generator=generator)
     return torch.argmax(probs / race)
+
+
+def select_next(
+    logits: Tensor,
+    context_ids: Tensor,
+    params: GenerationParams,
+    generator: torch.Generator | None,
+    *,
+    eos_ids: tuple[int, ...] = (),
+    constraint: TokenConstraint | None = None,
+) -> tuple[int, TokenLogprob | None]:
+    """`sample_next` with a grammar (`constraint` masks the logits after the penalties and advances on the pick)
+    and, when `params.logprobs` is set, the pick's log-probability from those same processed logits."""
+    logits = adjust_logits(logits, context_ids, params, eos_ids=eos_ids)
+    if constraint is not None:
+        logits = constraint.mask(logits)
+    if _is_greedy(params):
+        token = int(torch.argmax(logits))
+    else:
+        probs, ids = candidates(logits, params)
+        token = int(ids[_draw(probs, generator)])
+    if constraint is not None:
+        constraint.advance(token)
+    return token, None if params.logprobs is None else token_logprob(logits, token, params.logprobs)
+
+
+def token_logprob(logits: Tensor, token: int, top: int) -> TokenLogprob:
+    """`token`'s log-probability under `logits` [vocab] and the `top` most likely (token, logprob) pairs."""
+    log_probs = torch.log_softmax(logits, dim=0)
+    best = torch.topk(log_probs, min(top, log_probs.shape[0])) if top > 0 else None
+    pairs = () if best is None else tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+    return TokenLogprob(token, float(log_probs[token]), pairs)
 
 
 def token_distribution(

@@ -16,15 +16,17 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 
 from loaders.base import DecodeInfo, GenerationParams, MemoryReport, ModelTokenizer
 from loaders.batching import Batcher, Request, reply_budget
+from loaders.constraints import GrammarCompiler
 from loaders.cuda_graphs import attach as capture_decode_graphs
 from loaders.decode_step import DynamicRunner, Runner, SlotRunner
+from loaders.embedding import Embeddings, embed_causal_lm
 from loaders.errors import ModelNotLoadedError
 from loaders.kv_cache import attention_layout
 from loaders.plan import LoadPlan
@@ -60,6 +62,7 @@ class TorchCausalLM:
         self.load_seconds = load_seconds
         self.plan = plan  # what the loader was asked to do (the Model tab shows it next to what it did)
         self.weight_cache = ""  # GPTQ: how its quantized layers run ("dequantized cache", "triton"...)
+        self.grammar = GrammarCompiler.for_tokenizer(tokenizer)  # structured output; reads the vocabulary on first use
         self._input_device = _input_device(module)
         self.dtype = _activation_dtype(module, self._input_device)
         runner = self._new_runner(module, plan.slots if plan is not None else 1)
@@ -91,6 +94,7 @@ class TorchCausalLM:
         request = Request(
             list(prompt_ids), params, cancel, info or DecodeInfo(), budget,
             frozenset(() if params.ban_eos_token else eos), context, _generator(params.seed, self._input_device),
+            self.grammar.start(params.constraint) if params.constraint is not None else None,
         )  # fmt: skip
         return self._batcher.stream(request)
 
@@ -106,6 +110,11 @@ class TorchCausalLM:
     def forget_prompts(self) -> None:
         """Drop every cached prompt prefix, so the next request reads its whole prompt (benchmarks, tests)."""
         self._batcher.forget()
+
+    def embed(self, texts: Sequence[str]) -> Embeddings:
+        """Sentence embeddings of `texts` (`loaders/embedding.py`: mean-pooled last hidden state, normalised)."""
+        return embed_causal_lm(self._live(), self.tokenizer, texts, context=self.context_length,
+                               device=self._input_device)
 
     def unload(self) -> None:
         self._batcher.close(f"{self.name} was unloaded. Load it again in the Model tab.")

@@ -2,13 +2,16 @@
 
 Owns `/v1/models`, `/v1/completions` (with OpenAI's `suffix`: fill in the middle), `/v1/chat/completions`
 (server-sent events or one JSON reply), `/v1/internal/model/{load,unload,info}` (info lists the active LoRA
-adapters), `/v1/internal/lora/{list,load}` and `/v1/internal/token-count`. Generation goes through the same
+adapters and the parallel slots), `/v1/internal/lora/{list,load}` and `/v1/internal/token-count`, and mounts the
+routes of its sibling modules: `/v1/embeddings` (`api_embeddings.py`) and Anthropic's `/v1/messages`
+(`api_anthropic.py`, run as a chat request here). What a request asks beyond the samplers is read once, before it waits in line: structured output,
+logprobs and context (`api_structured.py`), tools (`api_tools.py`), the model (`model_switch.py`: loaded on demand,
+or waited for while it loads); replies are spelled by `api_replies.py`. Generation goes through the same
 `GenerationService` as the UI, so API and UI requests share the model's parallel slots and one
 first-come-first-served line beyond them; a request's prompt, parameters and context check are built once its turn
 has come, from the model that runs it (a chat through the same prompt builder as the Chat tab,
-`webui/chat_turn.py`). A streaming request that has to wait in line gets its headers at once and an SSE comment
-(`: waiting in line, place N`) each time its place changes; an error found when its turn comes then arrives as an
-error event, as any error after the headers does. Usage reports the prompt tokens reused from the cache
+`webui/chat_turn.py`). A streaming request that has to wait in line gets an SSE comment (`: waiting in line,
+place N`) each time its place changes. Usage reports the prompt tokens reused from the cache
 (`prompt_tokens_details.cached_tokens`). Errors that are not Corral's are logged with their traceback and answered
 500 ("Internal error; see the server log").
 Each request runs in its own worker thread and is cancelled the moment its client goes away, which frees its slot
@@ -27,21 +30,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import hmac
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -49,20 +50,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as AsgiMessage
 
 from loaders.base import AnyModel, GenerationParams
-from loaders.errors import (
-    CorralError,
-    GenerationError,
-    InsufficientMemoryError,
-    ModelNotFoundError,
-    ModelNotLoadedError,
-    TemplateNotFoundError,
-    TemplateRenderError,
-)
+from loaders.errors import CorralError
 from loaders.lora import AdapterChoice
-from webui import chat_turn, infill
-from webui.engine import GenerationStats, is_token_model
+from webui import api_anthropic, api_embeddings, chat_turn, infill
+from webui.api_common import ApiError, EventStream, api_error, key_checker, validation_error
+from webui.api_replies import ReplyShape, ReplyUpdate
+from webui.api_structured import LogprobReader, RequestOptions, StructuredFields, request_options
+from webui.api_tools import ToolCallIn, ToolFields, chat_turn_builder
+from webui.engine import is_token_model
 from webui.generation import StreamUpdate, Turn, TurnBuilder
 from webui.listen import AllowedHosts, HostGuard, allowed_hosts, bind_address, hosts_of_args
+from webui.model_switch import ModelRequest
 from webui.state import AppState
 from webui.templates import Message
 
@@ -72,42 +70,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DISCONNECT_POLL_SECONDS = 0.1  # while a request waits in line, how often we look for its client having gone
-FINISH_REASONS = {"eos": "stop", "stop_string": "stop", "max_tokens": "length", "cancelled": "stop"}
 ROLE_ALIASES = {"developer": "system"}
 MAX_JSON_DEPTH = 64  # far beyond any OpenAI request; bounds the work of parsing and validating one
 
 
 # --- errors -------------------------------------------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    """An error answered in the OpenAI shape."""
-
-    def __init__(
-        self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
-
-
-def api_error(error: CorralError) -> ApiError:
-    """Our exceptions -> HTTP: the one place where the mapping lives."""
-    if isinstance(error, ModelNotLoadedError):
-        return ApiError(503, str(error), type="server_error", code="model_not_loaded")
-    if isinstance(error, ModelNotFoundError):
-        return ApiError(404, str(error), param="model", code="model_not_found")
-    if isinstance(error, InsufficientMemoryError):
-        return ApiError(400, str(error), code="insufficient_memory")
-    if isinstance(error, (TemplateNotFoundError, TemplateRenderError)):
-        return ApiError(400, str(error), param="messages", code="template_error")
-    if isinstance(error, GenerationError):
-        return ApiError(400, str(error), code="generation_error")
-    return ApiError(400, str(error))
 
 
 def _refusal(status: int, message: str, code: str) -> Response:
@@ -120,20 +87,6 @@ def _http_error(_request: Request, error: StarletteHTTPException) -> JSONRespons
                     ).response()
 
 
-def _validation_error(error: RequestValidationError) -> ApiError:
-    first = error.errors()[0] if error.errors() else {"msg": "invalid request", "loc": ()}
-    if first.get("type") == "json_invalid":
-        return ApiError(400, f"The request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}.")
-    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(loc) or None
-    message = first["msg"].removeprefix("Value error, ")
-    if param is None:
-        return ApiError(400, f"The request body must be a JSON object ({message}).")
-    if first.get("type") == "missing":
-        return ApiError(400, f"'{param}' is a required property.", param=param)
-    return ApiError(400, f"Invalid value for '{param}': {message}.", param=param)
-
-
 # --- requests -----------------------------------------------------------------------------------------------------
 
 
@@ -141,8 +94,9 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class SamplingRequest(BaseModel):
-    """Fields shared by both completion endpoints; our extra samplers are extra body fields."""
+class SamplingRequest(StructuredFields):
+    """Fields shared by both completion endpoints; our extra samplers are extra body fields. Structured output and
+    the per-request context: `webui/api_structured.py`."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -189,6 +143,7 @@ class SamplingRequest(BaseModel):
 
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0, le=20)
     suffix: str | None = None  # OpenAI's field: the text after the gap; the prompt is the text before it (infilling)
 
     @field_validator("prompt")
@@ -202,6 +157,9 @@ class CompletionRequest(SamplingRequest):
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
+    def options(self) -> RequestOptions:
+        return request_options(self, logprobs=self.logprobs)
+
 
 class ContentPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -213,18 +171,30 @@ class ContentPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    tool_calls: list[ToolCallIn] | None = None  # tools: `webui/api_tools.py`
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        content = self.content or ""
+        return content if isinstance(content, str) else "".join(part.text for part in content)
 
     def to_message(self) -> Message:
-        content = self.content or ""
-        text = content if isinstance(content, str) else "".join(part.text for part in content)
-        return Message(ROLE_ALIASES.get(self.role, self.role), text)
+        """As a plain chat message (any role but "tool": `webui/api_tools.py` writes those)."""
+        return Message(ROLE_ALIASES.get(self.role, self.role), self.text)
 
 
-class ChatRequest(SamplingRequest):
+class ChatRequest(SamplingRequest, ToolFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def options(self) -> RequestOptions:
+        return request_options(self, logprobs=self.logprobs, top_logprobs=self.top_logprobs)
 
 
 class LoraSpec(BaseModel):
@@ -254,23 +224,7 @@ class TokenCountRequest(BaseModel):
 # --- from a request to a prompt and parameters ----------------------------------------------------------------------
 
 
-def _check_model(state: AppState, requested: str, info: LoadedInfo | None) -> LoadedInfo:
-    """`info`, refusing a request that names a different model (or when none is loaded)."""
-    if requested and (info is None or requested != info.view.name):
-        if requested not in state.models.names():
-            raise ApiError(404, f"The model '{requested}' does not exist. GET /v1/models lists the models.",
-                           param="model", code="model_not_found")
-        if info is not None:
-            raise ApiError(400, f"The model '{requested}' is not loaded ('{info.view.name}' is). Load it with "
-                           "POST /v1/internal/model/load, or ask for the loaded model.", param="model",
-                           code="model_not_loaded")
-    if info is None:
-        raise ApiError(503, "No model is loaded. Load one with POST /v1/internal/model/load or in the web UI.",
-                       type="server_error", code="model_not_loaded")
-    return info
-
-
-def _params(state: AppState, info: LoadedInfo, body: SamplingRequest) -> GenerationParams:
+def _params(state: AppState, info: LoadedInfo, body: SamplingRequest, options: RequestOptions) -> GenerationParams:
     """The model's preset, overridden by the request; temperature 0 means greedy."""
     base = state.presets.load(info.view.resolved.preset or state.config.default_preset)
     sampler_fields = set(GenerationParams.field_names()) - {"stop"}
@@ -286,7 +240,7 @@ def _params(state: AppState, info: LoadedInfo, body: SamplingRequest) -> Generat
         asked["do_sample"] = True
     stops = tuple(dict.fromkeys((*base.stop, *body.stop_strings())))
     context = info.model.context_length or base.truncation_length
-    return dataclasses.replace(base, **asked, stop=stops, truncation_length=context)
+    return options.apply(dataclasses.replace(base, **asked, stop=stops, truncation_length=context), info.model)
 
 
 def _check_context(model: AnyModel, turn: Turn, param: str) -> None:
@@ -296,26 +250,26 @@ def _check_context(model: AnyModel, turn: Turn, param: str) -> None:
     params = turn.params
     prompt_tokens = len(turn.prompt_ids) if turn.prompt_ids is not None else \
         len(model.tokenizer.encode(turn.prompt, add_bos=params.add_bos_token))  # fmt: skip
-    if prompt_tokens + params.max_new_tokens > model.context_length:
+    context = min(model.context_length, params.truncation_length)  # a request may ask less (num_ctx)
+    if prompt_tokens + params.max_new_tokens > context:
         raise ApiError(
-            400, f"This model's maximum context length is {model.context_length} tokens. However, you "
+            400, f"This model's maximum context length is {context} tokens. However, you "
             f"requested {prompt_tokens + params.max_new_tokens} tokens ({prompt_tokens} in the prompt, "
             f"{params.max_new_tokens} for the completion). Shorten the prompt or lower max_tokens.",
             param=param, code="context_length_exceeded",
         )
 
 
-def _request_turn(state: AppState, body: CompletionRequest | ChatRequest) -> TurnBuilder:
+def _request_turn(state: AppState, body: CompletionRequest | ChatRequest, options: RequestOptions) -> TurnBuilder:
     """The turn for `body`, built (by `GenerationService.stream`) from the model that will run it: a chat in that
-    model's template through the shared chat prompt builder, or the completion prompt as given."""
+    model's template (with its tools: `webui/api_tools.py`) through the shared chat prompt builder, or the
+    completion prompt as given."""
     if isinstance(body, ChatRequest):
-        messages = [message.to_message() for message in body.messages]
-        return chat_turn.chat_turn(
-            state.templates, lambda info: chat_turn.model_chat(info, messages), lambda info: _params(state, info, body)
-        )
+        return chat_turn_builder(state.templates, body.messages, options.tools,
+                                 lambda info: _params(state, info, body, options))
     if body.suffix is not None:  # fill in the middle: the reply is the middle alone
-        return infill.infill_turn(body.text, body.suffix, lambda info: _params(state, info, body))
-    return lambda info: Turn(body.text, _params(state, info, body))
+        return infill.infill_turn(body.text, body.suffix, lambda info: _params(state, info, body, options))
+    return lambda info: Turn(body.text, _params(state, info, body, options))
 
 
 # --- running one request ------------------------------------------------------------------------------------------
@@ -327,7 +281,8 @@ class Job:
     """One generation on a worker thread, its updates handed to the event loop through a queue."""
 
     def __init__(
-        self, state: AppState, body: CompletionRequest | ChatRequest, model: str, *, prompt_param: str
+        self, state: AppState, body: CompletionRequest | ChatRequest, model: str, *, prompt_param: str,
+        options: RequestOptions,
     ) -> None:
         """`model`: the name replies carry, until the turn is built on the model that runs it."""
         self.id = uuid.uuid4().hex
@@ -337,18 +292,21 @@ class Job:
         self._cancel = threading.Event()
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._requested, self._prompt_param = body.model, prompt_param
-        self._build = _request_turn(state, body)
+        self._requested = ModelRequest(body.model, options.context)
+        self._prompt_param = prompt_param
+        self._build = _request_turn(state, body, options)
+        self.options = options
+        self._logprobs: LogprobReader | None = None  # set with the model that runs the turn, if asked for
         threading.Thread(target=self._run, name=f"api-{self.id[:8]}", daemon=True).start()
 
     def cancel(self) -> None:
         self._cancel.set()
 
-    async def next(self) -> StreamUpdate | None:
+    async def next(self) -> ReplyUpdate | None:
         """The next update (None at the end); raises the request's `ApiError`."""
         return _unwrap(await self._queue.get())
 
-    async def next_watching(self, request: Request) -> StreamUpdate | None:
+    async def next_watching(self, request: Request) -> ReplyUpdate | None:
         """`next`, cancelling the job if the client goes away while we wait (in line, or for a slow token). An
         update already there is taken at once, without a task and a timer (the usual case while a reply streams)."""
         if not self._queue.empty():
@@ -365,21 +323,27 @@ class Job:
             pending.cancel()
 
     def _turn(self, info: LoadedInfo) -> Turn:
-        """Built once the request's turn has come: checks against the model that will really run it."""
-        if self._requested and self._requested != info.view.name:
-            raise ApiError(400, f"The model '{self._requested}' was replaced by '{info.view.name}' while this request "
-                           "waited in line. Ask again for the loaded model, or load the one you want with POST "
-                           "/v1/internal/model/load.", param="model", code="model_not_loaded")
+        """Built once the request's turn has come (on the model it asked for: `ModelSwitcher.stream` sees to it):
+        checks against the model that will really run it."""
         turn = self._build(info)
         _check_context(info.model, turn, self._prompt_param)
         self.model = info.view.name  # read by the event loop only after the first update crossed the queue
+        if self.options.logprobs is not None:
+            self._logprobs = LogprobReader(info.model.tokenizer)
         return turn
+
+    def _reply(self, update: StreamUpdate) -> ReplyUpdate:
+        """The update with its new log-probabilities as text, made here: the model is loaded while it streams."""
+        entries = update.decode.logprobs if update.decode is not None else []
+        logprobs = self._logprobs.new(entries) if self._logprobs is not None else ()
+        return ReplyUpdate(update.text, update.stats, logprobs, update.queued)
 
     def _run(self) -> None:
         try:
-            stream = self._state.generation.stream(f"api-{self.id}", self._turn, cancel=self._cancel)
+            stream = self._state.model_switch.stream(self._requested, f"api-{self.id}", self._turn,
+                                                     cancel=self._cancel)
             for update in stream:
-                self._put(update)
+                self._put(self._reply(update))
         except ApiError as error:
             self._put(error)
         except CorralError as error:
@@ -397,7 +361,7 @@ class Job:
             self._cancel.set()
 
 
-def _unwrap(item: Any) -> StreamUpdate | None:
+def _unwrap(item: Any) -> ReplyUpdate | None:
     if item is _DONE:
         return None
     if isinstance(item, ApiError):
@@ -405,111 +369,56 @@ def _unwrap(item: Any) -> StreamUpdate | None:
     return item
 
 
-@dataclass(frozen=True)
-class Shape:
-    """How one endpoint spells its replies (the model's name is the job's: the model that ran it)."""
-
-    chat: bool
-
-    def chunk(self, job: Job, text: str, finish: str | None, *, first: bool = False) -> dict[str, Any]:
-        if self.chat:
-            delta: dict[str, Any] = {"role": "assistant", "content": text} if first else {"content": text}
-            choice = {"index": 0, "delta": delta if finish is None or text else {}, "finish_reason": finish,
-                      "logprobs": None}
-            return self._envelope(job, "chat.completion.chunk", choice)
-        choice = {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-        return self._envelope(job, "text_completion", choice)
-
-    def whole(self, job: Job, text: str, stats: GenerationStats) -> dict[str, Any]:
-        finish = FINISH_REASONS[stats.stop_reason]
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                      "logprobs": None}
-            body = self._envelope(job, "chat.completion", choice)
-        else:
-            body = self._envelope(job, "text_completion", {"index": 0, "text": text, "finish_reason": finish,
-                                                            "logprobs": None})
-        return body | {"usage": usage(stats)}
-
-    def usage_chunk(self, job: Job, stats: GenerationStats) -> dict[str, Any]:
-        kind = "chat.completion.chunk" if self.chat else "text_completion"
-        return {"id": self._id(job), "object": kind, "created": job.created, "model": job.model, "choices": [],
-                "usage": usage(stats)}
-
-    def _envelope(self, job: Job, kind: str, choice: dict[str, Any]) -> dict[str, Any]:
-        return {"id": self._id(job), "object": kind, "created": job.created, "model": job.model,
-                "choices": [choice]}
-
-    def _id(self, job: Job) -> str:
-        return ("chatcmpl-" if self.chat else "cmpl-") + job.id
-
-
-def usage(stats: GenerationStats) -> dict[str, Any]:
-    """OpenAI's usage object; `prompt_tokens_details.cached_tokens`: prompt tokens reused from the cache."""
-    return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.new_tokens,
-            "total_tokens": stats.prompt_tokens + stats.new_tokens,
-            "prompt_tokens_details": {"cached_tokens": stats.cached_tokens}}
-
-
 def _sse(data: dict[str, Any] | str) -> str:
     return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-class EventStream(StreamingResponse):
-    """Server-sent events that cancel their job however the response ends (done, client gone, server stopping)."""
-
-    def __init__(self, content: AsyncIterator[str], job: Job) -> None:
-        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        self._job = job
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._job.cancel()
-
-
-async def _respond(job: Job, request: Request, shape: Shape, *, stream: bool, include_usage: bool) -> Any:
+async def _first(job: Job, request: Request) -> ReplyUpdate | None:
     try:
-        first = await job.next_watching(request)  # waits in line; an error here is still an HTTP status
+        return await job.next_watching(request)  # waits in line; an error here is still an HTTP status
     except BaseException:
         job.cancel()
         raise
+
+
+async def _respond(job: Job, request: Request, shape: ReplyShape, *, stream: bool, include_usage: bool) -> Any:
+    first = await _first(job, request)
     if not stream:
         return await _whole(job, request, shape, first)
     return EventStream(_events(job, request, shape, first, include_usage), job)
 
 
-async def _whole(job: Job, request: Request, shape: Shape, update: StreamUpdate | None) -> dict[str, Any]:
+async def _whole(job: Job, request: Request, shape: ReplyShape, update: ReplyUpdate | None) -> dict[str, Any]:
+    logprobs = []
     try:
-        while update is not None and update.stats is None:
+        while update is not None:
+            logprobs.extend(update.logprobs)
+            if update.stats is not None:
+                break
             update = await job.next_watching(request)
     finally:
         job.cancel()
     if update is None or update.stats is None:
         raise ApiError(500, "The generation ended without a result; see the server log.", type="server_error")
-    return shape.whole(job, update.text, update.stats)
+    return shape.whole(job, update.text, update.stats, logprobs)
 
 
 async def _events(
-    job: Job, request: Request, shape: Shape, update: StreamUpdate | None, include_usage: bool
+    job: Job, request: Request, shape: ReplyShape, update: ReplyUpdate | None, include_usage: bool
 ) -> AsyncIterator[str]:
-    sent, first = 0, True
+    writer = shape.writer(job)
     try:
         while update is not None:
             if update.queued:  # an SSE comment: clients skip it, a person watching the stream sees the place
                 yield f": waiting in line, place {update.queued}\n\n"
-            elif update.stats is not None:
-                finish = FINISH_REASONS[update.stats.stop_reason]
-                if len(update.text) > sent or first:
-                    yield _sse(shape.chunk(job, update.text[sent:], None, first=first))
-                yield _sse(shape.chunk(job, "", finish))
+                update = await job.next_watching(request)
+                continue
+            for chunk in writer.push(update):
+                yield _sse(chunk)
+            if update.stats is not None:
                 if include_usage:
                     yield _sse(shape.usage_chunk(job, update.stats))
                 break
-            if len(update.text) > sent:
-                yield _sse(shape.chunk(job, update.text[sent:], None, first=first))
-                sent, first = len(update.text), False
             update = await job.next_watching(request)
         yield _sse("[DONE]")
     except ApiError as error:  # after the headers went out: the error travels as an event
@@ -637,7 +546,7 @@ def _check_prompt_size(state: AppState, text: str, param: str) -> None:
 def _request_text(body: CompletionRequest | ChatRequest) -> str:
     if isinstance(body, CompletionRequest):
         return body.text
-    return "".join(message.to_message().content for message in body.messages)
+    return "".join(message.text for message in body.messages)
 
 
 # --- the app ------------------------------------------------------------------------------------------------------
@@ -646,17 +555,19 @@ def _request_text(body: CompletionRequest | ChatRequest) -> str:
 def create_app(state: AppState, *, api_key: str | None = None, hosts: AllowedHosts | None = None) -> FastAPI:
     """The API for `state`; with `api_key`, every request needs `Authorization: Bearer <api_key>`. `hosts`: the
     names it answers for (default: loopback only)."""
-    app = FastAPI(title="Corral API", dependencies=[Depends(_key_checker(api_key))], docs_url=None, redoc_url=None)
+    app = FastAPI(title="Corral API", dependencies=[Depends(key_checker(api_key))], docs_url=None, redoc_url=None)
     # add_middleware wraps: the last added runs first, so the Host / Origin check comes before the body is read
     app.add_middleware(RequestGuard, max_bytes=state.config.max_body_bytes)
     app.add_middleware(HostGuard, hosts=hosts or allowed_hosts("127.0.0.1"), refuse=_refusal)
     app.add_exception_handler(ApiError, lambda _request, error: error.response())
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, lambda _r, error: _validation_error(error).response())
+    app.add_exception_handler(RequestValidationError, lambda _r, error: validation_error(error).response())
     app.add_exception_handler(CorralError, lambda _request, error: api_error(error).response())
     app.add_exception_handler(Exception, _internal_error)
     _add_model_routes(app, state)
     _add_generation_routes(app, state)
+    api_embeddings.add_routes(app, state)
+    api_anthropic.add_routes(app, _chat_starter(state))
     return app
 
 
@@ -664,18 +575,6 @@ def _internal_error(_request: Request, error: Exception) -> JSONResponse:
     """A bug: the traceback goes to the log, the client gets a 500 in the OpenAI shape."""
     log.error("API request failed", exc_info=error)
     return ApiError(500, "Internal error; see the server log.", type="server_error").response()
-
-
-def _key_checker(api_key: str | None) -> Callable[[Request], None]:
-    def check(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
-            raise ApiError(401, "Incorrect API key provided. Send it as 'Authorization: Bearer <key>'.",
-                           code="invalid_api_key")
-
-    return check
 
 
 def _add_model_routes(app: FastAPI, state: AppState) -> None:
@@ -747,16 +646,39 @@ def _add_generation_routes(app: FastAPI, state: AppState) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Any:
         _check_prompt_size(state, body.text + (body.suffix or ""), "prompt")
-        info = _check_model(state, body.model, state.models.current_info)  # fail fast, before waiting in line
-        job = Job(state, body, info.view.name, prompt_param="prompt")
-        return await _respond(job, request, Shape(chat=False), stream=body.stream, include_usage=body.include_usage)
+        job = _start(state, body, "prompt")  # fails fast, before waiting in line
+        shape = ReplyShape(chat=False, logprobs=job.options.logprobs is not None)
+        return await _respond(job, request, shape, stream=body.stream, include_usage=body.include_usage)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request) -> Any:
-        _check_prompt_size(state, _request_text(body), "messages")
-        info = _check_model(state, body.model, state.models.current_info)  # fail fast, before waiting in line
-        job = Job(state, body, info.view.name, prompt_param="messages")
-        return await _respond(job, request, Shape(chat=True), stream=body.stream, include_usage=body.include_usage)
+        job = _start(state, body, "messages")
+        shape = ReplyShape(chat=True, tools=job.options.tools, logprobs=job.options.logprobs is not None)
+        return await _respond(job, request, shape, stream=body.stream, include_usage=body.include_usage)
+
+
+def _start(state: AppState, body: CompletionRequest | ChatRequest, prompt_param: str) -> Job:
+    """The job of a request, once everything that can be checked before it waits in line is (its model, options)."""
+    if isinstance(body, ChatRequest):
+        _check_prompt_size(state, _request_text(body), prompt_param)
+    options = body.options()
+    model = state.model_switch.check(ModelRequest(body.model, options.context))
+    return Job(state, body, model, prompt_param=prompt_param, options=options)
+
+
+def _chat_starter(state: AppState) -> api_anthropic.ChatStarter:
+    """How the Anthropic routes run a chat: as a chat request of this API (`webui/api_anthropic.py`)."""
+
+    async def start(fields: dict[str, Any], request: Request) -> api_anthropic.ChatRun:
+        try:
+            body = ChatRequest.model_validate(fields)
+        except ValidationError as error:
+            raise validation_error(RequestValidationError(error.errors())) from None
+        job = _start(state, body, "messages")
+        first = await _first(job, request)
+        return api_anthropic.ChatRun(job, first, job.options.tools)
+
+    return start
 
 
 # --- serving ------------------------------------------------------------------------------------------------------

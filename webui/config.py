@@ -26,3 +26,10 @@ class AppConfig:
     max_body_bytes: int = 8 * 1000 * 1000  # --max-body-mb: the largest API request body
     max_prompt_chars: int = 1_000_000  # --max-prompt-chars: the longest API prompt (all messages together)
     parallel: int | None = None  # --parallel: requests decoded at once, over saved settings (a load's own value wins)
+    # Models on demand (webui/model_switch.py): --api-load-models lets an API request's `model` load that model;
+    # --idle-unload MINUTES unloads the model after that long unused (0 = never); --load-wait SECONDS bounds how
+    # long a request waits for a load under way before it is refused.
+    api_load_models: bool = False
+    idle_unload_minutes: float = 0.0
+    load_wait_seconds: float = 300.0
+    embedding_model: str | None = None  # --embedding-model: a model folder loaded for /v1/embeddings only

@@ -20,7 +20,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from loaders.base import GenerationParams
+from loaders.base import DecodeInfo, GenerationParams
 from loaders.errors import ModelNotLoadedError
 from webui.engine import (
     Generation,
@@ -48,6 +48,7 @@ class StreamUpdate:
     stats: GenerationStats | None = None
     delta: str = ""
     queued: int = 0
+    decode: DecodeInfo | None = None  # what the backend reports as it goes (log-probabilities: `DecodeInfo.logprobs`)
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,8 @@ class GenerationService:
 
     def _updates(self, generation: Generation) -> Iterator[StreamUpdate]:
         for delta in generation:
-            yield StreamUpdate(generation.text, delta=delta)
-        yield StreamUpdate(generation.text, generation.stats)
+            yield StreamUpdate(generation.text, delta=delta, decode=generation.decode_info)
+        yield StreamUpdate(generation.text, generation.stats, decode=generation.decode_info)
 
     def _require_info(self) -> LoadedInfo:
         info = self._current()

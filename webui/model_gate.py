@@ -88,11 +88,34 @@ class ModelGate:
                     self._owner = None
                     self._cond.notify_all()
 
+    @property
+    def idle(self) -> bool:
+        """Nothing runs, waits, loads or unloads."""
+        with self._cond:
+            return not (self._running or self._line or self._owner is not None or self._writers)
+
     @contextmanager
-    def peek(self, timeout: float) -> Iterator[bool]:
-        """Use the model briefly beside the running generations, outside the line (counting a prompt's tokens for
-        the Prompt view): yields True once no load or unload holds or waits for it, False after `timeout` seconds
-        (then the caller must not touch the model)."""
+    def exclusive_if_idle(self) -> Iterator[bool]:
+        """Hold the model alone only if it is idle now (the idle unload): yields whether it does; never waits."""
+        with self._cond:
+            busy = bool(self._running or self._line or self._owner is not None or self._writers)
+            if not busy:
+                self._owner, self._depth = threading.get_ident(), 1
+        if busy:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with self._cond:
+                self._depth, self._owner = 0, None
+                self._cond.notify_all()
+
+    @contextmanager
+    def peek(self, timeout: float | None) -> Iterator[bool]:
+        """Use the model beside the running generations, outside the line (counting a prompt's tokens for the
+        Prompt view, embeddings): yields True once no load or unload holds or waits for it, False after `timeout`
+        seconds (None: no limit; then the caller must not touch the model)."""
         with self._cond:
             admitted = self._cond.wait_for(lambda: self._owner is None and not self._writers, timeout)
             if admitted:

@@ -10,6 +10,7 @@ applies the model's LoRA adapters (`loaders.lora.AdapterStack`; `set_adapters` c
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -73,6 +74,8 @@ class ModelService:
         """`gate`: held exclusive while a model is swapped, so no generation runs on it meanwhile."""
         self._config, self._settings, self._gate = config, settings, gate
         self._loaded: LoadedInfo | None = None
+        self._loads: list[str] = []  # the models loads are under way for (requests for them wait)
+        self._load_done = threading.Condition()
         self.remote = RemoteCatalog(config.models_dir)  # named remote engines (models/remote.yaml)
 
     # --- what is on disk ----------------------------------------------------------------------------------------
@@ -215,17 +218,35 @@ class ModelService:
                 adapter_path(self._config.loras_dir, choice.name)
         return self._swap(view, settings, lambda: load_plan(plan, settings, name=name), loras=loras)
 
+    @property
+    def loading(self) -> str | None:
+        """The name of the model being loaded now (from the moment its load waits for the model), else None."""
+        with self._load_done:
+            return self._loads[-1] if self._loads else None
+
+    def wait_for_load(self, timeout: float) -> bool:
+        """Wait until no load is under way; False if one still is after `timeout` seconds."""
+        with self._load_done:
+            return self._load_done.wait_for(lambda: not self._loads, timeout)
+
     def _swap(self, view: ModelView, settings: LoaderSettings, load: Any, *,
               loras: Sequence[AdapterChoice] | None = None) -> LoadedInfo:  # fmt: skip
-        with self._gate.exclusive():  # waits for the running generations; those in line wait for the new model
-            self.unload()
-            started = time.monotonic()
-            model = load()
-            log.info("Loaded %s with %s in %.1f s", view.name, view.resolved.loader, time.monotonic() - started)
-            self._loaded = LoadedInfo(model=model, view=view, loader_settings=settings, estimate=view.estimate)
-            if is_token_model(model):
-                self._loaded = self._with_adapters(self._loaded, loras)
-        return self._loaded
+        with self._load_done:
+            self._loads.append(view.name)
+        try:
+            with self._gate.exclusive():  # waits for the running generations; those in line wait for the new model
+                self.unload()
+                started = time.monotonic()
+                model = load()
+                log.info("Loaded %s with %s in %.1f s", view.name, view.resolved.loader, time.monotonic() - started)
+                self._loaded = LoadedInfo(model=model, view=view, loader_settings=settings, estimate=view.estimate)
+                if is_token_model(model):
+                    self._loaded = self._with_adapters(self._loaded, loras)
+                return self._loaded
+        finally:
+            with self._load_done:
+                self._loads.remove(view.name)
+                self._load_done.notify_all()
 
     def _with_adapters(self, info: LoadedInfo, loras: Sequence[AdapterChoice] | None) -> LoadedInfo:
         """`info` with its adapter stack, the given (or saved) adapters applied."""

@@ -11,7 +11,7 @@ renamed back: a broken `Default.yaml` never makes a request fail. Only a name wi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -146,10 +146,10 @@ def non_default_values(params: GenerationParams) -> dict[str, Any]:
     """The fields of `params` that differ from `GenerationParams()`, in field order, as plain YAML values."""
     defaults = GenerationParams()
     values: dict[str, Any] = {}
-    for f in fields(GenerationParams):
-        value = getattr(params, f.name)
-        if value != getattr(defaults, f.name):
-            values[f.name] = list(value) if isinstance(value, tuple) else value
+    for name in GenerationParams.field_names():  # per-request fields are never saved
+        value = getattr(params, name)
+        if value != getattr(defaults, name):
+            values[name] = list(value) if isinstance(value, tuple) else value
     return values
 
 

@@ -16,9 +16,11 @@ from webui.model_gate import ModelGate
 
 if TYPE_CHECKING:
     from webui.download import DownloadManager
+    from webui.embeddings import EmbeddingService
     from webui.generation import GenerationService
     from webui.history import HistoryStore
     from webui.model_service import ModelService
+    from webui.model_switch import ModelSwitcher
     from webui.presets import PresetStore
     from webui.prompt_record import PromptLog
     from webui.settings import SettingsStore
@@ -79,3 +81,19 @@ class AppState:
         from webui.generation import GenerationService
 
         return GenerationService(self.model_gate, lambda: self.models.current_info)
+
+    @cached_property
+    def model_switch(self) -> ModelSwitcher:
+        """Which model an API request runs on (models on demand, the idle unload): `webui/model_switch.py`."""
+        from webui.model_switch import ModelSwitcher
+
+        return ModelSwitcher(self.models, self.generation, self.model_gate, allow_loads=self.config.api_load_models,
+                             idle_unload_seconds=60 * self.config.idle_unload_minutes,
+                             load_wait_seconds=self.config.load_wait_seconds)
+
+    @cached_property
+    def embeddings(self) -> EmbeddingService:
+        """`/v1/embeddings`: the loaded model, or the embedding model (`webui/embeddings.py`)."""
+        from webui.embeddings import EmbeddingService
+
+        return EmbeddingService(self.config, self.models, self.model_gate)

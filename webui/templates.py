@@ -63,28 +63,41 @@ class PromptTemplate:
 
     def render(
         self,
-        messages: Sequence[Message],
+        messages: Sequence[Message | Mapping[str, Any]],
         *,
         add_generation_prompt: bool = True,
         bos_token: str = "<s>",
         eos_token: str = "</s>",
         continue_last: bool = False,
         variables: Mapping[str, Any] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str:
         """The prompt for `messages`. With `continue_last`, the prompt ends with the last message's text (no
         end-of-turn, no generation prompt) so the model goes on writing it. `variables` are further names the
-        template may read (`enable_thinking`, `unk_token`...), as `apply_chat_template`'s keyword arguments."""
+        template may read (`enable_thinking`, `unk_token`...), as `apply_chat_template`'s keyword arguments.
+        A message may also be a mapping in transformers' chat format (a `tool` role, `tool_calls`), and `tools`
+        the tools' JSON schemas, for a template with a tools section (`reads_tools`)."""
         if continue_last and not messages:
             raise TemplateRenderError("There is no message to continue.")
         self.check()  # a syntax error is "not valid Jinja", not "failed to render"
         try:
             return _render(
-                self.source, [asdict(message) for message in messages],
+                self.source, [m if isinstance(m, Mapping) else asdict(m) for m in messages],
                 add_generation_prompt=add_generation_prompt and not continue_last, continue_last=continue_last,
-                variables={**(variables or {}), "bos_token": bos_token, "eos_token": eos_token},
+                variables={**(variables or {}), "bos_token": bos_token, "eos_token": eos_token}, tools=tools,
             )  # fmt: skip
         except (jinja2.TemplateError, TypeError, ValueError) as error:
             raise self._render_error(error, continue_last) from error
+
+    @property
+    def reads_tools(self) -> bool:
+        """Whether the template has a tools section (it reads the `tools` variable apply_chat_template passes)."""
+        from jinja2 import meta
+
+        try:
+            return "tools" in meta.find_undeclared_variables(jinja2.Environment().parse(self.source))
+        except jinja2.TemplateError:
+            return False
 
     def _render_error(self, error: Exception, continue_last: bool) -> TemplateRenderError:
         # transformers words every failure of continue_final_message this way (the last message is missing from
@@ -114,17 +127,18 @@ def _compile(source: str) -> object:
 
 def _render(
     source: str,
-    messages: list[dict[str, str]],
+    messages: list[Mapping[str, Any]],
     *,
     add_generation_prompt: bool,
     continue_last: bool,
     variables: Mapping[str, Any],
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
     from transformers.utils.chat_template_utils import render_jinja_template
 
     rendered, _ = render_jinja_template(
         conversations=[messages], chat_template=source, add_generation_prompt=add_generation_prompt,
-        continue_final_message=continue_last, **variables,
+        continue_final_message=continue_last, tools=[dict(tool) for tool in tools] if tools else None, **variables,
     )  # fmt: skip
     return rendered[0]
 

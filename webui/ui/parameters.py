@@ -9,7 +9,7 @@ page opens, the preset is the loaded model's saved one (else the default) and th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -51,8 +51,8 @@ def params_from_values(values: dict[str, Any]) -> GenerationParams:
 
 
 def values_of(params: GenerationParams) -> dict[str, Any]:
-    """The controls' values (by field name) for `params`."""
-    values = asdict(params)
+    """The controls' values (by field name) for `params` (not the per-request fields: grammar, logprobs)."""
+    values = {name: getattr(params, name) for name in GenerationParams.field_names()}
     values["stop"] = "\n".join(params.stop)
     return values
 
