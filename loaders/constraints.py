@@ -20,13 +20,15 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from loaders.base import ConstraintSpec, ModelTokenizer
 from loaders.errors import ConstraintError
+
+if TYPE_CHECKING:
+    import torch
 
 JSON_OPTIONS = {"whitespace_pattern": r" ?"}  # as llama.cpp's `space ::= " "?`
 ANY_OBJECT = '{"type": "object"}'  # "json_object": any JSON object, through the schema path of each engine
@@ -75,6 +77,8 @@ class TokenConstraint:
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """`logits` [vocab] with every token the grammar forbids at -inf (in place)."""
+        import torch  # here, not at the top: llama.cpp masks numpy arrays and never needs torch
+
         forbidden = torch.from_numpy(~self.allowed(logits.shape[0]))  # numpy unpacks the bits fastest on a CPU
         return logits.masked_fill_(forbidden.to(logits.device, non_blocking=True), float("-inf"))
 

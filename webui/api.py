@@ -4,12 +4,12 @@ Owns `/v1/models`, `/v1/completions` (with OpenAI's `suffix`: fill in the middle
 (server-sent events or one JSON reply), `/v1/internal/model/{load,unload,info}` (info lists the active LoRA
 adapters and the parallel slots), `/v1/internal/lora/{list,load}` and `/v1/internal/token-count`, and mounts the
 routes of its sibling modules: `/v1/embeddings` (`api_embeddings.py`) and Anthropic's `/v1/messages`
-(`api_anthropic.py`, run as a chat request here). What a request asks beyond the samplers is read once, before it waits in line: structured output,
-logprobs and context (`api_structured.py`), tools (`api_tools.py`), the model (`model_switch.py`: loaded on demand,
-or waited for while it loads); replies are spelled by `api_replies.py`. Generation goes through the same
-`GenerationService` as the UI, so API and UI requests share the model's parallel slots and one
-first-come-first-served line beyond them; a request's prompt, parameters and context check are built once its turn
-has come, from the model that runs it (a chat through the same prompt builder as the Chat tab,
+(`api_anthropic.py`, run as a chat request here). What a request asks beyond the samplers is read once, before it
+waits in line: structured output, logprobs and context (`api_structured.py`), tools (`api_tools.py`), the model
+(`model_switch.py`: loaded on demand, or waited for while it loads); replies are spelled by `api_replies.py`.
+Generation goes through the same `GenerationService` as the UI, so API and UI requests share the model's parallel
+slots and one first-come-first-served line beyond them; a request's prompt, parameters and context check are built
+once its turn has come, from the model that runs it (a chat through the same prompt builder as the Chat tab,
 `webui/chat_turn.py`). A streaming request that has to wait in line gets an SSE comment (`: waiting in line,
 place N`) each time its place changes. Usage reports the prompt tokens reused from the cache
 (`prompt_tokens_details.cached_tokens`). Errors that are not Corral's are logged with their traceback and answered
