@@ -11,6 +11,7 @@ Used by tests (through fixtures in conftest.py) and by the bench/ scripts. Cache
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -31,15 +32,21 @@ def cache_root() -> Path:
 
 
 def _build_once(target: Path, build) -> Path:
-    """Run `build(tmp_dir)` unless `target` exists, then move the result into place atomically."""
+    """Run `build(tmp_dir)` unless `target` exists, then move the result into place atomically. A lock file beside
+    it makes concurrent test processes (pytest-xdist workers) build it once: the others wait, then find it."""
     if target.exists():
         return target
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
-        build(tmp)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+        try:
+            build(tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
