@@ -132,15 +132,18 @@ def main() -> None:
     args = parser.parse_args()
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+    import psutil
+
+    from loaders import batching
     from loaders import llamacpp as llamacpp_module
-    from loaders import torch_lm
 
     llamacpp_module._SamplerChain.sample = CLOCK.wrap(llamacpp_module._SamplerChain.sample)  # time the step only
-    torch_lm.select_next = CLOCK.wrap(torch_lm.select_next)
+    batching.select_next = CLOCK.wrap(batching.select_next)  # PyTorch rows with a grammar (or logprobs)
+    batching.next_tokens = CLOCK.wrap(batching.next_tokens)  # ... and the plain ones
     gguf = realmodel.smollm2_gguf()
     llamacpp = load_llamacpp(gguf.parent, LlamaCppSettings(n_ctx=1024), name="bench")
     torch_model = load_transformers(realmodel.smollm2_hf(), TransformersSettings(), name="bench")
-    raw = llama_cpp.Llama(model_path=str(gguf), n_ctx=1024, n_threads=llamacpp.llm.n_threads, verbose=False)
+    raw = llama_cpp.Llama(model_path=str(gguf), n_ctx=1024, n_threads=psutil.cpu_count(logical=False) or 1, verbose=False)
     free = GenerationParams(max_new_tokens=args.tokens, do_sample=False, ban_eos_token=True)
     schema = GenerationParams(max_new_tokens=400, do_sample=False, constraint=spec_from_schema(SCHEMA))
     rows = {
