@@ -2,6 +2,7 @@
 memory bandwidth.
 
     python -m bench.cpu [--tokens 64] [--prompt 512] [--repeats 3] [--threads 2] [--rows KEY,...] [--before]
+    python -m bench.cpu --compile [--threads 2]
 
 Rows (`--rows` keys): llama-raw (`llama_cpp.Llama`), llama (Corral's llama.cpp loader through the engine), gguf
 (native GGUF Q4_1, the plan's layouts), gptq-main (4-bit g128), gptq-32g (4-bit 32g act-order), gptq-8bit (8-bit,
@@ -16,6 +17,10 @@ their time), MB read per decode token (the weights a token's forward reads, as h
 at the decode's mean length), and that traffic at the measured decode speed as a fraction of the copy bandwidth
 measured in the same run (bytes read + written per second by a 256 MiB `Tensor.copy_`). For the PyTorch rows the
 decode loop's own cost is the decode time per token minus a bare forward's time on the same cache length.
+
+`--compile` instead times `torch.compile` on the CPU: the Transformers model in the plan's dtype with a static KV
+cache, one-token forwards eager and compiled (interleaved, medians), the compile's seconds and the tokens after
+which it has paid for itself.
 """
 
 from __future__ import annotations
@@ -279,6 +284,45 @@ def report(rows: list[Row], bandwidth: float, args: argparse.Namespace) -> None:
               f"{loop} | {row.note} |")  # fmt: skip
 
 
+@torch.inference_mode()
+def compile_report(prompt: int, steps: int = 48) -> None:
+    """Eager vs `torch.compile` one-token forwards with a static cache; compile time and break-even tokens."""
+    from transformers import StaticCache
+
+    from loaders.registry import load_model
+    from loaders.settings import settings_for
+
+    model = load_model("transformers", realmodel.smollm2_hf(), settings_for("transformers", {}), name="hf-auto")
+    module, ids = model.module, torch.tensor([prompt_ids(prompt)])
+
+    def cache() -> StaticCache:
+        static = StaticCache(config=module.config, max_cache_len=prompt + 2 * steps + 8)
+        module(input_ids=ids, past_key_values=static, cache_position=torch.arange(prompt), logits_to_keep=1)
+        return static
+
+    def step(forward: Callable[..., Any], static: StaticCache, position: int) -> float:
+        began = time.perf_counter()
+        forward(input_ids=ids[:, -1:], past_key_values=static, cache_position=torch.tensor([position]),
+                logits_to_keep=1).logits[0, -1].float()  # fmt: skip
+        return time.perf_counter() - began
+
+    compiled = torch.compile(module.forward, dynamic=False)
+    eager_cache, compiled_cache = cache(), cache()
+    began = time.perf_counter()
+    step(compiled, compiled_cache, prompt)  # the first call compiles
+    compile_s = time.perf_counter() - began
+    eager, fast = [], []
+    for i in range(1, steps):
+        eager.append(step(module.forward, eager_cache, prompt + i))
+        fast.append(step(compiled, compiled_cache, prompt + i))
+    eager_ms, fast_ms = 1000 * statistics.median(eager[4:]), 1000 * statistics.median(fast[4:])
+    saved = eager_ms - fast_ms
+    even = f"{compile_s * 1000 / saved:.0f} tokens" if saved > 0 else "never"
+    print(f"\ntorch.compile, Transformers {model.dtype} with a static cache, {prompt}-token prompt, "
+          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}: compile {compile_s:.1f} s; "
+          f"one-token forward eager {eager_ms:.1f} ms, compiled {fast_ms:.1f} ms; pays for itself after {even}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=64)
@@ -287,8 +331,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", default="", help="comma-separated keys (default: all)")
     parser.add_argument("--before", action="store_true", help="add the pre-issue-15 layouts for comparison")
+    parser.add_argument("--compile", action="store_true", help="time torch.compile instead (see above)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.compile:
+        compile_report(args.prompt)
+        return
     ids = prompt_ids(args.prompt)
     makers = row_makers(ids, args.tokens, args.threads, args.before)
     keys = [k for k in args.rows.split(",") if k] or list(makers)

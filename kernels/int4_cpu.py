@@ -100,9 +100,16 @@ def from_gptq(t: gptq_torch.GPTQTensors) -> Int4Weight | None:
         return None
     firsts = sorted_groups[::group]  # the stored group of each kernel group
     scale = t.scales.float()[firsts]  # [in / group, out]
-    offset = -scale * gptq_torch.zeros_int(t).float()[firsts]
+    zeros = gptq_torch.zeros_int(t)  # [n_groups, out]
     q = gptq_torch.unpack_rows(t.qweight, t.bits)  # [in, out]
     q = q if natural else q[perm]
+    centred = q - zeros[sorted_groups]  # q - zero, row by row (rows in kernel order)
+    if int(centred.min()) >= -8 and int(centred.max()) <= 7:
+        # Symmetric 4-bit, and any 2 / 3-bit: the zero point folds into the integers (q - zero + 8), so the kernel's
+        # zero is exactly 0 and only the scale is rounded; an unfolded zero (scale * (8 - zero), in bf16) would add
+        # its own rounding, which for 2-bit weights (|q - zero| <= 3, |8 - zero| up to 8) is ~3x bf16's.
+        return pack((centred + 8).t(), scale.t(), -8 * scale.t(), group, None if natural else perm)
+    offset = -scale * zeros.float()[firsts]
     return pack(q.t(), scale.t(), offset.t(), group, None if natural else perm)
 
 
