@@ -23,7 +23,7 @@ import torch
 from gguf import GGUFReader, ReaderTensor
 from torch import nn
 
-from kernels import gguf_torch
+from kernels import cpu_attention, gguf_torch
 from kernels.gguf_linear import GGUFEmbedding, GGUFLinear
 from loaders.base import LoadedModel, MemoryReport
 from loaders.errors import ModelFormatError, UnsupportedModelError
@@ -139,8 +139,10 @@ def _install_weights(model: nn.Module, tensors: dict[str, ReaderTensor], info: M
     _check_type(embd, path)
     model.model.embed_tokens = GGUFEmbedding(_mapped_rows(path, embd), embd.tensor_type, info.vocab, info.hidden,
                                              dtype)  # fmt: skip
-    output = tensors.get("output.weight", embd)  # absent = tied to the embedding (the same bytes)
-    model.lm_head = _linear(output, path)
+    if "output.weight" in tensors:
+        model.lm_head = _linear(tensors["output.weight"], path)
+    else:  # tied to the embedding: the same bytes (and memory map) until the head is prepared
+        model.lm_head = GGUFLinear(model.model.embed_tokens.qweight, embd.tensor_type, info.vocab, info.hidden)
     model.model.norm.weight = _norm_weight(take("output_norm.weight"), path, dtype)
     for i, layer in enumerate(model.model.layers):
         heads = {"attn_q": info.n_heads, "attn_k": info.n_kv_heads}
@@ -203,6 +205,8 @@ def build_planned(plan: LoadPlan) -> GGUFModule:
         raise ModelFormatError(f"GGUF file lacks weights for {', '.join(leftovers[:5])}", path=file)
     model.eval()
     device = _place(model, shape.n_layers, plan.n_gpu_layers)
+    if device == "cpu":
+        cpu_attention.use_on(model)
     modes = _prepare_layers(model, plan, dtype)
     special = TokenizerMetadata.read(reader)
     # Drop the reader's metadata records (~165 MB of Python objects for a 49k vocabulary) before transformers parses

@@ -236,7 +236,8 @@ def _plan_native_gguf(files: ModelFiles, settings: NativeGGUFSettings, hw: Hardw
     n_gpu = min(max(settings.n_gpu_layers, 0), n_layers) if hw.gpus else 0
     dtype = _dtype(settings.dtype, on_gpu=n_gpu > 0, cpu_native_bf16=hw.cpu_bf16, gpu_dtype="float16")
     # Layers on the GPU keep their blocks (Triton GEMV); the plan's layouts are those of the layers on the CPU.
-    integer, cache = _quantized_layouts(files, settings.dequantize_cache, dtype, hw, on_gpu=False, gpu_kernels=False)
+    integer, cache = _quantized_layouts(files, settings.dequantize_cache, dtype, hw, on_gpu=n_gpu >= n_layers,
+                                        gpu_kernels=True)  # fmt: skip
     trained = files.shape.context_max
     context = min(settings.n_ctx, trained) if settings.n_ctx > 0 else trained
     return LoadPlan("gguf", files, (files.gguf_path,), _split_label(n_gpu, n_layers, whole_gpu="cuda:0"), dtype,

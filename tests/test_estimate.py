@@ -335,10 +335,9 @@ def test_estimated_ram_matches_measured(loader: str, fixture: str, ctx: int, val
     path = {"hf": smollm2_hf, "gguf": smollm2_gguf}.get(fixture) or _gptq_branch(fixture)
     command = [sys.executable, "-m", "tests.memprobe", loader, str(path), "--ctx", str(ctx)]
     if loader == "gguf":
-        # The native loader's CPU path decodes ~2 tokens/s on two cores (it dequantizes every block per token), so
-        # a 512-token generation would take 4-5 minutes per case. The prompt fills the context instead, up to the
-        # same number of positions: the KV cache and attention buffers (what depends on generation) reach the same
-        # size, and the load and the first decode steps are measured as for the other loaders.
+        # The prompt fills the context instead of a 512-token generation (cheaper for CI), up to the same number of
+        # positions: the KV cache and attention buffers (what depends on generation) reach the same size, and the
+        # load and the first decode steps are measured as for the other loaders.
         command += ["--new-tokens", "32", "--prompt-tokens", str(ctx - 32 - 8)]  # ends at ctx - 8, as the others
     command += [f"--{key}={value}" for key, value in values.items()]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, timeout=600)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from kernels import cpu_attention
 from loaders import gguf_native as native
 from loaders.errors import UnsupportedModelError
 from loaders.settings import NativeGGUFSettings
@@ -186,6 +187,7 @@ def test_weights_held_as_the_plan_says(built: native.GGUFModule, reference: nati
     embedding = built.module.model.embed_tokens
     assert embedding.qweight.dtype == torch.uint8 and embedding.qtype.name == "Q8_0"  # rows looked up in blocks
     assert built.module.lm_head.mode == "cache"
+    assert built.module.config._attn_implementation == cpu_attention.NAME  # on the CPU: one-token GQA steps packed
     assert native.model_bytes(reference.module).ram_bytes <= smollm2_gguf.stat().st_size  # blocks, head tied
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from kernels import gptq_torch
+from kernels import cpu_attention, gptq_torch
 from kernels.gptq import GPTQLinear
 from loaders import gptq
 from loaders.errors import ModelFormatError
@@ -279,7 +279,9 @@ def test_load_returns_a_loaded_model() -> None:
     model = gptq.load(gptq_fixtures.smollm2_gptq("main"), GPTQSettings(), name="smol-gptq")
     assert isinstance(model, LoadedModel) and model.loader == "gptq" and model.device == model.plan.device == "cpu"
     assert model.weight_cache == model.plan.weight_summary() == "int4"
-    assert model.plan.dtype == model.dtype
+    assert model.plan.dtype == model.dtype and model.module.config._attn_implementation == cpu_attention.NAME
+    shape = model.plan.files.shape
+    assert model.memory.ram_bytes < (shape.linear_params() + shape.vocab * shape.hidden) * 2  # < the bf16 model
     ids = model.tokenizer.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
                                  "<|im_start|>assistant\n", add_bos=False)
     params = GenerationParams(max_new_tokens=10, do_sample=False)

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kernels import cpu_attention
 from loaders.base import GenerationParams, LoadedModel
 from loaders.errors import ModelFormatError, SettingsError, UnsupportedModelError
 from loaders.files import read_model_files
@@ -45,6 +46,7 @@ def test_load_real_folder(smollm2_hf: Path) -> None:
         expected = "bfloat16" if snapshot().cpu_bf16 else "float32"
         assert model.plan.dtype == model.dtype == expected
         assert next(model.module.parameters()).dtype == getattr(torch, expected)
+        assert model.module.config._attn_implementation == cpu_attention.NAME  # one-token GQA steps packed
         weight_bytes = sum(p.numel() * p.element_size() for p in model.module.parameters())
         assert model.memory.ram_bytes >= weight_bytes and model.memory.vram_bytes == {}
         assert model.load_seconds > 0
