@@ -3,9 +3,10 @@ SmolLM2-135M-Instruct (the Transformers folder from tests/realmodel.py), in one 
 
     .venv/bin/python -m bench.decode [--tokens 128] [--repeats 3] [--threads N]
 
-Both run greedy on the same prompt and model object. Decode tokens/s counts the tokens after the first one over
-the time after the first one (prefill excluded); runs alternate (ours, generate, ours...) after one warm-up each,
-and the best of `--repeats` is kept, so load from other processes hits both sides alike.
+Both run greedy on the same prompt and model object (in the plan's dtype: bf16 where the CPU computes it natively).
+Decode tokens/s counts the tokens after the first one over the time after the first one (prefill excluded); runs
+alternate (ours, generate, ours...) after one warm-up each, and the best of `--repeats` is kept, so load from other
+processes hits both sides alike.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for name, side in sides.items():
             runs[name].append(side(model, params))
-    print(f"SmolLM2-135M-Instruct fp32, {model.device}, torch threads {torch.get_num_threads()}, greedy, "
+    print(f"SmolLM2-135M-Instruct {model.dtype}, {model.device}, torch threads {torch.get_num_threads()}, greedy, "
           f"{args.tokens} new tokens max, best of {args.repeats}")
     for name, side_runs in runs.items():
         run = best(side_runs)

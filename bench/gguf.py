@@ -5,7 +5,8 @@ kernels' bandwidth at Llama-2-13B shapes is section (b) of `bench/gpu_suite.py`)
 
 Rows: (a) raw `llama_cpp.Llama.generate`, (b0) Corral's llama.cpp loader alone (`generate_tokens`), (b) llama.cpp
 through Corral's engine (`webui.engine.generate` over `loaders.llamacpp`), (c) the native GGUF loader
-(`loaders.gguf_native`), (d) `transformers` loading the GGUF with `gguf_file=` (dequantized to fp32).
+(`loaders.gguf_native`, its plan's layouts: int4 kernel, bf16 where the CPU has it), (d) `transformers` loading the
+GGUF with `gguf_file=` (dequantized to fp32). `bench/cpu.py` compares every CPU backend in one interleaved run.
 Same ChatML prompt, greedy, one warm-up then the best of `--repeats` runs.
 Prefill tokens/s = prompt tokens / time to the first new token; decode tokens/s = (new tokens - 1) / time from
 the first to the last new token. Token times are taken where each backend hands a token over (for (b): where the

@@ -130,9 +130,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=160)
     args = parser.parse_args()
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
     import psutil
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     from loaders import batching
     from loaders import llamacpp as llamacpp_module
@@ -143,7 +142,8 @@ def main() -> None:
     gguf = realmodel.smollm2_gguf()
     llamacpp = load_llamacpp(gguf.parent, LlamaCppSettings(n_ctx=1024), name="bench")
     torch_model = load_transformers(realmodel.smollm2_hf(), TransformersSettings(), name="bench")
-    raw = llama_cpp.Llama(model_path=str(gguf), n_ctx=1024, n_threads=psutil.cpu_count(logical=False) or 1, verbose=False)
+    threads = psutil.cpu_count(logical=False) or 1  # as Corral's loader picks them
+    raw = llama_cpp.Llama(model_path=str(gguf), n_ctx=1024, n_threads=threads, verbose=False)
     free = GenerationParams(max_new_tokens=args.tokens, do_sample=False, ban_eos_token=True)
     schema = GenerationParams(max_new_tokens=400, do_sample=False, constraint=spec_from_schema(SCHEMA))
     rows = {

@@ -225,6 +225,43 @@ def _dequantize_q6_k(blocks: torch.Tensor) -> torch.Tensor:
     return (q * dl).reshape(n, QK_K)
 
 
+# --- 4-bit types as integers ----------------------------------------------------------------------------------------
+# Q4_0, Q4_1 and Q4_K hold 4-bit integers with one scale and one offset per 32 weights (a block, or a Q4_K sub-block):
+# weight = q * scale + offset. The integer kernels (`kernels/int4_cpu.py`) take them in that form.
+
+Int4Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # q (n, bs) uint8 0..15, scale and offset (n, bs / 32)
+
+
+def _int4_q4_0(blocks: torch.Tensor) -> Int4Parts:
+    d = _f16(blocks[:, :2])
+    return _nibbles(blocks[:, 2:], 1, 16).reshape(blocks.shape[0], 32), d, -8 * d
+
+
+def _int4_q4_1(blocks: torch.Tensor) -> Int4Parts:
+    return _nibbles(blocks[:, 4:], 1, 16).reshape(blocks.shape[0], 32), _f16(blocks[:, :2]), _f16(blocks[:, 2:4])
+
+
+def _int4_q4_k(blocks: torch.Tensor) -> Int4Parts:
+    sc, mn = _k_scale_min(blocks[:, 4:16])
+    q = _nibbles(blocks[:, 16:], 4, 32).reshape(blocks.shape[0], QK_K)  # sub-block j = 32 weights, as dequantized
+    return q, _f16(blocks[:, :2]) * sc, -(_f16(blocks[:, 2:4]) * mn)
+
+
+INT4_PARTS: dict[GGMLQuantizationType, Callable[[torch.Tensor], Int4Parts]] = {
+    GGMLQuantizationType.Q4_0: _int4_q4_0, GGMLQuantizationType.Q4_1: _int4_q4_1,
+    GGMLQuantizationType.Q4_K: _int4_q4_k,
+}  # fmt: skip
+
+
+def int4_parts(raw: torch.Tensor, qtype: GGMLQuantizationType | int, shape: tuple[int, int]) -> Int4Parts:
+    """A Q4_0 / Q4_1 / Q4_K weight of `shape` (out, in) as integers: q (out, in) uint8 in 0..15, scale and offset
+    (out, in / 32) float32 with weight = q * scale + offset, the same float32 values `dequantize` combines."""
+    qtype = GGMLQuantizationType(qtype)
+    n_out, n_in = shape
+    q, scale, offset = INT4_PARTS[qtype](raw.reshape(-1, block_format(qtype).type_size))
+    return q.reshape(n_out, n_in), scale.reshape(n_out, n_in // 32), offset.reshape(n_out, n_in // 32)
+
+
 # --- public API -------------------------------------------------------------------------------------------------------
 
 

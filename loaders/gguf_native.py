@@ -1,18 +1,21 @@
 """Native GGUF loader: runs a Llama-family GGUF file on Corral's own kernels, weights kept in their block format.
 
-Carries out a plan (`loaders.plan`: the file, dtype, GPU layers, context): the model shape read by the model-files
-layer -> a transformers `LlamaConfig`, the model built on the `meta` device, each Linear replaced by a `GGUFLinear`
-holding a view of the memory-mapped file's bytes (Q/K rows un-permuted back to the Hugging Face RoPE layout), the
-embedding by a `GGUFEmbedding`, norms in float32; the tokenizer from the `tokenizer.ggml.*` metadata. Layers can be
-split between CUDA and the CPU (`n_gpu_layers`, first layers on the GPU). Anything else (another architecture, an
-i-quant...) is refused with an `UnsupportedModelError` that points at the llama.cpp loader.
+Carries out a plan (`loaders.plan`: the file, dtype, GPU layers, context, weight layouts): the model shape read by
+the model-files layer -> a transformers `LlamaConfig`, the model built on the `meta` device, each Linear replaced by
+a `GGUFLinear` holding its bytes (a memory map of its own; Q/K rows un-permuted back to the Hugging Face RoPE
+layout), the embedding by a `GGUFEmbedding`, norms in the compute dtype; the tokenizer from the `tokenizer.ggml.*`
+metadata. Layers can be split between CUDA and the CPU (`n_gpu_layers`, first layers on the GPU, which keep their
+blocks for the Triton kernels). On the CPU each Linear is then prepared as the plan says: Q4_0/Q4_1/Q4_K repacked
+for the int4 kernel, other types dequantized once or per call. A repacked tensor's map is closed, so the file's
+pages leave the process once the load is done. Anything else (another architecture, an i-quant...) is refused with
+an `UnsupportedModelError` that points at the llama.cpp loader.
 """
 
 from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ import torch
 from gguf import GGUFReader, ReaderTensor
 from torch import nn
 
-from kernels import gguf_torch
+from kernels import cpu_attention, gguf_torch
 from kernels.gguf_linear import GGUFEmbedding, GGUFLinear
 from loaders.base import LoadedModel, MemoryReport
 from loaders.errors import ModelFormatError, UnsupportedModelError
@@ -47,8 +50,9 @@ class GGUFModule:
     module: nn.Module  # transformers LlamaForCausalLM with GGUF modules inside
     shape: ModelShape
     tokenizer: GGUFTokenizer
-    device: str  # the weights' tensors keep the file's memory map alive; the reader itself is dropped (its
+    device: str  # the weights' tensors keep their memory maps alive; the reader itself is dropped (its
     # metadata records, 49152 tokens and merges as numpy views, take ~165 MB of Python objects)
+    modes: dict[str, int] = field(default_factory=dict)  # GGUFLinear mode -> number of Linear layers
 
 
 # --- metadata --------------------------------------------------------------------------------------------------------
@@ -72,9 +76,17 @@ def _llama_config(info: ModelShape, context_length: int, tied: bool):
 
 
 def _raw_rows(tensor: ReaderTensor) -> torch.Tensor:
-    """The tensor's bytes as a (rows, row bytes) uint8 view of the memory map (no copy)."""
+    """The tensor's bytes as a (rows, row bytes) uint8 view of the reader's memory map (no copy)."""
     data = np.asarray(tensor.data)
     return torch.from_numpy(data.view(np.uint8).reshape(data.shape[0] if data.ndim > 1 else 1, -1))
+
+
+def _mapped_rows(path: Path, tensor: ReaderTensor) -> torch.Tensor:
+    """The tensor's bytes as (rows, row bytes) uint8 in a copy-on-write memory map of their own (no copy): it is
+    unmapped when the last tensor using it goes, so a weight repacked at load leaves no file pages behind."""
+    rows = _raw_rows(tensor)
+    mapped = np.memmap(path, dtype=np.uint8, mode="c", offset=tensor.data_offset, shape=(tensor.n_bytes,))
+    return torch.from_numpy(mapped).view(rows.shape)
 
 
 def _shape(tensor: ReaderTensor) -> tuple[int, ...]:
@@ -103,16 +115,16 @@ def unpermute_rows(rows: torch.Tensor, n_heads: int) -> torch.Tensor:
 def _linear(tensor: ReaderTensor, path: Path, *, heads: int = 0) -> GGUFLinear:
     _check_type(tensor, path)
     out_features, in_features = _shape(tensor)
-    rows = _raw_rows(tensor)
+    rows = _mapped_rows(path, tensor)
     if heads:
         rows = unpermute_rows(rows, heads)
     return GGUFLinear(rows, tensor.tensor_type, out_features, in_features)
 
 
-def _norm_weight(tensor: ReaderTensor, path: Path) -> nn.Parameter:
+def _norm_weight(tensor: ReaderTensor, path: Path, dtype: torch.dtype) -> nn.Parameter:
     _check_type(tensor, path)
     values = gguf_torch.dequantize(_raw_rows(tensor), tensor.tensor_type, _shape(tensor))
-    return nn.Parameter(values.to(torch.float32).clone(), requires_grad=False)
+    return nn.Parameter(values.to(dtype).clone(), requires_grad=False)  # as HF holds norms: in the compute dtype
 
 
 def _install_weights(model: nn.Module, tensors: dict[str, ReaderTensor], info: ModelShape, path: Path,
@@ -125,10 +137,13 @@ def _install_weights(model: nn.Module, tensors: dict[str, ReaderTensor], info: M
 
     embd = take("token_embd.weight")
     _check_type(embd, path)
-    model.model.embed_tokens = GGUFEmbedding(_raw_rows(embd), embd.tensor_type, info.vocab, info.hidden, dtype)
-    output = tensors.get("output.weight", embd)  # absent = tied to the embedding (shares its bytes)
-    model.lm_head = _linear(output, path)
-    model.model.norm.weight = _norm_weight(take("output_norm.weight"), path)
+    model.model.embed_tokens = GGUFEmbedding(_mapped_rows(path, embd), embd.tensor_type, info.vocab, info.hidden,
+                                             dtype)  # fmt: skip
+    if "output.weight" in tensors:
+        model.lm_head = _linear(tensors["output.weight"], path)
+    else:  # tied to the embedding: the same bytes (and memory map) until the head is prepared
+        model.lm_head = GGUFLinear(model.model.embed_tokens.qweight, embd.tensor_type, info.vocab, info.hidden)
+    model.model.norm.weight = _norm_weight(take("output_norm.weight"), path, dtype)
     for i, layer in enumerate(model.model.layers):
         heads = {"attn_q": info.n_heads, "attn_k": info.n_kv_heads}
         for gguf_name, attr in LINEARS.items():
@@ -136,7 +151,7 @@ def _install_weights(model: nn.Module, tensors: dict[str, ReaderTensor], info: M
             setattr(getattr(layer, owner), child, _linear(take(f"blk.{i}.{gguf_name}.weight"), path,
                                                           heads=heads.get(gguf_name, 0)))  # fmt: skip
         for gguf_name, attr in NORMS.items():
-            getattr(layer, attr).weight = _norm_weight(take(f"blk.{i}.{gguf_name}.weight"), path)
+            getattr(layer, attr).weight = _norm_weight(take(f"blk.{i}.{gguf_name}.weight"), path, dtype)
 
 
 def _meta_leftovers(model: nn.Module) -> list[str]:
@@ -184,37 +199,49 @@ def build_planned(plan: LoadPlan) -> GGUFModule:
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     _install_weights(model, tensors, shape, file, dtype)
-    model.model.rotary_emb = LlamaRotaryEmbedding(config)  # outside the meta block: real inv_freq
+    # Outside the meta block: real inv_freq, kept in float32 (RoPE angles at long positions need its precision).
+    model.model.rotary_emb = LlamaRotaryEmbedding(config)
     if leftovers := _meta_leftovers(model):
         raise ModelFormatError(f"GGUF file lacks weights for {', '.join(leftovers[:5])}", path=file)
     model.eval()
-    _set_activation_dtype(model, dtype)
     device = _place(model, shape.n_layers, plan.n_gpu_layers)
+    if device == "cpu":
+        cpu_attention.use_on(model)
+    modes = _prepare_layers(model, plan, dtype)
     special = TokenizerMetadata.read(reader)
     # Drop the reader's metadata records (~165 MB of Python objects for a 49k vocabulary) before transformers parses
-    # the file again for the tokenizer: the weights keep only the memory map alive. Both at once doubled the peak.
+    # the file again for the tokenizer: the weights keep only their own maps alive. Both at once doubled the peak.
     del reader, tensors
     gc.collect()
-    return GGUFModule(model, shape, GGUFTokenizer.from_gguf(file, special), device)
+    return GGUFModule(model, shape, GGUFTokenizer.from_gguf(file, special), device, modes)
 
 
-def _set_activation_dtype(model: nn.Module, dtype: torch.dtype) -> None:
-    """Activations (and the embedding's output) in `dtype`; RMSNorm weights stay float32."""
-    from transformers.models.llama.modeling_llama import LlamaRMSNorm
-
-    if dtype == torch.float32:
-        return
-    model.to(dtype=dtype)  # floating tensors only: the uint8 block bytes are untouched
-    for module in model.modules():
-        if isinstance(module, LlamaRMSNorm):
-            module.to(torch.float32)
+def _prepare_layers(model: nn.Module, plan: LoadPlan, dtype: torch.dtype) -> dict[str, int]:
+    """Each Linear on the CPU as the plan says (`GGUFLinear.prepare`); those on a GPU keep their blocks."""
+    modes: dict[str, int] = {}
+    for layer in (m for m in model.modules() if isinstance(m, GGUFLinear)):
+        mode = layer.mode
+        if layer.qweight.device.type == "cpu":
+            mode = layer.prepare(dtype=dtype, cache=plan.weight_cache == "dequantized cache",
+                                 integer=plan.integer_kernels)  # fmt: skip
+        modes[mode] = modes.get(mode, 0) + 1
+    return modes
 
 
 def model_bytes(module: nn.Module) -> MemoryReport:
-    """Bytes of the weights (block bytes + fp32 norms) per device; tied tensors counted once."""
+    """Bytes of the weights (block bytes, repacked or dequantized copies, norms) per device; tied tensors once."""
     from loaders.torch_lm import memory_of
 
-    return memory_of([*module.parameters(), *module.buffers()])
+    prepared = [t for m in module.modules() if isinstance(m, GGUFLinear) for t in m.prepared_tensors()]
+    return memory_of([*module.parameters(), *module.buffers(), *prepared])
+
+
+MODE_LABELS = {"int4": "int4", "cache": "dequantized cache", "per-call": "per-call", "unprepared": "blocks on the GPU"}
+
+
+def weight_summary(modes: dict[str, int]) -> str:
+    """What the Linear layers run on, as `LoadPlan.weight_summary` says it ("dequantized cache, int4")."""
+    return ", ".join(sorted({MODE_LABELS[mode] for mode in modes}))
 
 
 load = loader_for_paths(LOADER_NAME)
@@ -225,5 +252,7 @@ def load_plan(plan: LoadPlan, settings: NativeGGUFSettings, *, name: str) -> Loa
 
     start = time.perf_counter()
     built = build_planned(plan)
-    return TorchCausalLM(name, LOADER_NAME, plan.files.path, built.module, built.tokenizer, plan.context,
-                         built.device, time.perf_counter() - start, model_bytes(built.module), plan=plan)  # fmt: skip
+    model = TorchCausalLM(name, LOADER_NAME, plan.files.path, built.module, built.tokenizer, plan.context,
+                          built.device, time.perf_counter() - start, model_bytes(built.module), plan=plan)  # fmt: skip
+    model.weight_cache = weight_summary(built.modes)
+    return model

@@ -4,8 +4,8 @@ The quantize config, the weight files and the choice of kernels come from the mo
 (`loaders.files`, `loaders.plan`); this module reads the tensors, checks every quantized layer's tensors against the
 config, and assembles the model: the Transformers architecture is built with empty weights (no trust_remote_code,
 no Transformers GPTQ integration), each quantized Linear is replaced by `kernels.gptq.GPTQLinear` prepared as the
-plan says (Triton on CUDA, a dequantized-weight cache or dequantization per call on the CPU), the rest (embeddings,
-norms, lm_head) is loaded as usual.
+plan says (Triton on CUDA; on the CPU the int4 / int8 kernels where a layer maps onto one, else a dequantized-weight
+cache or dequantization per call), the rest (embeddings, norms, lm_head) is loaded in the compute dtype.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from kernels import gptq_torch
+from kernels import cpu_attention, gptq_torch
 from kernels.gptq import GPTQLinear
 from loaders.base import LoadedModel, MemoryReport
 from loaders.errors import ModelFormatError
@@ -131,17 +131,22 @@ def build_planned(plan: LoadPlan) -> GPTQModule:
     layers, rest = split_quantized(read_tensors(list(plan.opens)))
     with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (rotary inv_freq) real
         module = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
-    for prefix, parts in sorted(layers.items()):
-        _replace_linear(module, prefix, parts, config, files.folder)
+    prepare = {"dtype": dtype, "cache": plan.weight_cache == "dequantized cache", "integer": plan.integer_kernels}
+    for prefix in sorted(layers):
+        linear = _replace_linear(module, prefix, layers.pop(prefix), config, files.folder)
+        if device.type == "cpu":  # prepared at once: each layer's stored tensors go before the next is converted
+            linear.prepare(**prepare)
     _load_rest(module, rest, dtype, files.folder)
     module.to(device).eval()
-    modes = _prepare_layers(module, dtype, plan.weight_cache == "dequantized cache")
-    log.info("GPTQ model on %s: %s", device, _describe(modes, module, dtype))
+    if device.type == "cpu":
+        cpu_attention.use_on(module)
+    modes = _prepare_layers(module, **prepare)
+    log.info("GPTQ model on %s: %s", device, _describe(modes, module))
     return GPTQModule(module=module, config=config, device=plan.device, modes=modes)
 
 
 def _replace_linear(module: nn.Module, prefix: str, parts: dict[str, torch.Tensor], config: GPTQConfig,
-                    path: Path) -> None:
+                    path: Path) -> GPTQLinear:
     try:
         linear = module.get_submodule(prefix)
     except AttributeError:
@@ -152,12 +157,18 @@ def _replace_linear(module: nn.Module, prefix: str, parts: dict[str, torch.Tenso
     bias = parts.get("bias")
     if linear.bias is not None and bias is None:
         raise ModelFormatError(f"GPTQ layer {prefix}: the architecture has a bias, the checkpoint none.", path=path)
-    module.set_submodule(prefix, GPTQLinear(tensors, bias))
+    replacement = GPTQLinear(tensors, bias)
+    module.set_submodule(prefix, replacement)
+    return replacement
 
 
 def _load_rest(module: nn.Module, rest: dict[str, torch.Tensor], dtype: torch.dtype, path: Path) -> None:
-    """Embeddings, norms, lm_head...: assigned as they are, in the compute dtype; tied weights re-tied."""
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in rest.items()}
+    """Embeddings, norms, lm_head...: assigned as they are, in the compute dtype; tied weights re-tied. `rest` is
+    emptied as it goes: each stored tensor is dropped once cast, so the load never holds both copies of all."""
+    state = {}
+    for name in list(rest):
+        value = rest.pop(name)
+        state[name] = value.to(dtype) if value.is_floating_point() else value
     result = module.load_state_dict(state, strict=False, assign=True)
     if result.unexpected_keys:
         raise ModelFormatError(f"Tensors not in this architecture: {', '.join(result.unexpected_keys[:5])}.",
@@ -168,10 +179,11 @@ def _load_rest(module: nn.Module, rest: dict[str, torch.Tensor], dtype: torch.dt
         raise ModelFormatError(f"The weights lack {', '.join(missing[:5])}; download the model again.", path=path)
 
 
-def _prepare_layers(module: nn.Module, dtype: torch.dtype, cache: bool) -> dict[str, int]:
+def _prepare_layers(module: nn.Module, *, dtype: torch.dtype, cache: bool, integer: bool) -> dict[str, int]:
+    """Prepare the layers not prepared yet (on a GPU, once there); count every layer's mode."""
     modes: dict[str, int] = {}
     for layer in (m for m in module.modules() if isinstance(m, GPTQLinear)):
-        mode = layer.prepare(dtype=dtype, cache=cache)
+        mode = layer.mode if layer.mode != "unprepared" else layer.prepare(dtype=dtype, cache=cache, integer=integer)
         modes[mode] = modes.get(mode, 0) + 1
     return modes
 
@@ -183,13 +195,20 @@ def _torch_device(label: str) -> torch.device:
     return device
 
 
-MODE_LABELS = {"triton": "triton", "cache": "dequantized cache", "per-call": "per-call"}
+MODE_LABELS = {"triton": "triton", "int4": "int4", "int8": "int8", "cache": "dequantized cache",
+               "per-call": "per-call"}  # fmt: skip
 
 
-def _describe(modes: dict[str, int], module: nn.Module, dtype: torch.dtype) -> str:
-    cached = format_bytes(sum(m.dequantized_bytes(dtype) for m in module.modules() if isinstance(m, GPTQLinear)))
-    return ", ".join(f"{count} layers {MODE_LABELS[mode]}" + (f" ({cached})" if mode == "cache" else "")
-                     for mode, count in sorted(modes.items()))  # fmt: skip
+def weight_summary(modes: dict[str, int]) -> str:
+    """What the quantized layers run on, as `LoadPlan.weight_summary` says it ("int4", "dequantized cache, int8")."""
+    return ", ".join(sorted({MODE_LABELS[mode] for mode in modes}))
+
+
+def _describe(modes: dict[str, int], module: nn.Module) -> str:
+    held = format_bytes(sum(t.nbytes for m in module.modules() if isinstance(m, GPTQLinear)
+                            for t in m.prepared_tensors()))  # fmt: skip
+    return ", ".join(f"{count} layers {MODE_LABELS[mode]}" for mode, count in sorted(modes.items())) + \
+        f" ({held} prepared)"  # fmt: skip
 
 
 def memory_report(module: nn.Module) -> MemoryReport:
@@ -213,5 +232,5 @@ def load_plan(plan: LoadPlan, settings: GPTQSettings, *, name: str) -> LoadedMod
     tokenizer = HFTokenizer.from_folder(plan.files.folder)
     model = TorchCausalLM(name, LOADER_NAME, plan.files.path, built.module, tokenizer, plan.context, built.device,
                           time.perf_counter() - start, memory_report(built.module), plan=plan)  # fmt: skip
-    model.weight_cache = ", ".join(MODE_LABELS[mode] for mode in sorted(built.modes))
+    model.weight_cache = weight_summary(built.modes)
     return model

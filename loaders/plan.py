@@ -1,7 +1,9 @@
 """Load plans: what each loader will do with a model's files on this machine, decided before anything is loaded.
 
-A plan is a pure function of (`ModelFiles`, the loader's settings, `Hardware`): the device, the compute dtype, the
-layers on the GPU, the context, the weight cache, and the exact files that will be opened. Each loader's `load()`
+A plan is a pure function of (`ModelFiles`, the loader's settings, `Hardware`): the device, the compute dtype (bf16
+on a CPU that computes it natively, `Hardware.cpu_bf16`), the layers on the GPU, the context, how quantized weights
+are held (integer kernels, a dequantized cache or per-call dequantization: `weight_layouts`, by the rules of
+`kernels/cpu_layout.py`), and the exact files that will be opened. Each loader's `load()`
 executes its plan, the estimator (`webui/estimate`) prices the same plan, and the Model tab shows `describe()`
 before the load, so none of them can assume what another does not do. Planning imports neither torch nor
 llama_cpp, so it also serves models on the Hub and machines without a backend installed.
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from kernels.availability import triton_installed
+from kernels.cpu_layout import Layout, gguf_integer_layout, gptq_integer_layout
 from loaders.errors import SettingsError, UnsupportedModelError
 from loaders.files import ModelFiles
 from loaders.hardware import Hardware
@@ -29,11 +32,12 @@ from loaders.settings import (
 )
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-GPTQ_CACHE_RAM_FRACTION = 0.5  # `dequantize_cache: auto` keeps dequantized weights when they take at most this share
+CACHE_RAM_FRACTION = 0.5  # `dequantize_cache: auto` keeps dequantized weights when they take at most this share
 NATIVE_GGUF_ARCHITECTURES = ("llama",)  # Mistral-style dense GQA files are written as "llama" by the converter
 AUTO_MAX_SLOTS = 4  # `parallel: 0` gives at most this many slots (LM Studio's default); more only when asked
 SLOT_KV_SHARE = 0.25  # ... and only as many as keep their KV caches within this share of the memory the weights leave
 WeightCache = Literal["", "dequantized cache", "per-call", "triton"]
+DEQUANTIZE_CACHE = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ class LoadPlan:
     gpu: int = 0
     gpu_side: Literal["first", "last"] = "first"
     weights_dtype: str | None = None  # floating-point weights are cast to this at load; None = kept as stored
-    weight_cache: WeightCache = ""
+    integer_kernels: bool = False  # quantized weights on the CPU go to an int4 / int8 kernel where one takes them
+    weight_cache: WeightCache = ""  # how the other quantized weights run (GPTQ, native GGUF)
     max_memory_gib: dict[str, float] | None = None  # accelerate-style budget: the estimator counts the layers
     batch: int = 512
     quantize_at_load: str = ""  # "bitsandbytes 4-bit nf4": the Transformers loader quantizes the Linears as it loads
@@ -79,6 +84,21 @@ class LoadPlan:
             return self.quantize_at_load
         return f.gptq.label if f.gptq is not None else (self.weights_dtype or "as stored")
 
+    def layout_of(self, n_out: int, n_in: int, qtype: str = "") -> Layout:
+        """How a quantized Linear (out x in; `qtype` = its GGUF block type) on the CPU is held and multiplied."""
+        return _layout(self.files, self.integer_kernels, self.weight_cache, n_out, n_in, qtype)
+
+    def weight_layouts(self) -> dict[str, tuple[Layout, ...]]:
+        """Stored kind ("GPTQ 4-bit", "Q4_1", "Q8_0") -> the layouts its Linear weights take; {} for float models."""
+        layouts: dict[str, set[Layout]] = {}
+        for kind, n_out, n_in in quantized_linears(self.files):
+            layouts.setdefault(kind, set()).add(self.layout_of(n_out, n_in, kind))
+        return {kind: tuple(sorted(found)) for kind, found in layouts.items()}
+
+    def weight_summary(self) -> str:
+        """"int4" / "dequantized cache, int4": the layouts in use, as the loaded model reports them."""
+        return ", ".join(sorted({layout for found in self.weight_layouts().values() for layout in found}))
+
     def describe(self) -> str:
         """"Will load SmolLM2.Q8_0.gguf (Q8_0) on cpu in float32, context 4096." for the Model tab."""
         names = ", ".join(p.name for p in self.opens[:2]) + (f" and {len(self.opens) - 2} more" if len(self.opens) > 2
@@ -90,7 +110,40 @@ class LoadPlan:
             text += f", {self.slots} requests at once (a KV cache each)"
         if self.weight_cache:
             text += f", GPTQ weights: {self.weight_cache}"
+        if self.loader in ("gptq", "gguf") and (layouts := self.weight_layouts()):
+            where = "weights on the CPU" if self.n_gpu_layers and self.loader == "gguf" else "weights"
+            text += f"; {where}: " + ", ".join(f"{kind} {' / '.join(LAYOUT_WORDS[x] for x in found)}"
+                                               for kind, found in layouts.items())  # fmt: skip
         return text + "." + "".join(f" {note}" for note in self.notes)
+
+
+LAYOUT_WORDS: dict[str, str] = {"int4": "in the int4 kernel", "int8": "in the int8 kernel",
+                                "dequantized cache": "dequantized once", "per-call": "dequantized per call",
+                                "triton": "in Triton kernels"}  # fmt: skip
+
+
+def _layout(files: ModelFiles, integer: bool, fallback: WeightCache, n_out: int, n_in: int, qtype: str) -> Layout:
+    if integer:
+        gptq = files.gptq
+        found = (gptq_integer_layout(gptq.bits, gptq.group_size, n_out, n_in) if gptq is not None
+                 else gguf_integer_layout(qtype, n_out, n_in))  # fmt: skip
+        if found is not None:
+            return found
+    return fallback or "per-call"
+
+
+def quantized_linears(files: ModelFiles) -> list[tuple[str, int, int]]:
+    """(stored kind, out, in) of the quantized Linear weights: for GPTQ one decoder layer's (every layer is alike),
+    for a GGUF file every 2-D tensor but the embedding (which is also the head when there is no `output.weight`).
+    Float GGUF types count too: the native loader holds them the same way."""
+    if files.gptq is not None:
+        return [(f"GPTQ {files.gptq.bits}-bit", n_out, n_in) for _, n_in, n_out in files.shape.linears()]
+    if files.format != "gguf" or files.header is None:
+        return []
+    tensors = files.header.tensors
+    has_output = any(t.name == "output.weight" for t in tensors)
+    return [(t.qtype.name, t.dims[1], t.dims[0]) for t in tensors if len(t.dims) == 2
+            and (t.name != "token_embd.weight" or not has_output)]  # fmt: skip
 
 
 def plan_load(loader: str, files: ModelFiles, settings: LoaderSettings, hw: Hardware) -> LoadPlan:
@@ -112,10 +165,11 @@ def _plan_transformers(files: ModelFiles, settings: TransformersSettings, hw: Ha
         raise UnsupportedModelError("This folder holds GPTQ weights: load it with the gptq loader.", path=files.path)
     quant_notes = _transformers_quant_notes(files, settings)
     device, gpu = _torch_device(settings.device, hw)
-    # bf16 on the CPU decodes ~2x faster where the CPU has AVX512-BF16, but its prefill peak on SmolLM2 was 0.5 GB
-    # above fp32's at 1024 tokens (measured, not yet explained): fp32 stays the CPU default until it is accounted for.
+    # bf16 on a CPU with native bf16 decodes ~2x faster than fp32 (bench/cpu.py). Its higher RSS high-water on
+    # SmolLM2's fp32 file (+0.5 GB at 1024 tokens) is the load, not the prefill: while weights are cast, the file's
+    # pages stay mapped (transformers maps every shard until the load ends); the estimate counts them (`loading`).
     gpu_dtype = "float16" if device == "mps" else "bfloat16"  # bf16 on MPS needs a recent macOS; fp16 works on all
-    dtype = _dtype(settings.dtype, on_gpu=gpu is not None, cpu_native_bf16=False, gpu_dtype=gpu_dtype)
+    dtype = _dtype(settings.dtype, on_gpu=gpu is not None, cpu_native_bf16=hw.cpu_bf16, gpu_dtype=gpu_dtype)
     context = settings.context_length or int(files.shape.context_max * settings.compress_pos_emb)
     on_gpu = gpu is not None and not settings.max_memory_gib
     slots = _slots(settings.parallel, files, context, DTYPE_BYTES[dtype], _free(hw, gpu))
@@ -187,28 +241,41 @@ def _plan_gptq(files: ModelFiles, settings: GPTQSettings, hw: Hardware) -> LoadP
         raise UnsupportedModelError("Only .safetensors GPTQ weights are supported; this folder has .bin/.pt files.",
                                     path=files.path)  # fmt: skip
     device, gpu = _torch_device(settings.device, hw)
-    dtype = _dtype(settings.dtype, on_gpu=gpu is not None, cpu_native_bf16=False, gpu_dtype="float16")
-    cache = _gptq_cache(files, settings.dequantize_cache, dtype, hw, on_gpu=gpu is not None, cuda=device != "mps")
+    dtype = _dtype(settings.dtype, on_gpu=gpu is not None, cpu_native_bf16=hw.cpu_bf16, gpu_dtype="float16")
+    free = hw.free("mps") if device == "mps" else _free(hw, gpu)
+    integer, cache = _quantized_layouts(files, settings.dequantize_cache, dtype, hw, on_gpu=gpu is not None,
+                                        gpu_kernels=triton_installed() and device != "mps", free=free)  # fmt: skip
     context = settings.context_length or files.shape.context_max
     n_gpu = files.shape.n_layers + 1 if gpu is not None else 0
-    slots = _slots(settings.parallel, files, context, DTYPE_BYTES[dtype], _free(hw, gpu))
+    slots = _slots(settings.parallel, files, context, DTYPE_BYTES[dtype], free)
     return LoadPlan("gptq", files, tuple(files.weight_paths), device, dtype, context, n_gpu_layers=n_gpu,
-                    gpu=gpu or 0, weights_dtype=dtype, weight_cache=cache, slots=slots)  # fmt: skip
+                    gpu=gpu or 0, weights_dtype=dtype, integer_kernels=integer, weight_cache=cache,
+                    slots=slots)  # fmt: skip
 
 
-def _gptq_cache(files: ModelFiles, setting: str, dtype: str, hw: Hardware, *, on_gpu: bool,
-                cuda: bool = True) -> WeightCache:  # fmt: skip
-    """Triton kernels on CUDA; elsewhere (CPU, Apple's MPS) dequantized weights are kept when `on`, or under `auto`
-    when they take at most half of the free memory; else every call dequantizes."""
-    if setting not in ("auto", "on", "off"):
+def _quantized_layouts(files: ModelFiles, setting: str, dtype: str, hw: Hardware, *, on_gpu: bool,
+                       gpu_kernels: bool, free: int) -> tuple[bool, WeightCache]:  # fmt: skip
+    """(integer kernels on the CPU?, how the other quantized weights run) for `dequantize_cache`:
+    auto = integer kernels where they take a weight, the rest dequantized once when that takes at most half of the
+    free memory, else per call; on = every weight dequantized once; off = every weight dequantized per call (the
+    reference path, least memory). A GPU with its kernels (Triton) runs the stored weights whatever the setting.
+    `free`: the free memory where the weights go (RAM, the GPU's, Apple's MPS budget)."""
+    if setting not in DEQUANTIZE_CACHE:
         raise SettingsError(f"dequantize_cache must be auto, on or off, not {setting!r}.")
-    if on_gpu and cuda and triton_installed():
-        return "triton"
+    if on_gpu and gpu_kernels:
+        return False, "triton"
     if setting != "auto":
-        return "dequantized cache" if setting == "on" else "per-call"
-    needed = files.shape.linear_params() * DTYPE_BYTES[dtype]
-    free = hw.free("mps") if on_gpu and not cuda else hw.gpus[0].free if on_gpu and hw.gpus else hw.ram_available
-    return "dequantized cache" if needed <= GPTQ_CACHE_RAM_FRACTION * free else "per-call"
+        return False, "dequantized cache" if setting == "on" else "per-call"
+    integer = not on_gpu
+    needed = sum(n_out * n_in for kind, n_out, n_in in _layer_linears(files)
+                 if _layout(files, integer, "", n_out, n_in, kind) == "per-call") * DTYPE_BYTES[dtype]  # fmt: skip
+    return integer, "dequantized cache" if needed <= CACHE_RAM_FRACTION * free else "per-call"
+
+
+def _layer_linears(files: ModelFiles) -> list[tuple[str, int, int]]:
+    """`quantized_linears` counted over the whole model: GPTQ's per-layer list once per layer."""
+    linears = quantized_linears(files)
+    return linears * files.shape.n_layers if files.gptq is not None else linears
 
 
 # --- GGUF: llama.cpp and the native loader -----------------------------------------------------------------------
@@ -238,13 +305,16 @@ def _plan_native_gguf(files: ModelFiles, settings: NativeGGUFSettings, hw: Hardw
                                     "loader. Load it with the llama.cpp loader instead.", path=files.gguf_path)
     n_layers = files.shape.n_layers
     n_gpu = min(max(settings.n_gpu_layers, 0), n_layers) if hw.gpus else 0
-    dtype = _dtype(settings.dtype, on_gpu=n_gpu > 0, cpu_native_bf16=False, gpu_dtype="float16")
+    dtype = _dtype(settings.dtype, on_gpu=n_gpu > 0, cpu_native_bf16=hw.cpu_bf16, gpu_dtype="float16")
+    # Layers on the GPU keep their blocks (Triton GEMV); the plan's layouts are those of the layers on the CPU.
+    integer, cache = _quantized_layouts(files, settings.dequantize_cache, dtype, hw, on_gpu=n_gpu >= n_layers,
+                                        gpu_kernels=True, free=_free(hw, 0 if n_gpu >= n_layers else None))  # fmt: skip
     trained = files.shape.context_max
     context = min(settings.n_ctx, trained) if settings.n_ctx > 0 else trained
     free = _free(hw, 0 if n_gpu else None)
     slots = _slots(settings.parallel, files, context, DTYPE_BYTES[dtype], free)
     return LoadPlan("gguf", files, (files.gguf_path,), _split_label(n_gpu, n_layers, whole_gpu="cuda:0"), dtype,
-                    context, n_gpu_layers=n_gpu, slots=slots)  # fmt: skip
+                    context, n_gpu_layers=n_gpu, integer_kernels=integer, weight_cache=cache, slots=slots)  # fmt: skip
 
 
 # --- shared rules ------------------------------------------------------------------------------------------------

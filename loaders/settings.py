@@ -43,7 +43,9 @@ class GPTQSettings:
     weights_file: str = ""  # "" = found automatically (model.safetensors, shards, model_file_base_name)
     device: str = "auto"
     dtype: str = "auto"
-    dequantize_cache: str = "auto"  # auto | on | off : keep dequantized weights (fast, more RAM) or not
+    # auto: integer kernels on the CPU where they apply, other layers dequantized once if RAM allows, else per call;
+    # on: every layer dequantized once (most RAM); off: every layer dequantized per call (least RAM, slowest)
+    dequantize_cache: str = "auto"
     context_length: int = 0
     parallel: int = 0
 
@@ -69,6 +71,7 @@ class NativeGGUFSettings:
     parallel: int = 0
     n_gpu_layers: int = 0
     dtype: str = "auto"  # activations: auto | float32 | float16 | bfloat16
+    dequantize_cache: str = "auto"  # as GPTQSettings.dequantize_cache, for the layers on the CPU
 
 
 @dataclass

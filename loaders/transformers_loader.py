@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 import torch
 
+from kernels import cpu_attention
 from loaders.base import MemoryReport
 from loaders.errors import ModelFormatError, UnsupportedModelError
 from loaders.hf_tokenizer import HFTokenizer
@@ -114,6 +115,8 @@ def _load_module(
         raise ModelFormatError(f"The weights could not be read: {error}", path=path) from error
     except ValueError as error:  # unknown architecture, remote code refused
         raise _config_error(error, path / "config.json", settings) from error
+    if device == "cpu":
+        cpu_attention.use_on(module)  # one-token decode steps without SDPA's slow GQA path on the CPU
     return module.eval()
 
 

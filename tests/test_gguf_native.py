@@ -1,5 +1,7 @@
 """Native GGUF loader on SmolLM2-135M-Instruct Q4_1, checked against llama.cpp (llama-cpp-python) on the same file:
-tokenizer ids, next-token logits over a 256-token text, a greedy chat reply, resident memory, clear errors.
+tokenizer ids, next-token logits over a 256-token text, a greedy chat reply, resident memory, clear errors. `built`
+is the plan's default here (Q4_1 in the int4 kernel, the Q8_0 head dequantized once, bf16 where the CPU has it);
+`reference` the PyTorch reference path (fp32, every block dequantized per call).
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import numpy as np
 import pytest
 import torch
 
+from kernels import cpu_attention
 from loaders import gguf_native as native
 from loaders.errors import UnsupportedModelError
 from loaders.settings import NativeGGUFSettings
+from webui.estimate import held_on_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIED_TEXT = (
@@ -36,6 +40,11 @@ LOGITS_TEXT = (
 @pytest.fixture(scope="module")
 def built(smollm2_gguf: Path, one_thread: None) -> native.GGUFModule:
     return native.build_module(smollm2_gguf, NativeGGUFSettings(n_ctx=1024))
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2_gguf: Path, one_thread: None) -> native.GGUFModule:
+    return native.build_module(smollm2_gguf, NativeGGUFSettings(n_ctx=1024, dtype="float32", dequantize_cache="off"))
 
 
 @pytest.fixture(scope="module")
@@ -91,18 +100,29 @@ def test_next_token_logits_agree_with_llama_cpp(built: native.GGUFModule, llama,
 
 
 def test_logits_equal_transformers_fp32_of_the_same_file(
-    built: native.GGUFModule, smollm2_hf: Path, logits_ids: list[int]
+    reference: native.GGUFModule, smollm2_hf: Path, logits_ids: list[int]
 ) -> None:
     from transformers import AutoModelForCausalLM
 
+    assert reference.modes == {"per-call": 211}
     reference_model = AutoModelForCausalLM.from_pretrained(smollm2_hf, dtype=torch.float32)
     with torch.inference_mode():
-        reference = reference_model(input_ids=torch.tensor([logits_ids])).logits[0].numpy()
-    ours = _native_logits(built, logits_ids)
-    max_diff = float(np.abs(ours - reference).max())
+        expected = reference_model(input_ids=torch.tensor([logits_ids])).logits[0].numpy()
+    ours = _native_logits(reference, logits_ids)
+    max_diff = float(np.abs(ours - expected).max())
     print(f"\nvs transformers fp32 (dequantized GGUF): max |logit diff| {max_diff:.2e}")
-    assert (ours.argmax(-1) == reference.argmax(-1)).all()
+    assert (ours.argmax(-1) == expected.argmax(-1)).all()
     assert max_diff < 1e-3
+
+
+def test_integer_kernels_track_the_reference_path(built: native.GGUFModule, reference: native.GGUFModule,
+                                                  logits_ids: list[int]) -> None:  # fmt: skip
+    assert built.modes == {"int4": 210, "cache": 1}  # 30 layers x 7 Q4_1 Linear layers; the tied Q8_0 head
+    fast, slow = _native_logits(built, logits_ids), _native_logits(reference, logits_ids)
+    agreement = float((fast.argmax(-1) == slow.argmax(-1)).mean())
+    print(f"\nplan's layouts ({built.module.dtype}) vs the fp32 reference path: top-1 agreement {agreement:.4f}, "
+          f"max |logit diff| {np.abs(fast - slow).max():.3f}")
+    assert agreement >= 0.94 and np.abs(fast - slow).max() < 0.1 * np.abs(slow).max()
 
 
 def _greedy(built: native.GGUFModule, prompt: str, n: int) -> str:
@@ -150,12 +170,15 @@ def test_resident_memory_within_file_size_plus_150_mb(smollm2_gguf: Path) -> Non
     assert delta <= file_size + 150e6
 
 
-def test_weights_stay_in_block_format(built: native.GGUFModule, smollm2_gguf: Path) -> None:
-    report = native.model_bytes(built.module)
-    assert report.ram_bytes <= smollm2_gguf.stat().st_size  # block bytes (+ fp32 norms), tied head counted once
+def test_weights_held_as_the_plan_says(built: native.GGUFModule, reference: native.GGUFModule,
+                                       smollm2_gguf: Path) -> None:  # fmt: skip
     linear = built.module.model.layers[0].mlp.down_proj
-    assert linear.qweight.dtype == torch.uint8 and linear.qtype.name == "Q4_1"
-    assert built.module.lm_head.qweight.data_ptr() == built.module.model.embed_tokens.qweight.data_ptr()
+    assert (linear.mode, linear.qweight, linear.qtype.name) == ("int4", None, "Q4_1")  # the blocks are dropped
+    embedding = built.module.model.embed_tokens
+    assert embedding.qweight.dtype == torch.uint8 and embedding.qtype.name == "Q8_0"  # rows looked up in blocks
+    assert built.module.lm_head.mode == "cache"
+    assert built.module.config._attn_implementation == cpu_attention.NAME  # on the CPU: one-token GQA steps packed
+    assert native.model_bytes(reference.module).ram_bytes <= smollm2_gguf.stat().st_size  # blocks, head tied
 
 
 def test_unsupported_architecture_points_to_llama_cpp(tmp_path: Path) -> None:
@@ -204,7 +227,9 @@ def test_registry_load_generates_greedy_reply(smollm2_gguf: Path, one_thread: No
     try:
         assert isinstance(model, LoadedModel)
         assert (model.loader, model.device, model.context_length) == ("gguf", "cpu", 512)
-        assert 0 < model.memory.ram_bytes <= smollm2_gguf.stat().st_size
+        assert model.weight_cache == model.plan.weight_summary() and model.dtype == model.plan.dtype
+        held = held_on_cpu(model.plan).total  # what the estimate prices: int4 layers, the head's cache, the blocks
+        assert abs(model.memory.ram_bytes - held) <= 0.01 * held
         prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
         ids = model.tokenizer.encode(prompt, add_bos=False)
         params = GenerationParams(do_sample=False, max_new_tokens=12)

@@ -30,6 +30,7 @@ def test_cpu_features_read_from_cpuinfo(tmp_path: Path) -> None:
     assert {"avx2", "avx512_bf16"} <= flags
     assert hardware.Hardware(1, 1, cpu_features=flags).cpu_bf16
     assert not hardware.Hardware(1, 1, cpu_features=frozenset({"avx2"})).cpu_bf16
+    assert hardware.Hardware(1, 1, cpu_features=frozenset({"amx_bf16"})).cpu_bf16  # AMX without AVX512-BF16
     assert hardware.cpu_features(tmp_path / "missing") == frozenset()
 
 
@@ -39,6 +40,7 @@ def test_this_cpu_flags_agree_with_proc() -> None:
 
 
 def test_fake_machine() -> None:
+    assert hardware.fake(cpu_bf16=True).cpu_bf16 and not hardware.fake().cpu_bf16
     hw = hardware.fake(ram_gib=16, gpu_gib=(8, 24))
     assert [g.device for g in hw.gpus] == ["cuda:0", "cuda:1"]
     assert hw.free("cuda:1") == 24 * hardware.GIB

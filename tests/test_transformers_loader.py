@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from kernels import cpu_attention
 from loaders.base import GenerationParams, LoadedModel
 from loaders.errors import ModelFormatError, SettingsError, UnsupportedModelError
 from loaders.files import read_model_files
-from loaders.hardware import fake
+from loaders.hardware import fake, snapshot
 from loaders.plan import plan_load
 from loaders.settings import TransformersSettings
 from loaders.transformers_loader import load, load_config
@@ -40,9 +41,12 @@ def test_load_real_folder(smollm2_hf: Path) -> None:
         assert isinstance(model, LoadedModel)
         assert (model.name, model.loader, model.device) == ("SmolLM2", "transformers", "cpu")
         assert model.context_length == 8192
-        # auto on the CPU: the plan's choice (fp32), and the model reports what it really computes in
-        assert model.plan.dtype == model.dtype == "float32"
-        assert next(model.module.parameters()).dtype == torch.float32
+        # auto on the CPU: the plan's choice (bf16 where the CPU computes it natively), and the model reports what it
+        # really computes in
+        expected = "bfloat16" if snapshot().cpu_bf16 else "float32"
+        assert model.plan.dtype == model.dtype == expected
+        assert next(model.module.parameters()).dtype == getattr(torch, expected)
+        assert model.module.config._attn_implementation == cpu_attention.NAME  # one-token GQA steps packed
         weight_bytes = sum(p.numel() * p.element_size() for p in model.module.parameters())
         assert model.memory.ram_bytes >= weight_bytes and model.memory.vram_bytes == {}
         assert model.load_seconds > 0
@@ -70,7 +74,7 @@ def test_dtype_and_device_choices(smollm2_hf: Path) -> None:
 
     plain_cpu, bf16_cpu = fake(ram_gib=8), replace(fake(ram_gib=8), cpu_features=frozenset({"avx512_bf16"}))
     assert (plan(plain_cpu).device, plan(plain_cpu).dtype) == ("cpu", "float32")
-    assert plan(bf16_cpu).dtype == "float32"  # see loaders/plan.py: bf16 on the CPU only when asked, for now
+    assert plan(bf16_cpu).dtype == "bfloat16"  # native bf16: half the bytes per token, no emulation
     assert plan(plain_cpu, dtype="float16").dtype == "float16"
     gpu = fake(ram_gib=8, gpu_gib=(24,))
     assert (plan(gpu).device, plan(gpu).dtype, plan(gpu).n_gpu_layers) == ("cuda:0", "bfloat16", 31)

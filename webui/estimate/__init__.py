@@ -31,12 +31,20 @@ from webui.estimate.local import (
     gguf_shape_weights,
     local_shape_weights,
 )
-from webui.estimate.weights import WeightsInfo, WeightTensor, gptq_tensors, size_tensors, weights_of
+from webui.estimate.weights import (
+    WeightsInfo,
+    WeightTensor,
+    gptq_tensors,
+    held_on_cpu,
+    loading_bytes,
+    size_tensors,
+    weights_of,
+)
 
 __all__ = [
     "GIB", "MIB", "Estimate", "FileEstimate", "Fit", "ModelShape", "WeightTensor", "WeightsInfo", "best_context",
     "best_gpu_layers", "check_fits", "estimate", "estimate_gguf_header", "estimate_local", "estimate_plan",
     "estimate_remote", "fetch_gguf_header", "fit_context", "fit_gpu_layers", "gguf_shape_weights", "gptq_config",
-    "gptq_tensors", "local_shape_weights", "per_file", "read_safetensors_header", "remote_model_files",
-    "size_tensors", "weights_of",
+    "gptq_tensors", "held_on_cpu", "loading_bytes", "local_shape_weights", "per_file", "read_safetensors_header",
+    "remote_model_files", "size_tensors", "weights_of",
 ]  # fmt: skip

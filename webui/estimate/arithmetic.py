@@ -4,7 +4,9 @@ GPU layers, the longest context that fit).
 
 An estimate is the memory of a *full* context: the KV cache and the attention buffers at `ctx` tokens. `at_load`
 is what is taken as soon as the model is loaded (weights, fixed buffers, and for llama.cpp its preallocated KV cache
-and compute buffers); the rest grows with use, up to the full context.
+and compute buffers); the rest grows with use, up to the full context. `loading` is what the load itself holds on
+top of `at_load` until it ends (the stored weights' file pages while they are converted): part of the process's
+resident high-water (`peak`), not of what must fit, since the kernel can drop clean file pages under pressure.
 """
 
 from __future__ import annotations
@@ -57,9 +59,14 @@ class Estimate:
     source: str = ""
     notes: tuple[str, ...] = ()
     slots: int = 1  # requests decoded at once: `parts` holds a KV cache of `ctx` tokens for each
+    loading: dict[str, int] = field(default_factory=dict)  # per device: held only while loading, above at_load
 
     def device_total(self, device: str) -> int:
         return sum(self.parts.get(device, {}).values())
+
+    def device_peak(self, device: str) -> int:
+        """The resident high-water on `device`: the full context, or the load's transient if that is higher."""
+        return max(self.device_total(device), self.device_at_load(device) + self.loading.get(device, 0))
 
     def device_at_load(self, device: str) -> int:
         """What `device` holds right after the load, before any context is used."""
@@ -76,6 +83,10 @@ class Estimate:
     @property
     def ram(self) -> int:
         return self.device_total("ram")
+
+    @property
+    def peak_ram(self) -> int:
+        return self.device_peak("ram")
 
     @property
     def vram(self) -> int:
@@ -99,6 +110,7 @@ class Estimate:
         out = asdict(self)
         out["totals"] = {d: self.device_total(d) for d in self.parts} | {"all": self.total}
         out["at_load"] = {d: self.device_at_load(d) for d in self.parts}
+        out["peak"] = {d: self.device_peak(d) for d in self.parts}
         if hw is not None:
             fit = self.fit(hw)
             out["fit"] = {"verdict": fit.verdict, "devices": {d: {"needed": n, "free": f} for d, (n, f) in
@@ -118,9 +130,10 @@ def estimate(
     kv_bytes: float | None = None,
     batch: int = 512,
     gpu: int = 0,
-    dequant_cache: bool = False,
     act_bytes: int | None = None,
     slots: int = 1,
+    cpu_weights: WeightsInfo | None = None,
+    loading: int = 0,
     notes: tuple[str, ...] = (),
     gpu_device: str | None = None,
 ) -> Estimate:
@@ -130,12 +143,15 @@ def estimate(
     GPTQ and the native GGUF loader: the first ones and the embedding, as accelerate fills the GPU first);
     `max_memory` (GiB per device, accelerate-style: {"0": 20, "cpu": 60}) picks that count instead.
     `dtype_bytes`: bytes per float weight after load (None: as stored); `kv_bytes`: per KV element (llama.cpp
-    f16 = 2; torch loaders: the compute dtype). `dequant_cache`: the GPTQ loader also keeps each quantized
-    Linear's weight dequantized (in × out features × the compute dtype's bytes). `slots`: requests decoded at
-    once, each with a KV cache of `ctx` tokens.
+    f16 = 2; torch loaders: the compute dtype). `cpu_weights`: the weights as held on the CPU when the loader
+    changes their layout there (integer kernels, dequantized caches: `local.held_on_cpu`); default `weights`.
+    `loading`: RAM held only while loading (`Estimate.loading`). `slots`: requests decoded at once, each with a KV
+    cache of `ctx` tokens.
     """
     ctx = ctx or shape.context_max
-    loaded = weights.with_float_itemsize(dtype_bytes if loader in ("transformers", "gptq") else None)
+    cast = dtype_bytes if loader in ("transformers", "gptq") else None
+    loaded = weights.with_float_itemsize(cast)
+    held = cpu_weights.with_float_itemsize(cast) if cpu_weights is not None else loaded
     act_bytes = act_bytes or dtype_bytes or (2 if loader != "transformers" or n_gpu_layers else 4)
     kv = kv_bytes or (2 if loader == "llama.cpp" else act_bytes)
     if max_memory is not None:
@@ -147,19 +163,16 @@ def estimate(
     if on_gpu or n_gpu_layers > shape.n_layers:
         parts[gpu_dev] = {"weights": 0, "kv_cache": 0, "buffers": 0, "overhead": CUDA_CONTEXT}
         parts["ram"]["overhead"] += CUDA_HOST_RAM
-    layer_sizes = loaded.layer_bytes(shape.n_layers)
     per_layer_kv = shape.kv_cache_bytes(ctx * slots, kv) // shape.n_layers  # every slot's cache
-    if dequant_cache:
-        cache = sum(k * n for _, k, n in shape.linears()) * act_bytes
-        layer_sizes = [size + cache for size in layer_sizes]
-    for i, size in enumerate(layer_sizes):
+    on_cpu, on_device = held.layer_bytes(shape.n_layers), loaded.layer_bytes(shape.n_layers)
+    for i in range(shape.n_layers):
         device = gpu_dev if i in on_gpu else "ram"
-        parts[device]["weights"] += size
+        parts[device]["weights"] += on_device[i] if i in on_gpu else on_cpu[i]
         parts[device]["kv_cache"] += per_layer_kv
     head_dev = gpu_dev if n_gpu_layers > shape.n_layers else "ram"
     embed_dev = gpu_dev if loader != "llama.cpp" and n_gpu_layers else "ram"  # llama.cpp keeps token_embd on CPU
-    parts[embed_dev]["weights"] += loaded.embed_bytes()
-    parts[head_dev]["weights"] += loaded.output_bytes()
+    parts[embed_dev]["weights"] += (loaded if embed_dev != "ram" else held).embed_bytes()
+    parts[head_dev]["weights"] += (loaded if head_dev != "ram" else held).output_bytes()
     grows: dict[str, int] = {}
     for device in parts:
         fixed, growing = _buffers(shape, loader, ctx, batch, act_bytes, on_cpu=device == "ram")
@@ -171,7 +184,7 @@ def estimate(
     parts["ram"]["overhead"] += RUNTIME_RAM.get(loader, RUNTIME_RAM["transformers"])
     parts["ram"]["overhead"] += TOKENIZER_BYTES_PER_TOKEN.get(loader, 0) * shape.vocab
     return Estimate(loader, ctx, n_gpu_layers, shape.n_layers, parts, grows, weights.file_bytes, weights.source, notes,
-                    slots)
+                    slots, {"ram": loading} if loading else {})  # fmt: skip
 
 
 def _gpu_layers(loader: str, n_layers: int, n_gpu_layers: int) -> set[int]:

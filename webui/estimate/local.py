@@ -17,7 +17,7 @@ from loaders.hardware import Hardware, snapshot
 from loaders.plan import DTYPE_BYTES, LoadPlan, plan_load
 from loaders.settings import LoaderSettings, settings_for
 from webui.estimate.arithmetic import Estimate, estimate, fit_context, fit_gpu_layers
-from webui.estimate.weights import WeightsInfo, gguf_weights, weights_of
+from webui.estimate.weights import WeightsInfo, gguf_weights, held_on_cpu, loading_bytes, weights_of
 
 GPU_LAYER_LOADERS = ("llama.cpp", "gguf")
 
@@ -34,6 +34,8 @@ def plan_options(plan: LoadPlan) -> dict[str, Any]:
         "gpu_device": plan.gpu_device,
         "dequant_cache": plan.weight_cache == "dequantized cache",
         "slots": plan.slots,
+        "cpu_weights": held_on_cpu(plan),
+        "loading": loading_bytes(plan),
     }
 
 

@@ -1,7 +1,9 @@
 """The bytes of a model's weights, tensor by tensor and layer by layer, from the model-files records.
 
 `WeightsInfo` comes from safetensors headers, a GGUF header, a GPTQ config (the tensors an AutoGPTQ checkpoint of
-that shape holds) or, when nothing else is known, the file sizes split by parameter count. The estimator places
+that shape holds) or, when nothing else is known, the file sizes split by parameter count. `held_on_cpu` gives the
+same weights as a load plan holds them on the CPU (int4 / int8 kernels, dequantized caches: the byte counts of
+`kernels/cpu_layout.py`), and `loading_bytes` what the load holds only while converting them. The estimator places
 these bytes on devices; this module only counts them.
 """
 
@@ -11,11 +13,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from kernels.cpu_layout import int4_group, layout_bytes
 from loaders.files import ModelFiles, ModelShape
 from loaders.files.gguf_header import GGUFHeader
 from loaders.files.quant_config import GPTQConfig
 from loaders.files.safetensors_header import SafetensorsTensor
+from loaders.plan import DTYPE_BYTES, LoadPlan
 
+GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
+SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 LAYER_RE = re.compile(r"(?:^|\.)(?:layers|blk|h|block|blocks)\.(\d+)\.")
 EMBED_RE = re.compile(r"(?:^|\.)(?:token_embd|embed_tokens|wte|word_embeddings)\.")
 
@@ -135,3 +141,78 @@ def size_tensors(shape: ModelShape, total_bytes: int) -> list[WeightTensor]:
     rest = total_bytes - sum(t.nbytes for t in infos)
     infos.append(WeightTensor("lm_head.", max(rest, 0)))
     return infos
+
+
+# --- as a plan holds them -------------------------------------------------------------------------------------------
+
+
+def held_on_cpu(plan: LoadPlan) -> WeightsInfo:
+    """The weights as `plan` holds them on the CPU: each quantized Linear in its layout (`LoadPlan.layout_of`)."""
+    weights = weights_of(plan.files)
+    if plan.loader == "gptq" and plan.files.gptq is not None:
+        return _gptq_held(plan, weights)
+    if plan.loader == "gguf" and plan.files.header is not None:
+        return _gguf_held(plan, weights)
+    return weights
+
+
+def _gptq_held(plan: LoadPlan, weights: WeightsInfo) -> WeightsInfo:
+    """Each Linear's four GPTQ tensors become one tensor of its layout's bytes."""
+    gptq, dims = plan.files.gptq, {name: (n_in, n_out) for name, n_in, n_out in plan.files.shape.linears()}
+    layers: dict[str, list[WeightTensor]] = {}
+    rest: list[WeightTensor] = []
+    for t in weights.tensors:
+        prefix, _, part = t.name.rpartition(".")
+        if part in GPTQ_PARTS and prefix.rpartition(".")[2] in dims:
+            layers.setdefault(prefix, []).append(t)
+        else:
+            rest.append(t)
+    held = []
+    for prefix, parts in layers.items():
+        n_in, n_out = dims[prefix.rpartition(".")[2]]
+        nbytes = layout_bytes(plan.layout_of(n_out, n_in), n_out, n_in, stored=sum(p.nbytes for p in parts),
+                              act_bytes=DTYPE_BYTES[plan.dtype], group=int4_group(n_in, gptq.group_size) or 32,
+                              permuted=gptq.desc_act and gptq.group_size != -1)  # fmt: skip
+        held.append(WeightTensor(f"{prefix}.held", nbytes, parts[0].layer))
+    return replace(weights, tensors=tuple(rest + held))
+
+
+def _gguf_held(plan: LoadPlan, weights: WeightsInfo) -> WeightsInfo:
+    """Each Linear's blocks become its layout's bytes; a tied embedding keeps its blocks and the head gets its own."""
+    tensors = plan.files.header.tensors
+    has_output = any(t.name == "output.weight" for t in tensors)
+    held: list[WeightTensor] = []
+    for info, stored in zip(tensors, weights.tensors, strict=True):
+        if len(info.dims) != 2 or (info.name == "token_embd.weight" and has_output):
+            held.append(stored)
+            continue
+        n_in, n_out = info.dims
+        layout = plan.layout_of(n_out, n_in, info.qtype.name)
+        nbytes = layout_bytes(layout, n_out, n_in, stored=stored.nbytes, act_bytes=DTYPE_BYTES[plan.dtype])
+        if info.name != "token_embd.weight":
+            held.append(replace(stored, nbytes=nbytes, float_itemsize=0))
+            continue
+        held.append(stored)
+        if layout != "per-call":
+            held.append(WeightTensor("output.held", nbytes))
+    return replace(weights, tensors=tuple(held))
+
+
+def loading_bytes(plan: LoadPlan) -> int:
+    """RAM the load holds on top of the loaded model until it ends, from each loader's way of reading.
+
+    Transformers maps every weight file until the load ends: the pages of tensors cast to another dtype stay
+    resident next to their casts. The GPTQ loader reads every tensor through a memory map (pages and copies) before
+    it converts them. The native GGUF loader maps each tensor on its own and drops the map once it is converted:
+    the largest converted tensor at a time."""
+    files = plan.files
+    if plan.loader == "transformers":
+        return sum(t.nbytes for t in files.tensors
+                   if SAFETENSORS_DTYPES.get(t.dtype, plan.weights_dtype) != plan.weights_dtype)  # fmt: skip
+    if plan.loader == "gptq":
+        return weights_of(files).total
+    if plan.loader == "gguf" and files.header is not None:
+        converted = [t.nbytes for t in files.header.tensors if len(t.dims) == 2
+                     and plan.layout_of(t.dims[1], t.dims[0], t.qtype.name) != "per-call"]  # fmt: skip
+        return max(converted, default=0)
+    return 0

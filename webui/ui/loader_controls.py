@@ -41,7 +41,7 @@ HELP = {
     "n_batch": "prompt tokens per step",
     "use_mmap": "map the file instead of reading it",
     "use_mlock": "keep the weights in RAM (no swap)",
-    "dequantize_cache": "keep dequantized weights: faster, more RAM",
+    "dequantize_cache": "auto = integer kernels, the rest dequantized once if RAM allows; on = all; off = per call",
     "dtype": "auto = bf16/fp16 where fast, else fp32",
     "file": "which .gguf file",
     "max_memory_gib": 'JSON, e.g. {"0": 20, "cpu": 60}',
