@@ -52,8 +52,8 @@ class GGUFLinear(nn.Module):
             self._weight, self.mode = dequantize_tiled(self.qweight, self.qtype, shape, dtype), "cache"
         else:
             self.mode = "per-call"
-        if self.mode != "per-call":
-            self.qweight = None
+        if self.mode != "per-call":  # an empty stand-in: the layer still says where it lives (peft's LoRA reads it)
+            self.qweight = torch.empty(0, dtype=torch.uint8, device=self.qweight.device)
         return self.mode
 
     def prepared_tensors(self) -> list[torch.Tensor]:

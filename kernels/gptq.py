@@ -71,8 +71,10 @@ class GPTQLinear(nn.Module):
         else:
             self.mode = "per-call"
         if self.mode in ("int4", "int8", "cache"):
+            device = self.qweight.device
             for name in STORED:  # the prepared weight replaces them
                 setattr(self, name, None)
+            self.qweight = torch.empty(0, dtype=torch.int32, device=device)  # a stand-in: where the layer lives
         return self.mode
 
     def _integer_weight(self) -> int4_cpu.Int4Weight | int8_cpu.Int8Weight | None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
+from kernels import cpu_attention
+
 ZERO_CHUNK = 256  # positions zeroed at a time on the CPU as windows grow
 
 
@@ -169,12 +171,13 @@ def attention_layout(config: object, context: int) -> tuple[bool, int | None]:
     """(whether a slot cache can serve this model, the sliding window every layer shares or None).
 
     Slot caches serve models whose attention layers are all full attention, or all sliding with one window, run by
-    SDPA or eager attention (both take a 4-D mask). Hybrids (Gemma's mixed layers, linear attention), flash
+    SDPA, eager attention or Corral's CPU SDPA (`kernels.cpu_attention`; all take a 4-D mask).
+    Hybrids (Gemma's mixed layers, linear attention), flash
     attention and flex attention keep Transformers' own dynamic cache."""
     from transformers.cache_utils import get_layer_types_and_kwargs
 
     get_text = getattr(config, "get_text_config", None)
-    if get_text is None or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager"):
+    if get_text is None or getattr(config, "_attn_implementation", None) not in ("sdpa", "eager", cpu_attention.NAME):
         return False, None
     try:
         types, kwargs = get_layer_types_and_kwargs(get_text(decoder=True))

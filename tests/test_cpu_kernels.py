@@ -115,7 +115,7 @@ def test_gptq_linear_prepares_the_integer_kernels_and_drops_the_stored_tensors()
         expected = gptq_torch.matmul(x, layer)
         module = GPTQLinear(layer)
         assert module.prepare(dtype=torch.float32, cache=True, integer=True) == mode
-        assert module.qweight is None and module.scales is None and module.prepared_tensors()
+        assert module.qweight.numel() == 0 and module.scales is None and module.prepared_tensors()
         assert (module.in_features, module.out_features) == (576, 96)
         assert_bf16_close(module(x), expected)
         with pytest.raises(RuntimeError, match="once"):
@@ -128,7 +128,7 @@ def test_gguf_linear_modes() -> None:
     expected = gguf_torch.gguf_matmul(x, raw, Q.Q8_0, (64, 256))
     cached = GGUFLinear(raw, Q.Q8_0, 64, 256)
     assert cached.prepare(dtype=torch.float32, cache=True, integer=True) == "cache"  # Q8_0 has no int4 form
-    assert cached.qweight is None and torch.allclose(cached(x), expected, atol=1e-4, rtol=1e-4)
+    assert cached.qweight.numel() == 0 and torch.allclose(cached(x), expected, atol=1e-4, rtol=1e-4)
     per_call = GGUFLinear(raw, Q.Q8_0, 64, 256)
     assert per_call.prepare(dtype=torch.float32, cache=False) == "per-call" and per_call.qweight is not None
     q4 = torch.from_numpy(random_rows(Q.Q4_K, 64, 256, np.random.default_rng(2)))

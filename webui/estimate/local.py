@@ -32,7 +32,6 @@ def plan_options(plan: LoadPlan) -> dict[str, Any]:
         "batch": plan.batch,
         "gpu": plan.gpu,
         "gpu_device": plan.gpu_device,
-        "dequant_cache": plan.weight_cache == "dequantized cache",
         "slots": plan.slots,
         "cpu_weights": held_on_cpu(plan),
         "loading": loading_bytes(plan),
