@@ -1,0 +1,116 @@
+"""The Parameters tab's reply format (JSON schema / grammar) (issue 19 item 1), through the handlers as the browser
+calls them.
+
+The reply format runs on the real SmolLM2 GGUF in llama.cpp: a JSON schema set in the Parameters values holds a
+Notebook and a Chat reply to it, a GBNF grammar holds a reply to its two words, and a broken schema is an "Error:"
+line before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from loaders.base import GenerationParams
+from tests.conftest import link_tree
+from tests.test_chat_merge import fake_app
+from webui.state import AppConfig, AppState
+from webui.ui import chat_handlers as chat
+from webui.ui import notebook, parameters
+from webui.ui.notebook_fill import CONTINUE
+from webui.ui.parameters import values_of
+from webui.ui.wiring import Ctx
+
+GGUF = "SmolLM2-GGUF"
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 12},
+        "color": {"enum": ["red", "green", "blue"]},
+        "likes_cats": {"type": "boolean"},
+    },
+    "required": ["name", "color", "likes_cats"],
+    "additionalProperties": False,
+}
+SCHEMA = {"mode": "json_schema", "text": json.dumps(PERSON, indent=2)}  # as typed in the code box
+BROKEN = {"mode": "json_schema", "text": '{"type": "object", "properties": {'}
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[AppState]:
+    root = tmp_path_factory.mktemp("ui-structured")
+    link_tree(smollm2_gguf.parent, root / "models" / GGUF)
+    state = AppState(config=AppConfig(models_dir=root / "models", user_data_dir=root / "data"))
+    state.models.load(GGUF, loader_settings={"n_ctx": 1024}, confirm_memory=True)
+    yield state
+    state.models.unload()
+
+
+def params(reply_format: dict | None) -> dict:
+    """The Parameters values a Chat or Notebook event sends (`ParamControls.inputs`)."""
+    return values_of(GenerationParams(max_new_tokens=80, do_sample=False)) | {"constraint": reply_format}
+
+
+def notebook_values(text: str, reply_format: dict | None) -> dict:
+    return {"text": text, "mode": CONTINUE, "before": "", "params": params(reply_format)}
+
+
+def chat_values(message: str, reply_format: dict | None) -> dict:
+    return {"message": message, "ref": {"id": None, "revision": 0}, "query": "", "params": params(reply_format),
+            "settings": {"mode": "instruct", "template": "auto", "system": "", "user_name": "You",
+                         "bot_name": "Assistant"}}  # fmt: skip
+
+
+def last_with(updates: Iterator[dict], key: str) -> dict:
+    return [update for update in updates if key in update][-1]
+
+
+def test_a_json_schema_in_the_parameters_holds_notebook_and_chat_replies_to_it(app: AppState) -> None:
+    prompt = "A person, described as JSON: "
+    final = last_with(notebook.on_generate(app, notebook_values(prompt, SCHEMA), Ctx("nb")), "text")
+    assert final["text"].startswith(prompt) and "tokens/s" in final["status"]
+    jsonschema.validate(json.loads(final["text"][len(prompt) :]), PERSON)
+
+    sent = last_with(chat.on_send(app, chat_values("Describe a person.", SCHEMA), Ctx("chat")), "chatbot")
+    reply = sent["chatbot"][-1]
+    assert reply["role"] == "assistant" and "tokens/s" in sent["status"]
+    jsonschema.validate(json.loads(reply["content"]), PERSON)
+
+    grammar = {"mode": "grammar", "text": 'root ::= "yes" | "no"'}
+    answered = last_with(notebook.on_generate(app, notebook_values("Is the sky green? ", grammar), Ctx("nb")), "text")
+    assert answered["text"].removeprefix("Is the sky green? ") in ("yes", "no")
+
+
+def test_a_broken_schema_is_an_error_line_and_nothing_runs(app: AppState) -> None:
+    (only,) = notebook.on_generate(app, notebook_values("kept", BROKEN), Ctx("nb"))
+    assert only == {"status": "**Error:** The JSON schema is not valid JSON: Expecting property name enclosed in "
+                              "double quotes at line 1, column 35."}  # fmt: skip
+    (only,) = chat.on_send(app, chat_values("kept", {"mode": "json_schema", "text": '{"type": "objekt"}'}), Ctx("c"))
+    assert only["status"].startswith("**Error:** The JSON schema cannot be enforced") and "message" not in only
+    (only,) = chat.on_send(app, chat_values("kept", {"mode": "grammar", "text": "  "}), Ctx("c"))
+    assert only["status"] == "**Error:** The grammar is empty: write a GBNF grammar (root ::= ...)."
+
+
+def test_the_reply_format_is_checked_when_it_changes_and_a_reload_finds_it_again(tmp_path: Path) -> None:
+    state = fake_app(tmp_path)
+    changed = parameters.on_format(state, SCHEMA, Ctx())
+    assert changed["saved"] == SCHEMA and changed["status"] == parameters.FORMAT_NOTES["json_schema"]
+    assert changed["text"]["visible"] and changed["text"]["language"] == "json"
+    broken = parameters.on_format(state, BROKEN, Ctx())
+    assert broken["status"].startswith("**Error:** The JSON schema is not valid JSON") and broken["saved"] == BROKEN
+    assert not parameters.on_format(state, {"mode": "json_object", "text": ""}, Ctx())["text"]["visible"]
+
+    state.models._loaded = None  # the page opens on the default preset
+    page = parameters.on_page_load(state, {"saved": SCHEMA}, Ctx())  # what the browser kept
+    assert page["reply_format"]["mode"] == "json_schema" and page["reply_format"]["text"]["value"] == SCHEMA["text"]
+    odd = parameters.on_page_load(state, {"saved": {"mode": "python", "text": 5}}, Ctx())  # not ours: ignored
+    assert odd["reply_format"]["mode"] == "none" and odd["reply_format"]["text"]["value"] == ""
+    assert parameters.params_from_values(params(None)).constraint is None
+    saved = parameters.on_save(state, {"name": "Mine", "params": params(None) | {"constraint": SCHEMA}}, Ctx())
+    assert saved["status"] == "Saved preset **Mine**."  # a preset keeps the samplers, never the reply format
+    assert "properties" not in state.presets.path("Mine").read_text()
+    assert state.presets.load("Mine").constraint is None
