@@ -1,9 +1,10 @@
-"""The Parameters tab's reply format (JSON schema / grammar) (issue 19 item 1), through the handlers as the browser
-calls them.
+"""The Parameters tab's reply format (JSON schema / grammar) and the Model tab's switch for API loads (issue 19 items
+1 and 5), through the handlers as the browser calls them.
 
 The reply format runs on the real SmolLM2 GGUF in llama.cpp: a JSON schema set in the Parameters values holds a
 Notebook and a Chat reply to it, a GBNF grammar holds a reply to its two words, and a broken schema is an "Error:"
-line before anything runs.
+line before anything runs. The switch is checked against a running API: a request naming another model is refused,
+the switch is turned on through its handler, and the same request loads that model and is answered by it.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import jsonschema
 import pytest
 
 from loaders.base import GenerationParams
 from tests.conftest import link_tree
+from tests.test_api import free_port
 from tests.test_chat_merge import fake_app
+from webui.api import ApiServer
 from webui.state import AppConfig, AppState
 from webui.ui import chat_handlers as chat
-from webui.ui import notebook, parameters
+from webui.ui import model_handlers, notebook, parameters
 from webui.ui.notebook_fill import CONTINUE
 from webui.ui.parameters import values_of
 from webui.ui.wiring import Ctx
@@ -114,3 +118,37 @@ def test_the_reply_format_is_checked_when_it_changes_and_a_reload_finds_it_again
     assert saved["status"] == "Saved preset **Mine**."  # a preset keeps the samplers, never the reply format
     assert "properties" not in state.presets.path("Mine").read_text()
     assert state.presets.load("Mine").constraint is None
+
+
+def test_the_model_tabs_switch_lets_the_running_api_load_another_model(tmp_path: Path, smollm2_gguf: Path) -> None:
+    first, other = GGUF, f"{GGUF}-b"  # two folders of the same file: two models to switch between
+    for name in (first, other):
+        link_tree(smollm2_gguf.parent, tmp_path / "models" / name)
+    state = AppState(config=AppConfig(models_dir=tmp_path / "models", user_data_dir=tmp_path / "data"))
+    state.models.load(first, loader_settings={"n_ctx": 512}, confirm_memory=True)  # no --api-load-models
+    assert model_handlers.on_page_load(state, {}, Ctx())["api_loads"] is False
+    api = ApiServer(state, host="127.0.0.1", port=free_port()).start()
+
+    def ask(model: str) -> httpx.Response:
+        body = {"model": model, "prompt": "Hello", "max_tokens": 2, "temperature": 0}
+        return httpx.post(f"http://127.0.0.1:{api.port}/v1/completions", json=body, timeout=60)
+
+    try:
+        refused = ask(other)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "model_not_loaded"
+
+        flipped = model_handlers.on_api_loads(state, {"api_loads": True}, Ctx())
+        assert model_handlers.API_LOADS_ON in flipped["status"] and state.model_switch.allow_loads
+        assert model_handlers.on_page_load(state, {}, Ctx("another-page"))["api_loads"] is True
+        answered = ask(other)
+        assert answered.status_code == 200 and answered.json()["model"] == other
+        assert state.models.current_info.view.name == other
+
+        flipped = model_handlers.on_api_loads(state, {"api_loads": False}, Ctx())
+        assert model_handlers.API_LOADS_OFF in flipped["status"]
+        refused = ask(first)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "model_not_loaded"
+        assert state.models.current_info.view.name == other
+    finally:
+        api.stop()
+        state.models.unload()
