@@ -10,6 +10,7 @@ the switch is turned on through its handler, and the same request loads that mod
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,6 @@ import pytest
 from loaders.base import GenerationParams
 from tests.conftest import link_tree
 from tests.test_api import free_port
-from tests.test_chat_merge import fake_app
 from webui.api import ApiServer
 from webui.state import AppConfig, AppState
 from webui.ui import chat_handlers as chat
@@ -100,7 +100,8 @@ def test_a_broken_schema_is_an_error_line_and_nothing_runs(app: AppState) -> Non
 
 
 def test_the_reply_format_is_checked_when_it_changes_and_a_reload_finds_it_again(tmp_path: Path) -> None:
-    state = fake_app(tmp_path)
+    presets = shutil.copytree(AppConfig().presets_dir, tmp_path / "presets")  # one is saved below, not in the repo's
+    state = AppState(config=AppConfig(models_dir=tmp_path, user_data_dir=tmp_path / "data", presets_dir=presets))
     changed = parameters.on_format(state, SCHEMA, Ctx())
     assert changed["saved"] == SCHEMA and changed["status"] == parameters.FORMAT_NOTES["json_schema"]
     assert changed["text"]["visible"] and changed["text"]["language"] == "json"
@@ -108,7 +109,6 @@ def test_the_reply_format_is_checked_when_it_changes_and_a_reload_finds_it_again
     assert broken["status"].startswith("**Error:** The JSON schema is not valid JSON") and broken["saved"] == BROKEN
     assert not parameters.on_format(state, {"mode": "json_object", "text": ""}, Ctx())["text"]["visible"]
 
-    state.models._loaded = None  # the page opens on the default preset
     page = parameters.on_page_load(state, {"saved": SCHEMA}, Ctx())  # what the browser kept
     assert page["reply_format"]["mode"] == "json_schema" and page["reply_format"]["text"]["value"] == SCHEMA["text"]
     odd = parameters.on_page_load(state, {"saved": {"mode": "python", "text": 5}}, Ctx())  # not ours: ignored
