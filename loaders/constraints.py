@@ -12,7 +12,7 @@ A `GrammarCompiler` (one per loaded model: the vocabulary's token bytes, read on
 tokenizer or from llama.cpp's vocabulary) starts one `TokenConstraint` per request, which masks the next-token
 logits (a torch tensor, or a numpy array on llama.cpp), advances on the chosen token and says when the grammar is
 complete. `check(spec)` compiles a spec without a tokenizer, so a bad schema or grammar is refused before a request
-waits.
+waits; `constraint_spec` builds a checked spec from what the API or the Parameters tab is given.
 """
 
 from __future__ import annotations
@@ -151,3 +151,39 @@ class GrammarCompiler:
 def spec_from_schema(schema: dict[str, Any]) -> ConstraintSpec:
     """A "json_schema" spec of a schema object (compact JSON; property order kept: it is the order of the reply)."""
     return ConstraintSpec("json_schema", json.dumps(schema, separators=(",", ":")))
+
+
+def constraint_spec(kind: str, source: str | dict[str, Any] = "") -> ConstraintSpec:
+    """The checked spec of `kind` ("json_object", "json_schema" or "grammar") from what an API request or the
+    Parameters tab gives: a JSON schema as an object or as JSON text, a GBNF grammar (`source` is unused for
+    "json_object"). `ConstraintError` says what is wrong. The API and the UI both build their constraint here."""
+    if kind == "json_object":
+        spec = ConstraintSpec("json_object")
+    elif kind == "json_schema":
+        spec = spec_from_schema(source if isinstance(source, dict) else _schema_of_text(source))
+    elif kind == "grammar":
+        if not isinstance(source, str) or not source.strip():
+            raise ConstraintError("The grammar is empty: write a GBNF grammar (root ::= ...).")
+        spec = ConstraintSpec("grammar", source)
+    else:
+        raise ConstraintError(f"Unknown reply format {kind!r}: use json_object, json_schema or grammar.")
+    check(spec)
+    return spec
+
+
+def _schema_of_text(text: str) -> dict[str, Any]:
+    """The schema object written in `text` (size bounded before it is parsed)."""
+    if not text.strip():
+        raise ConstraintError('The JSON schema is empty: write one (e.g. {"type": "object"}).')
+    if len(text) > MAX_SPEC_CHARS:
+        raise ConstraintError(f"The JSON schema is {len(text)} characters long; at most {MAX_SPEC_CHARS}.")
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as error:
+        where = f"line {error.lineno}, column {error.colno}"
+        raise ConstraintError(f"The JSON schema is not valid JSON: {error.msg} at {where}.") from None
+    except RecursionError:
+        raise ConstraintError("The JSON schema is nested too deeply.") from None
+    if not isinstance(schema, dict):
+        raise ConstraintError("The JSON schema must be a JSON object: {...}.")
+    return schema

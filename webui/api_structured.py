@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from loaders.base import AnyModel, ConstraintSpec, GenerationParams, ModelTokenizer, TokenLogprob
-from loaders.constraints import check, spec_from_schema
+from loaders.constraints import constraint_spec
 from loaders.errors import ConstraintError
 from webui.api_common import ApiError
 from webui.api_tools import ToolFields, ToolSetup
@@ -64,32 +64,33 @@ class StructuredFields(BaseModel):
 
     def constraint(self) -> ConstraintSpec | None:
         """What the reply must match, checked (`ApiError` 400 when the schema or grammar cannot be enforced)."""
-        spec = _spec(self.response_format, self.grammar)
-        if spec is not None:
-            try:
-                check(spec)
-            except ConstraintError as error:
-                raise ApiError(400, str(error), param="grammar" if self.grammar else "response_format",
-                               code="invalid_response_format") from None
-        return spec
+        asked = _asked(self.response_format, self.grammar)
+        if asked is None:
+            return None
+        try:
+            return constraint_spec(*asked)
+        except ConstraintError as error:
+            param = "grammar" if self.grammar else "response_format"
+            raise ApiError(400, str(error), param=param, code="invalid_response_format") from None
 
     @property
     def context_size(self) -> int | None:
         return self.num_ctx or self.max_context
 
 
-def _spec(response_format: ResponseFormat | None, grammar: str | None) -> ConstraintSpec | None:
+def _asked(response_format: ResponseFormat | None, grammar: str | None) -> tuple[str, str | dict[str, Any]] | None:
+    """The kind of constraint asked for and its source (`constraint_spec`'s arguments), None for free text."""
     wants_json = response_format is not None and response_format.type != "text"
     if grammar is not None and wants_json:
         raise ApiError(400, "Give either 'grammar' or a JSON 'response_format', not both.", param="grammar")
     if grammar is not None:
-        return ConstraintSpec("grammar", grammar)
+        return "grammar", grammar
     if response_format is None or response_format.type == "text":
         return None
     if response_format.type == "json_object":
-        return ConstraintSpec("json_object")
+        return "json_object", ""
     assert response_format.json_schema is not None  # the validator saw to it
-    return spec_from_schema(response_format.json_schema.schema_)
+    return "json_schema", response_format.json_schema.schema_
 
 
 # --- log-probabilities, as text ------------------------------------------------------------------------------------

@@ -64,6 +64,11 @@ def generate(
     if not is_token_model(model):
         if not prompt:
             raise GenerationError("The prompt is empty: write something for the model to continue.")
+        if params.constraint is not None:  # a remote engine gets text only: the grammar could not be enforced
+            raise GenerationError(
+                f"{model.name} runs on a remote engine: a JSON schema or grammar (the Parameters tab's reply format) "
+                "needs a local model. Set the reply format to None."
+            )
         return Generation(model, [], params, cancel or threading.Event(), prompt_text=prompt)
     return generate_ids(model, encode_prompt(model, prompt, params), params, cancel=cancel)
 

@@ -70,7 +70,7 @@ class ModelSwitcher:
         self, models: ModelService, generation: GenerationService, gate: ModelGate, *, allow_loads: bool,
         idle_unload_seconds: float, load_wait_seconds: float,
     ) -> None:
-        self.allow_loads = allow_loads  # --api-load-models, or the Model tab's switch
+        self._allow_loads = allow_loads  # --api-load-models, then the Model tab's switch (`allow_loads`)
         self._models, self._generation, self._gate = models, generation, gate
         self._idle_seconds, self._wait_seconds = idle_unload_seconds, load_wait_seconds
         self._switch = threading.Lock()  # one load at a time, held until the loading request's turn is built
@@ -80,6 +80,21 @@ class ModelSwitcher:
         self._idle_unloaded: str | None = None  # what the idle unload took away (the next request brings it back)
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+
+    @property
+    def allow_loads(self) -> bool:
+        """Whether a request may load another model than the loaded one (or reload it with a larger context)."""
+        with self._guard:
+            return self._allow_loads
+
+    @allow_loads.setter
+    def allow_loads(self, allowed: bool) -> None:
+        """Turned on or off while the server runs (the Model tab's switch): the next check of any request, queued
+        ones included, reads the new value."""
+        with self._guard:
+            changed, self._allow_loads = self._allow_loads != allowed, bool(allowed)
+        if changed:
+            log.info("API requests %s load other models", "may" if allowed else "may no longer")
 
     # --- before a request is queued --------------------------------------------------------------------------------
 

@@ -114,7 +114,7 @@ def wire(state: AppState, demo: gr.Blocks, tab: ChatTab, controls: ParamControls
     shown = {"chatbot": t.chatbot, "ref": t.ref, "past": t.past, "prompt": t.prompt, "status": t.status,
              "settings": t.settings}  # fmt: skip
     turn_out = shown | {"message": t.message}
-    turn_in = {"ref": t.ref, "settings": t.settings, "params": controls.components, "query": t.query}
+    turn_in = {"ref": t.ref, "settings": t.settings, "params": controls.inputs, "query": t.query}
     model = {"concurrency_id": "model", "show_progress_on": [t.chatbot]}
     listen(demo.load, h.on_page_load, state, {"ref": t.ref}, shown, show_progress="hidden")
     listen([t.send.click, t.message.submit], h.on_send, state, turn_in | {"message": t.message}, turn_out, **model)

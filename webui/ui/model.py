@@ -1,8 +1,10 @@
 """Model tab, layout and wiring: pick a model (autoload on select), its loader and settings (from detection,
 pattern defaults and the user's saved values), the memory bar (the plan's estimate against free memory, at load
 and at full context), Load / Unload / Reload, "Save settings for this model" (the LoRA adapters applied included),
-the LoRA adapters box (`webui/ui/adapters.py`), and the download box and job list (`webui/ui/downloads.py`). The
-handlers are in `webui/ui/model_handlers.py`; every page fills the tab from the server's state when it opens.
+the switch that lets API requests load other models (models on demand, `webui/model_switch.py`: it changes the
+running server's permission, not a saved setting), the LoRA adapters box (`webui/ui/adapters.py`), and the download
+box and job list (`webui/ui/downloads.py`). The handlers are in `webui/ui/model_handlers.py`; every page fills the
+tab from the server's state when it opens (the switch included).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class ModelTab:
     reload: gr.Button
     save: gr.Button
     force: gr.Checkbox
+    api_loads: gr.Checkbox
     status: gr.Markdown
     memory: gr.HTML
     loader: gr.Dropdown
@@ -56,7 +59,10 @@ def build_tab(state: AppState) -> ModelTab:
         unload = gr.Button("Unload", elem_id="model-unload", min_width=90)
         reload = gr.Button("Reload the model", elem_id="model-reload", min_width=140)
         save = gr.Button("Save settings for this model", elem_id="model-save", min_width=200)
-    force = gr.Checkbox(value=False, label=h.FORCE_LABEL, elem_id="model-force")
+    with gr.Row():
+        force = gr.Checkbox(value=False, label=h.FORCE_LABEL, elem_id="model-force")
+        api_loads = gr.Checkbox(value=state.config.api_load_models, label=h.API_LOADS_LABEL, info=h.API_LOADS_INFO,
+                                elem_id="model-api-loads")  # fmt: skip
     status = gr.Markdown(elem_id="model-status")
     memory = gr.HTML(memory_html(None, _no_hardware()), elem_id="model-memory", js_on_load=None)
     loader = gr.Dropdown(choices=list(SETTINGS_CLASSES), value="transformers", label="Loader", elem_id="model-loader")
@@ -69,8 +75,8 @@ def build_tab(state: AppState) -> ModelTab:
         lora = adapters.build()
     with gr.Accordion("Download a model", open=True, elem_id="download-box"):
         box = downloads.build_box()
-    return ModelTab(name, refresh, autoload, load, unload, reload, save, force, status, memory, loader, loader_ui,
-                    estimate_btn, fit, details, lora, box)  # fmt: skip
+    return ModelTab(name, refresh, autoload, load, unload, reload, save, force, api_loads, status, memory, loader,
+                    loader_ui, estimate_btn, fit, details, lora, box)  # fmt: skip
 
 
 def _no_hardware() -> Hardware:  # the first paint, before a page load fills the bar
@@ -86,8 +92,9 @@ def wire(state: AppState, demo: gr.Blocks, tab: ModelTab, chat: ChatTab, control
     load_in = settings | {"force": t.force, "autoload": t.autoload}
     load_out = {"status": t.status, "details": t.details, "memory": t.memory}
     model = {"concurrency_id": "model", "show_progress_on": [t.status]}  # the spinner and the time on the status
-    listen(demo.load, h.on_page_load, state, None, view | {"name": t.name, "status": t.status},
-           show_progress="hidden")  # fmt: skip
+    listen(demo.load, h.on_page_load, state, None, view | {"name": t.name, "status": t.status,
+           "api_loads": t.api_loads}, show_progress="hidden")  # fmt: skip
+    listen(t.api_loads.input, h.on_api_loads, state, {"api_loads": t.api_loads}, {"status": t.status})
     picked = {"template": chat.template, "preset": controls.preset, "params": controls.components,
               "param_status": params.status, "status": t.status}  # fmt: skip
     selected = listen(t.name.input, h.on_select, state, {"name": t.name}, view | picked)

@@ -33,6 +33,13 @@ from webui.ui.wiring import Ctx, Values
 
 PICK_FIRST = f"{ERROR} Pick a model first."
 FORCE_LABEL = "Load even if the memory estimate says it won't fit"
+API_LOADS_LABEL = "Let API requests load other models"
+API_LOADS_INFO = (
+    "With --api: a request naming another model (or a larger num_ctx) loads it, one at a time, when its memory "
+    "estimate fits. Starts as --api-load-models says; not saved."
+)
+API_LOADS_ON = "API requests may now load other models."
+API_LOADS_OFF = "API requests now run only on the loaded model (or on the one an idle unload took away)."
 
 
 def status_text(state: AppState) -> str:
@@ -125,7 +132,7 @@ def _settings_of(values: Values) -> dict[str, Any]:
 def on_page_load(state: AppState, values: Values, ctx: Ctx) -> Values:
     info = state.models.current_info
     out: Values = {"name": gr.update(choices=state.models.names(), value=info.view.name if info else None),
-                   "status": status_text(state)}  # fmt: skip
+                   "status": status_text(state), "api_loads": state.model_switch.allow_loads}  # fmt: skip
     if info is not None:
         out |= view_values(info.view, asdict(info.loader_settings), loaded=info)
     return out
@@ -182,6 +189,14 @@ def on_load(state: AppState, values: Values, ctx: Ctx) -> Iterator[Values]:
 def on_autoload(state: AppState, values: Values, ctx: Ctx) -> Iterator[Values]:
     if values["autoload"]:
         yield from on_load(state, values, ctx)
+
+
+def on_api_loads(state: AppState, values: Values, ctx: Ctx) -> Values:
+    """The switch flipped: the running server's API allows (or stops) loads from its next request on."""
+    allowed = bool(values["api_loads"])
+    state.model_switch.allow_loads = allowed
+    note = API_LOADS_ON if allowed else API_LOADS_OFF
+    return {"status": f"{status_text(state)}\n\n{note}"}
 
 
 def on_unload(state: AppState, values: Values, ctx: Ctx) -> Values:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from loaders.errors import CorralError
 from webui.generation import raw_turn, status_text
 from webui.prompt_record import recording
 from webui.state import AppState
@@ -79,12 +80,17 @@ def on_generate(state: AppState, values: Values, ctx: Ctx) -> Iterator[Values]:
     """Continue `text` in place, streaming; the text before is kept for Undo and Regenerate."""
     current = values["text"] or ""
     key = prompt_key(ctx.session)
+    try:
+        params = params_from_values(values["params"])  # a bad reply format is said here, the text untouched
+    except (CorralError, ValueError) as error:
+        yield {"status": error_text(error, "reading the parameters")}
+        return
     if notebook_fill.is_fill(values["mode"]):
-        yield from notebook_fill.on_fill(state, current, params_from_values(values["params"]), ctx.session, key)
+        yield from notebook_fill.on_fill(state, current, params, ctx.session, key)
         return
     yield {"before": current, "status": "Generating..."}
     try:
-        build = recording(raw_turn(current, params_from_values(values["params"])), state.prompts, key)
+        build = recording(raw_turn(current, params), state.prompts, key)
         for update in state.generation.stream(ctx.session, build):
             status = status_text(update)
             yield {"text": current + update.text, "status": status}
@@ -115,7 +121,7 @@ def on_stop(state: AppState, values: Values, ctx: Ctx) -> Values:
 
 def wire(state: AppState, demo: gr.Blocks, tab: NotebookTab, controls: ParamControls) -> None:
     out = {"text": tab.text, "before": tab.before, "status": tab.status, "prompt": tab.prompt}
-    inputs = {"text": tab.text, "mode": tab.mode, "before": tab.before, "params": controls.components}
+    inputs = {"text": tab.text, "mode": tab.mode, "before": tab.before, "params": controls.inputs}
     listen(demo.load, on_page_load, state, {"saved": tab.saved}, {"text": tab.text}, show_progress="hidden")
     # The browser copies the text into its own storage after each edit and each generation: no server call.
     # (Not on every change: the empty box a page starts with would overwrite the saved text before it is read.)
