@@ -380,19 +380,17 @@ def weight_bytes_read(module: Any) -> int:
 
     total = 0
     for sub in module.modules():
-        if isinstance(sub, GPTQLinear):
-            prepared = sub.prepared_tensors()
-            if sub.mode == "triton":  # the reordered qweight, its zeros and scales
-                total += prepared[0].nbytes + sub.qzeros.nbytes + sub.scales.nbytes
-            elif sub.mode == "cache":
-                total += prepared[0].nbytes
+        if isinstance(sub, GPTQLinear):  # Triton reads its reordered qweight with the stored zeros and scales;
+            if sub.mode == "triton":  # other modes read the prepared tensors or, per call, the stored ones
+                read = sub.prepared_tensors()[:1] + [sub.qzeros, sub.scales]
             else:
-                total += sub.qweight.nbytes + sub.qzeros.nbytes + sub.scales.nbytes
+                read = sub.prepared_tensors() or [sub.qweight, sub.qzeros, sub.scales]
+            total += sum(t.nbytes for t in read)
         elif isinstance(sub, (GGUFEmbedding, torch.nn.Embedding)):
             weight = sub.qweight if isinstance(sub, GGUFEmbedding) else sub.weight
             total += weight.nbytes // weight.shape[0]
         elif isinstance(sub, GGUFLinear):
-            total += sub.qweight.nbytes
+            total += sum(t.nbytes for t in sub.prepared_tensors() or [sub.qweight])
         else:
             total += sum(p.nbytes for p in sub.parameters(recurse=False))
     return total

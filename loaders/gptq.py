@@ -13,8 +13,11 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 LOADER_NAME = "gptq"
 QUANT_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx", "bias")
+T = TypeVar("T")
 
 
 @dataclass
@@ -49,20 +53,38 @@ class GPTQModule:
 # --- weights ---------------------------------------------------------------------------------------------------------
 
 
-def read_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
-    tensors: dict[str, torch.Tensor] = {}
+@dataclass(frozen=True)
+class TensorRef:
+    """One tensor of an open safetensors file, read (copied out of the map) only when `read` is called."""
+
+    reader: Any
+    name: str
+
+    def read(self) -> torch.Tensor:
+        return self.reader.get_tensor(self.name)
+
+
+def open_tensors(files: Sequence[Path], stack: ExitStack) -> dict[str, TensorRef]:
+    """Every tensor of `files`, by name, not yet read; the files stay open (mapped) until `stack` closes."""
+    refs: dict[str, TensorRef] = {}
     for file in files:
         if not file.is_file():
             raise ModelFormatError("A weights file named by the index is missing; download again.", path=file)
-        with safe_open(file, framework="pt") as reader:
-            tensors.update({name: reader.get_tensor(name) for name in reader.keys()})  # noqa: SIM118
-    return tensors
+        reader = stack.enter_context(safe_open(file, framework="pt"))
+        refs.update({name: TensorRef(reader, name) for name in reader.keys()})  # noqa: SIM118
+    return refs
 
 
-def split_quantized(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """(layer prefix -> its GPTQ tensors, everything else)."""
+def read_tensors(files: Sequence[Path]) -> dict[str, torch.Tensor]:
+    """Every tensor of `files`, read."""
+    with ExitStack() as stack:
+        return {name: ref.read() for name, ref in open_tensors(files, stack).items()}
+
+
+def split_quantized(tensors: Mapping[str, T]) -> tuple[dict[str, dict[str, T]], dict[str, T]]:
+    """(layer prefix -> its GPTQ tensors, everything else), of tensors or of `TensorRef`s."""
     prefixes = {name.removesuffix(".qweight") for name in tensors if name.endswith(".qweight")}
-    layers: dict[str, dict[str, torch.Tensor]] = {p: {} for p in prefixes}
+    layers: dict[str, dict[str, T]] = {p: {} for p in prefixes}
     rest = {}
     for name, value in tensors.items():
         prefix, _, suffix = name.rpartition(".")
@@ -128,15 +150,17 @@ def build_planned(plan: LoadPlan) -> GPTQModule:
     hf_config = AutoConfig.from_pretrained(files.folder)
     if hasattr(hf_config, "quantization_config"):
         del hf_config.quantization_config  # we assemble the quantized layers ourselves
-    layers, rest = split_quantized(read_tensors(list(plan.opens)))
     with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (rotary inv_freq) real
         module = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
     prepare = {"dtype": dtype, "cache": plan.weight_cache == "dequantized cache", "integer": plan.integer_kernels}
-    for prefix in sorted(layers):
-        linear = _replace_linear(module, prefix, layers.pop(prefix), config, files.folder)
-        if device.type == "cpu":  # prepared at once: each layer's stored tensors go before the next is converted
-            linear.prepare(**prepare)
-    _load_rest(module, rest, dtype, files.folder)
+    with ExitStack() as stack:  # each tensor is read when its layer is built: one layer's copies at a time
+        layers, rest = split_quantized(open_tensors(plan.opens, stack))
+        for prefix in sorted(layers):
+            parts = {suffix: ref.read() for suffix, ref in layers.pop(prefix).items()}
+            linear = _replace_linear(module, prefix, parts, config, files.folder)
+            if device.type == "cpu":  # prepared at once: the stored tensors go before the next layer is read
+                linear.prepare(**prepare)
+        _load_rest(module, rest, dtype, files.folder)
     module.to(device).eval()
     if device.type == "cpu":
         cpu_attention.use_on(module)
@@ -162,12 +186,12 @@ def _replace_linear(module: nn.Module, prefix: str, parts: dict[str, torch.Tenso
     return replacement
 
 
-def _load_rest(module: nn.Module, rest: dict[str, torch.Tensor], dtype: torch.dtype, path: Path) -> None:
-    """Embeddings, norms, lm_head...: assigned as they are, in the compute dtype; tied weights re-tied. `rest` is
-    emptied as it goes: each stored tensor is dropped once cast, so the load never holds both copies of all."""
+def _load_rest(module: nn.Module, rest: dict[str, TensorRef], dtype: torch.dtype, path: Path) -> None:
+    """Embeddings, norms, lm_head...: assigned as they are, in the compute dtype; tied weights re-tied. Each tensor
+    is read and cast on its own, so the load never holds both copies of all."""
     state = {}
-    for name in list(rest):
-        value = rest.pop(name)
+    for name, ref in rest.items():
+        value = ref.read()
         state[name] = value.to(dtype) if value.is_floating_point() else value
     result = module.load_state_dict(state, strict=False, assign=True)
     if result.unexpected_keys:

@@ -56,7 +56,7 @@ class SlotLayer(CacheLayerMixin):
     def __init__(self, owner: SlotCache) -> None:
         super().__init__()
         self.owner = owner
-        self.zeroed = 0  # positions [0, zeroed) hold finite values in every row (CPU: grown lazily)
+        self.zeroed: list[int] = []  # per row: positions [0, zeroed[row]) hold finite values (CPU: grown lazily)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
@@ -68,8 +68,7 @@ class SlotLayer(CacheLayerMixin):
         if self.device.type == "cpu":
             self.keys[:, :, -1].zero_()  # the scratch column
             self.values[:, :, -1].zero_()
-        else:
-            self.zeroed = length
+        self.zeroed = [0 if self.device.type == "cpu" else length] * slots
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -77,25 +76,35 @@ class SlotLayer(CacheLayerMixin):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         step = self.owner.step
-        self._zero_to(step.window)
         rows = slice(step.first_row, step.first_row + step.n_rows)
+        if self.device.type == "cpu":
+            self._zero_to(rows, step.window)
         row_index, write_at = step.indices(self.device)
         keys, values = self.keys[rows], self.values[rows]
         keys[row_index, :, write_at] = key_states.transpose(1, 2)  # [rows, q, heads, dim] at (row, position)
         values[row_index, :, write_at] = value_states.transpose(1, 2)
         return keys[:, :, : step.window], values[:, :, : step.window]
 
-    def _zero_to(self, window: int) -> None:
-        if window <= self.zeroed:
+    def _zero_to(self, rows: slice, window: int) -> None:
+        """Zero positions up to `window` in the rows of this step only: the pages of rows no request has used stay
+        untouched."""
+        for row in range(rows.start, rows.stop):
+            self._zero_row(row, window)
+
+    def _zero_row(self, row: int, window: int) -> None:
+        """Make positions [0, window) of `row` finite (zeroed, rounded up to a chunk, where never written). Data is
+        only ever written below `zeroed[row]`, so this never erases any."""
+        if self.zeroed[row] >= window:
             return
         stop = min(-(-window // ZERO_CHUNK) * ZERO_CHUNK, self.owner.length - 1)
-        self.keys[:, :, self.zeroed : stop].zero_()
-        self.values[:, :, self.zeroed : stop].zero_()
-        self.zeroed = stop
+        self.keys[row, :, self.zeroed[row] : stop].zero_()
+        self.values[row, :, self.zeroed[row] : stop].zero_()
+        self.zeroed[row] = stop
 
     def move(self, source: int, target: int, length: int) -> None:
         """Copy positions [0, length) of row `source` into row `target`."""
         if self.is_initialized and length and source != target:
+            self._zero_row(target, length)
             self.keys[target, :, :length] = self.keys[source, :, :length]
             self.values[target, :, :length] = self.values[source, :, :length]
 
@@ -103,6 +112,8 @@ class SlotLayer(CacheLayerMixin):
         """Exchange the sequences of rows `a` and `b` (their first `length_a` / `length_b` positions)."""
         if not self.is_initialized or a == b:
             return
+        self._zero_row(a, length_b)
+        self._zero_row(b, length_a)
         for cache in (self.keys, self.values):
             kept = cache[a, :, :length_a].clone()
             cache[a, :, :length_b] = cache[b, :, :length_b]

@@ -170,6 +170,13 @@ def _plan_transformers(files: ModelFiles, settings: TransformersSettings, hw: Ha
     # pages stay mapped (transformers maps every shard until the load ends); the estimate counts them (`loading`).
     gpu_dtype = "float16" if device == "mps" else "bfloat16"  # bf16 on MPS needs a recent macOS; fp16 works on all
     dtype = _dtype(settings.dtype, on_gpu=gpu is not None, cpu_native_bf16=hw.cpu_bf16, gpu_dtype=gpu_dtype)
+    if files.quant is not None and files.quant.method == "fp8" and gpu is None and dtype != "float32":
+        # Transformers (5.x) dequantizes fp8 Linear weights on the CPU to the requested dtype but leaves the rest
+        # float32: a bf16 load fails at the first matmul. fp32 runs.
+        if settings.dtype != "auto":
+            raise SettingsError(f"An fp8 checkpoint on the CPU loads in float32 only (Transformers leaves part of "
+                                f"it in float32); set dtype to auto or float32, not {settings.dtype}.")  # fmt: skip
+        dtype = "float32"
     context = settings.context_length or int(files.shape.context_max * settings.compress_pos_emb)
     on_gpu = gpu is not None and not settings.max_memory_gib
     slots = _slots(settings.parallel, files, context, DTYPE_BYTES[dtype], _free(hw, gpu))

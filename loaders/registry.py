@@ -18,6 +18,7 @@ from loaders.base import LoadedModel
 from loaders.errors import LoaderUnavailableError, SettingsError
 from loaders.files import read_model_files
 from loaders.hardware import snapshot
+from loaders.host_memory import return_freed_memory
 from loaders.plan import LoadPlan, plan_load
 from loaders.settings import LoaderSettings
 
@@ -64,6 +65,8 @@ def plan_for_path(loader: str, path: Path, settings: LoaderSettings) -> LoadPlan
 
 
 def load_plan(plan: LoadPlan, settings: LoaderSettings, *, name: str) -> LoadedModel:
+    """Carry out `plan` with its loader's module (freed load-time copies go back to the system: `host_memory`)."""
+    return_freed_memory()
     return loader_module(plan.loader).load_plan(plan, settings, name=name)
 
 

@@ -18,6 +18,10 @@ from tests import realmodel
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "0")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test processes (pytest-xdist, pyproject.toml) share the cores: OpenMP threads that wait sleep rather than
+    # spin, or one process's spinning threads starve the other's work (and the apps and probes they start).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,7 @@ CODELLAMA_FIM = ("▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>")
 
 
 def _root() -> Path:
-    root = realmodel.cache_root() / f"fim-b{BUILD_VERSION}"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    return realmodel.cache_root(f"fim-b{BUILD_VERSION}")
 
 
 def smollm2_starcoder_fim() -> Path:

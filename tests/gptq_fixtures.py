@@ -196,9 +196,7 @@ def _write_weights(folder: Path, tensors: dict[str, torch.Tensor], branch: Branc
 
 
 def branch_root() -> Path:
-    root = realmodel.cache_root() / f"SmolLM2-135M-Instruct-GPTQ-b{BUILD_VERSION}"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    return realmodel.cache_root(f"SmolLM2-135M-Instruct-GPTQ-b{BUILD_VERSION}")
 
 
 def smollm2_gptq(branch_name: str) -> Path:

@@ -34,9 +34,7 @@ SPECS = {
 
 
 def _root() -> Path:
-    root = realmodel.cache_root() / f"lora-adapters-b{BUILD_VERSION}"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    return realmodel.cache_root(f"lora-adapters-b{BUILD_VERSION}")
 
 
 def smollm2_adapter(name: str) -> Path:

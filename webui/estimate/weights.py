@@ -202,9 +202,9 @@ def loading_bytes(plan: LoadPlan) -> int:
     """RAM the load holds on top of the loaded model until it ends, from each loader's way of reading.
 
     Transformers maps every weight file until the load ends: the pages of tensors cast to another dtype stay
-    resident next to their casts. The GPTQ loader reads every tensor through a memory map (pages and copies) before
-    it converts them. The native GGUF loader maps each tensor on its own and drops the map once it is converted:
-    the largest converted tensor at a time."""
+    resident next to their casts. The GPTQ loader reads each layer's tensors out of a memory map as it converts
+    that layer: the mapped pages stay resident until the load ends. The native GGUF loader maps each tensor on its
+    own and drops the map once it is converted: the largest converted tensor at a time."""
     files = plan.files
     if plan.loader == "transformers":
         return sum(t.nbytes for t in files.tensors
