@@ -139,10 +139,10 @@ def llama_corral(path: Path, ids: list[int], tokens: int, threads: int) -> Row:
     from loaders import llamacpp
     from loaders.settings import LlamaCppSettings
 
-    model = llamacpp.load(path, LlamaCppSettings(n_ctx=2048, threads=threads), name=path.stem)
+    model = llamacpp.load(path, LlamaCppSettings(n_ctx=2048, threads=threads, parallel=1), name=path.stem)
 
     def once() -> Run:
-        model.llm.reset()
+        model.forget_prompts()  # no prefix reuse between runs: every run pays its prefill
         return engine_run(model, ids, tokens)
 
     return Row("llama.cpp via Corral", once, gguf_bytes_per_token(path, len(ids) + tokens / 2), model.unload)
@@ -182,7 +182,11 @@ def torch_row(name: str, loader: str, path: Path, values: dict[str, Any], ids: l
     kv = model.plan.files.shape.kv_cache_bytes(len(ids) + tokens // 2, torch.empty((), dtype=getattr(
         torch, model.dtype)).element_size())  # fmt: skip
     note = f"{model.dtype}" + (f", {model.weight_cache}" if model.weight_cache else "")
-    return Row(name, lambda: engine_run(model, ids, tokens), weights_read_per_token(module) + kv, model.unload,
+    def once() -> Run:
+        model.forget_prompts()  # no prefix reuse between runs: every run pays its prefill
+        return engine_run(model, ids, tokens)
+
+    return Row(name, once, weights_read_per_token(module) + kv, model.unload,
                forward_ms=lambda: forward_ms(module, ids), note=note)  # fmt: skip
 
 
