@@ -8,9 +8,12 @@ Rows (`--rows` keys): llama-raw (`llama_cpp.Llama`), llama (Corral's llama.cpp l
 (native GGUF Q4_1, the plan's layouts), gptq-main (4-bit g128), gptq-32g (4-bit 32g act-order), gptq-8bit (8-bit,
 one group, act-order), hf-fp32 and hf-auto (the Transformers loader in fp32 and in the plan's dtype: bf16 where the
 CPU has it). `--before` adds the layouts main shipped before issue 15 (native GGUF per-call fp32, GPTQ dequantized
-fp32 cache) so prefill can be compared in the same run. Every model is loaded first; then each repeat runs every
-row once, in turn, so a change in the load of a shared machine hits all rows alike; the best run of each row is
-kept. Corral rows run `webui.engine.generate_ids` on the same 512 prompt ids (greedy, EOS banned).
+fp32 cache) so prefill can be compared in the same run. Each repeat runs every row once, in turn, so a change in
+the load of a shared machine hits all rows alike; the best run of each row is kept. Each run is a fresh process
+(`--one KEY`: load, warm up, one timed run), as the app runs one model at a time: in one process, GNU OpenMP
+throttles its spin-waiting as soon as its thread pools (torch's, llama.cpp's decode thread's) hold more threads than
+there are CPUs, which halved both torch's and llama.cpp's decode here (`--in-process` keeps the old way: every model
+loaded at once). Corral rows run `webui.engine.generate_ids` on the same 512 prompt ids (greedy, EOS banned).
 
 Columns: prefill tok/s (prompt tokens / time to the first new token), decode tok/s (new tokens after the first /
 their time), MB read per decode token (the weights a token's forward reads, as held in memory, plus the KV cache
@@ -26,8 +29,12 @@ which it has paid for itself.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -271,6 +278,39 @@ def run(rows: list[Row], repeats: int) -> None:
                 row.forward = min(row.forward, forward) if row.forward else forward
 
 
+def run_isolated(keys: list[str], args: argparse.Namespace) -> list[Row]:
+    """Every row once per repeat, in turn, each run in a fresh process (`--one`)."""
+    rows: dict[str, Row] = {}
+    for _ in range(args.repeats):
+        for key in keys:
+            command = [sys.executable, "-m", "bench.cpu", "--one", key, "--tokens", str(args.tokens), "--prompt",
+                       str(args.prompt), "--threads", str(args.threads), *(["--before"] if args.before else [])]
+            done = subprocess.run(command, capture_output=True, text=True, check=True,
+                                  cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+            data = json.loads(done.stdout.strip().splitlines()[-1])
+            row = rows.setdefault(key, Row(data["name"], _ran_elsewhere, data["bytes_per_token"], lambda: None,
+                                           note=data["note"]))  # fmt: skip
+            row.runs.append(Run(**data["run"]))
+            if data["forward"]:
+                row.forward = min(row.forward, data["forward"]) if row.forward else data["forward"]
+    return list(rows.values())
+
+
+def _ran_elsewhere() -> Run:
+    raise RuntimeError("this row runs in its own process (run_isolated)")
+
+
+def run_one(key: str, args: argparse.Namespace) -> None:
+    """Load one row, warm it up, time one run (and its bare forward); print it as JSON."""
+    row = row_makers(prompt_ids(args.prompt), args.tokens, args.threads, args.before)[key]()
+    row.once()  # warm-up
+    timed = row.once()
+    forward = row.forward_ms() if row.forward_ms else 0.0
+    row.close()
+    print(json.dumps({"name": row.name, "run": dataclasses.asdict(timed), "bytes_per_token": row.bytes_per_token,
+                      "note": row.note, "forward": forward}))  # fmt: skip
+
+
 def report(rows: list[Row], bandwidth: float, args: argparse.Namespace) -> None:
     load = os.getloadavg()
     print(f"\nSmolLM2-135M-Instruct, {args.prompt}-token prompt, {args.tokens} new tokens, greedy, best of "
@@ -339,17 +379,25 @@ def main() -> None:
     parser.add_argument("--rows", default="", help="comma-separated keys (default: all)")
     parser.add_argument("--before", action="store_true", help="add the pre-issue-15 layouts for comparison")
     parser.add_argument("--compile", action="store_true", help="time torch.compile instead (see above)")
+    parser.add_argument("--in-process", action="store_true", help="every model loaded at once in this process")
+    parser.add_argument("--one", default="", help=argparse.SUPPRESS)  # one row, one run, as JSON (run_isolated)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.compile:
         compile_report(args.prompt)
         return
+    if args.one:
+        run_one(args.one, args)
+        return
     ids = prompt_ids(args.prompt)
     makers = row_makers(ids, args.tokens, args.threads, args.before)
     keys = [k for k in args.rows.split(",") if k] or list(makers)
     bandwidth = copy_bandwidth()
-    rows = [makers[key]() for key in keys]
-    run(rows, args.repeats)
+    if args.in_process:
+        rows = [makers[key]() for key in keys]
+        run(rows, args.repeats)
+    else:
+        rows = run_isolated(keys, args)
     bandwidth = max(bandwidth, copy_bandwidth())
     report(rows, bandwidth, args)
     for row in rows:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from loaders.base import DecodeInfo, GenerationParams, TokenLogprob
+from loaders.compute_thread import ComputeThread
 from loaders.constraints import TokenConstraint
 from loaders.decode_step import Runner
 from loaders.errors import GenerationError, ModelNotLoadedError
@@ -79,6 +80,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._stepping = False
         self._tick = 0
+        self.compute: ComputeThread | None = None  # where steps run (`loaders.compute_thread`); else the caller
         self.closed_reason = ""  # set when the model is unloaded
 
     # --- consumers ---------------------------------------------------------------------------------------------------
@@ -110,7 +112,10 @@ class Batcher:
                     continue
                 self._stepping = True
             try:
-                self.step()
+                if self.compute is not None:
+                    self.compute.run(self.step)
+                else:
+                    self.step()
             finally:
                 with self._cond:
                     self._stepping = False

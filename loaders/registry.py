@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 from loaders.base import LoadedModel
+from loaders.compute_thread import ComputeThread
 from loaders.errors import LoaderUnavailableError, SettingsError
 from loaders.files import read_model_files
 from loaders.hardware import snapshot
@@ -22,6 +23,7 @@ from loaders.host_memory import return_freed_memory
 from loaders.plan import LoadPlan, plan_load
 from loaders.settings import LoaderSettings
 
+TORCH_LOADERS = ("transformers", "gptq", "gguf")  # their models are `TorchCausalLM`s, run on a `ComputeThread`
 LOADER_MODULES: dict[str, str] = {
     "transformers": "loaders.transformers_loader",
     "gptq": "loaders.gptq",
@@ -67,7 +69,17 @@ def plan_for_path(loader: str, path: Path, settings: LoaderSettings) -> LoadPlan
 def load_plan(plan: LoadPlan, settings: LoaderSettings, *, name: str) -> LoadedModel:
     """Carry out `plan` with its loader's module (freed load-time copies go back to the system: `host_memory`)."""
     return_freed_memory()
-    return loader_module(plan.loader).load_plan(plan, settings, name=name)
+    module = loader_module(plan.loader)
+    if plan.loader not in TORCH_LOADERS:
+        return module.load_plan(plan, settings, name=name)
+    compute = ComputeThread(f"torch-{name}")  # the model's one thread for torch work, from its load on
+    try:
+        model = compute.run(module.load_plan, plan, settings, name=name)
+    except BaseException:
+        compute.close()
+        raise
+    model.use_compute_thread(compute)
+    return model
 
 
 def loader_for_paths(loader: str) -> Callable[..., LoadedModel]:

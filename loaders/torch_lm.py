@@ -16,13 +16,15 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 from loaders.base import DecodeInfo, GenerationParams, MemoryReport, ModelTokenizer
 from loaders.batching import Batcher, Request, reply_budget
+from loaders.compute_thread import ComputeThread
 from loaders.constraints import GrammarCompiler
 from loaders.cuda_graphs import attach as capture_decode_graphs
 from loaders.decode_step import DynamicRunner, Runner, SlotRunner
@@ -32,6 +34,7 @@ from loaders.kv_cache import attention_layout
 from loaders.plan import LoadPlan
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class TorchCausalLM:
@@ -76,7 +79,16 @@ class TorchCausalLM:
         self.load_seconds += self.warmup_seconds
         self.decode_mode = _describe(runner, self.slots, self.warmup_seconds)
         self._batcher = Batcher(runner, device=self._input_device, eos_ids=tuple(tokenizer.eos_token_ids))
+        self._compute: ComputeThread | None = None  # the registry's loads set it (`use_compute_thread`)
         _return_freed_heap()
+
+    def use_compute_thread(self, compute: ComputeThread) -> None:
+        """Run every batch step, embedding and adapter change on `compute` (the thread that loaded the model)."""
+        self._compute = self._batcher.compute = compute
+
+    def on_compute_thread(self, fn: Callable[..., T], *args: object) -> T:
+        """`fn(*args)` on the model's compute thread (here, for a model built without one)."""
+        return self._compute.run(fn, *args) if self._compute is not None else fn(*args)
 
     def generate_tokens(
         self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event,
@@ -105,7 +117,7 @@ class TorchCausalLM:
         self._batcher.forget()
         runner = self._batcher.runner
         if isinstance(runner, SlotRunner) and runner.graphs is not None:
-            runner.graphs = capture_decode_graphs(runner)
+            runner.graphs = self.on_compute_thread(capture_decode_graphs, runner)
 
     def forget_prompts(self) -> None:
         """Drop every cached prompt prefix, so the next request reads its whole prompt (benchmarks, tests)."""
@@ -113,8 +125,8 @@ class TorchCausalLM:
 
     def embed(self, texts: Sequence[str]) -> Embeddings:
         """Sentence embeddings of `texts` (`loaders/embedding.py`: mean-pooled last hidden state, normalised)."""
-        return embed_causal_lm(self._live(), self.tokenizer, texts, context=self.context_length,
-                               device=self._input_device)
+        return self.on_compute_thread(lambda: embed_causal_lm(self._live(), self.tokenizer, texts,
+                                                              context=self.context_length, device=self._input_device))
 
     def unload(self) -> None:
         self._batcher.close(f"{self.name} was unloaded. Load it again in the Model tab.")
@@ -122,6 +134,8 @@ class TorchCausalLM:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        if self._compute is not None:
+            self._compute.close()
 
     # --- set-up -------------------------------------------------------------------------------------------------------
 

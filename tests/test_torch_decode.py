@@ -218,3 +218,22 @@ def test_hybrid_attention_keeps_the_dynamic_cache(tiny_tokenizer: Path) -> None:
     prompt = [5 + (7 * i) % 100 for i in range(20)]
     assert run(model, prompt) == dynamic_greedy(model, prompt, GREEDY.max_new_tokens)
     model.unload()
+
+
+def test_every_step_runs_on_the_models_one_compute_thread(model: TorchCausalLM, monkeypatch) -> None:
+    # One thread does all of a model's torch work (loaders/compute_thread.py: one OpenMP pool, no throttled spin),
+    # whichever request thread asks for the next token.
+    stepped_on: set[str] = set()
+    step = model._batcher.step
+
+    def recorded() -> None:
+        stepped_on.add(threading.current_thread().name)
+        step()
+
+    monkeypatch.setattr(model._batcher, "step", recorded)
+    prompts = [ids(model, q) for q in QUESTIONS[:3]]
+    with ThreadPoolExecutor(3, thread_name_prefix="request") as pool:
+        replies = list(pool.map(lambda p: run(model, p), prompts))
+    assert all(len(r) == GREEDY.max_new_tokens for r in replies)
+    compute = model.on_compute_thread(lambda: threading.current_thread().name)
+    assert stepped_on == {compute} and compute.startswith("torch-SmolLM2-transformers")

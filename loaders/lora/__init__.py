@@ -19,9 +19,9 @@ from typing import Any
 
 from loaders.errors import SettingsError, UnsupportedModelError
 from loaders.files.adapter import AdapterFiles, adapter_path, list_adapters, read_adapter
+from loaders.registry import TORCH_LOADERS
 
 MAX_SCALE = 4.0  # a scale beyond this is a typo, not a use (1 = as trained; negative subtracts the adapter)
-TORCH_LOADERS = ("transformers", "gptq", "gguf")
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,8 @@ class AdapterStack:
     def _apply_torch(self, adapters: list[AdapterFiles], choices: Sequence[AdapterChoice]) -> None:
         from loaders.lora.peft_torch import ScaledAdapter, apply_peft
 
-        apply_peft(self._model.module, [ScaledAdapter(a, c.scale) for a, c in zip(adapters, choices, strict=True)])
+        scaled = [ScaledAdapter(a, c.scale) for a, c in zip(adapters, choices, strict=True)]
+        self._model.on_compute_thread(apply_peft, self._model.module, scaled)
         self._model.weights_changed()  # cached prompts and captured CUDA graphs used the layers before
 
     def _apply_llama_cpp(self, adapters: list[AdapterFiles], choices: Sequence[AdapterChoice]) -> None:
