@@ -10,10 +10,8 @@ which, for the load message.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,6 +28,7 @@ from loaders.cuda_graphs import attach as capture_decode_graphs
 from loaders.decode_step import DynamicRunner, Runner, SlotRunner
 from loaders.embedding import Embeddings, embed_causal_lm
 from loaders.errors import ModelNotLoadedError
+from loaders.host_memory import trim_heap
 from loaders.kv_cache import attention_layout
 from loaders.plan import LoadPlan
 
@@ -80,7 +79,7 @@ class TorchCausalLM:
         self.decode_mode = _describe(runner, self.slots, self.warmup_seconds)
         self._batcher = Batcher(runner, device=self._input_device, eos_ids=tuple(tokenizer.eos_token_ids))
         self._compute: ComputeThread | None = None  # the registry's loads set it (`use_compute_thread`)
-        _return_freed_heap()
+        trim_heap()
 
     def use_compute_thread(self, compute: ComputeThread) -> None:
         """Run every batch step, embedding and adapter change on `compute` (the thread that loaded the model)."""
@@ -202,16 +201,6 @@ def _input_device(module: torch.nn.Module) -> torch.device:
     if embeddings is not None and embeddings() is not None:
         return embeddings().weight.device
     return next(module.parameters()).device
-
-
-def _return_freed_heap() -> None:
-    """Give the heap that loading freed (dtype casts, dequantization temporaries) back to the system: glibc keeps
-    it otherwise, and the process would hold ~100 MB more than its tensors for a 135M GPTQ model (measured)."""
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):  # not glibc (musl): nothing to trim
-            pass
 
 
 def memory_of(tensors: Iterable[torch.Tensor]) -> MemoryReport:
