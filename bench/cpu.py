@@ -194,7 +194,7 @@ def torch_row(name: str, loader: str, path: Path, values: dict[str, Any], ids: l
         return engine_run(model, ids, tokens)
 
     return Row(name, once, weights_read_per_token(module) + kv, model.unload,
-               forward_ms=lambda: forward_ms(module, ids), note=note)  # fmt: skip
+               forward_ms=lambda: model.on_compute_thread(forward_ms, module, ids), note=note)  # fmt: skip
 
 
 def weights_read_per_token(module: torch.nn.Module) -> int:

@@ -78,16 +78,16 @@ class TorchCausalLM:
         self.load_seconds += self.warmup_seconds
         self.decode_mode = _describe(runner, self.slots, self.warmup_seconds)
         self._batcher = Batcher(runner, device=self._input_device, eos_ids=tuple(tokenizer.eos_token_ids))
-        self._compute: ComputeThread | None = None  # the registry's loads set it (`use_compute_thread`)
         trim_heap()
 
     def use_compute_thread(self, compute: ComputeThread) -> None:
         """Run every batch step, embedding and adapter change on `compute` (the thread that loaded the model)."""
-        self._compute = self._batcher.compute = compute
+        self._batcher.compute = compute
 
     def on_compute_thread(self, fn: Callable[..., T], *args: object) -> T:
         """`fn(*args)` on the model's compute thread (here, for a model built without one)."""
-        return self._compute.run(fn, *args) if self._compute is not None else fn(*args)
+        compute = self._batcher.compute
+        return compute.run(fn, *args) if compute is not None else fn(*args)
 
     def generate_tokens(
         self, prompt_ids: list[int], params: GenerationParams, cancel: threading.Event,
@@ -133,8 +133,8 @@ class TorchCausalLM:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        if self._compute is not None:
-            self._compute.close()
+        if self._batcher.compute is not None:
+            self._batcher.compute.close()
 
     # --- set-up -------------------------------------------------------------------------------------------------------
 
